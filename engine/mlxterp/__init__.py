@@ -1,0 +1,36 @@
+"""mlxterp: mechanistic interpretability for MLX language models.
+
+``InterpretableModel`` wraps a model for tracing, activation reading and interventions;
+``mlxterp.interventions`` holds the built-in interventions.
+"""
+
+from . import _blas
+
+_blas.preload()  # before mlx.core is first imported (see _blas)
+
+from . import interventions  # noqa: E402
+from .errors import (  # noqa: E402
+    InputError,
+    InterventionError,
+    ModelLoadError,
+    ModuleNameError,
+    NotSerializableError,
+)
+from .model import InterpretableModel  # noqa: E402
+from .names import MODEL_OUTPUT  # noqa: E402
+from .proxies import LayerListProxy, ModuleProxy, OutputProxy  # noqa: E402
+from .tracing import ActivationMap, Trace  # noqa: E402
+
+
+def demo_model() -> InterpretableModel:
+    """The embedded demo model (a small trained llama), loaded offline."""
+    return InterpretableModel("demo")
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationMap", "InputError", "InterpretableModel", "InterventionError", "LayerListProxy",
+    "MODEL_OUTPUT", "ModelLoadError", "ModuleNameError", "ModuleProxy", "NotSerializableError",
+    "OutputProxy", "Trace", "demo_model", "interventions",
+]

@@ -1,0 +1,84 @@
+"""Reversible hooks on MLX modules.
+
+MLX looks ``__call__`` up on the class, so a hook cannot be set on an instance.  For the
+duration of a forward pass each hooked module's class is swapped for a cached subclass
+whose ``__call__`` runs the original and hands the output to a *site* (capture,
+intervention).  Restoring the class afterwards returns the model to exactly what it was:
+the parameter tree is never touched, no wrapper module is inserted.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+
+# Output handler of one hooked module: receives the module's output, returns what the
+# model should see instead.
+Site = Callable[[Any], Any]
+
+_SITES: dict[int, Site] = {}
+_HOOKED_CLASSES: dict[type, type] = {}
+_LOCK = threading.Lock()
+
+
+def _hooked_class(cls: type) -> type:
+    hooked = _HOOKED_CLASSES.get(cls)
+    if hooked is not None:
+        return hooked
+    original_call = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        out = original_call(self, *args, **kwargs)
+        site = _SITES.get(id(self))
+        return out if site is None else site(out)
+
+    hooked = type(cls.__name__, (cls,), {"__call__": __call__, "_mlxterp_original": cls})
+    hooked.__qualname__ = cls.__qualname__
+    hooked.__module__ = cls.__module__
+    _HOOKED_CLASSES[cls] = hooked
+    return hooked
+
+
+def primary_array(out: Any):
+    """The array a module returns (the first one of a tuple) and how to put a new one back.
+
+    ``(None, None)`` for outputs that hold no array.
+    """
+    if isinstance(out, mx.array):
+        return out, lambda a: a
+    if isinstance(out, tuple) and out and isinstance(out[0], mx.array):
+        return out[0], lambda a: (a,) + tuple(out[1:])
+    return None, None
+
+
+@contextmanager
+def hooked(sites: list[tuple[nn.Module, Site]]) -> Iterator[None]:
+    """Hook each module with its site for the duration of the block, then restore it.
+
+    (MLX modules are dicts, hence unhashable: sites come as pairs.)  Restoration happens
+    whatever the block raised.
+    """
+    items = list(sites)
+    installed: list[tuple[nn.Module, type]] = []
+    try:
+        with _LOCK:
+            for module, site in items:
+                cls = type(module)
+                if id(module) in _SITES or hasattr(cls, "_mlxterp_original"):
+                    raise RuntimeError(
+                        f"module {cls.__name__} is already hooked by another trace; "
+                        "traces of one model cannot overlap"
+                    )
+                _SITES[id(module)] = site
+                module.__class__ = _hooked_class(cls)
+                installed.append((module, cls))
+        yield
+    finally:
+        with _LOCK:
+            for module, cls in installed:
+                module.__class__ = cls
+                _SITES.pop(id(module), None)

@@ -1,0 +1,81 @@
+"""The model's own read-out: final norm, unembedding (tied or not, quantized or not), soft-cap.
+
+Found by structure, not per architecture: the final norm sits beside the layer list (or at
+the root) under one of the usual names; the head is the root's ``lm_head``-like module or,
+for tied weights, the token embedding used through ``as_linear`` (which dequantizes
+quantized embeddings).  Gemma-style final-logit soft-capping is read from the model's args.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .names import ModuleIndex
+
+NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm")
+HEAD_NAMES = ("lm_head", "embed_out", "output", "head", "output_layer")
+EMBED_NAMES = ("embed_tokens", "wte", "embed_in", "tok_embeddings", "word_embeddings", "embedding")
+
+
+class UnembedError(AttributeError):
+    """The model has no read-out this module can recognise."""
+
+
+def _first(index: ModuleIndex, parents: list[str], names: tuple[str, ...]) -> Optional[str]:
+    for parent in parents:
+        for name in names:
+            path = f"{parent}.{name}" if parent else name
+            if path in index.modules:
+                return path
+    return None
+
+
+class Unembedder:
+    """Maps residual-stream vectors ``(..., hidden)`` to float32 logits ``(..., vocab)``."""
+
+    def __init__(self, root: nn.Module, index: ModuleIndex):
+        layer_parent = index.layer_path.rsplit(".", 1)[0] if index.layer_path and "." in index.layer_path else ""
+        parents = list(dict.fromkeys([layer_parent, ""]))
+        self.norm_name = _first(index, parents, NORM_NAMES)
+        self.head_name = _first(index, [""], HEAD_NAMES)
+        self.embed_name = _first(index, parents, EMBED_NAMES)
+        if self.head_name is None and self.embed_name is None:
+            raise UnembedError(
+                "cannot find this model's unembedding (no lm_head-like module and no token "
+                "embedding); token predictions and the logit lens need one"
+            )
+        self._norm = index.modules[self.norm_name] if self.norm_name else None
+        if self.head_name is not None:
+            self._head: Callable = index.modules[self.head_name]
+        else:
+            self._head = index.modules[self.embed_name].as_linear
+        self.softcap = _softcap(root)
+
+    @property
+    def tied(self) -> bool:
+        return self.head_name is None
+
+    def normalize(self, hidden: mx.array) -> mx.array:
+        """The final norm alone."""
+        return self._norm(hidden) if self._norm is not None else hidden
+
+    def project(self, normed: mx.array) -> mx.array:
+        """Unembedding (and soft-cap) of already-normalized vectors, as float32 logits."""
+        logits = self._head(normed).astype(mx.float32)
+        if self.softcap:
+            logits = mx.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def __call__(self, hidden: mx.array) -> mx.array:
+        return self.project(self.normalize(hidden))
+
+
+def _softcap(root: nn.Module) -> Optional[float]:
+    for owner in (root, getattr(root, "args", None)):
+        value = getattr(owner, "final_logit_softcapping", None) if owner is not None else None
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    return None
