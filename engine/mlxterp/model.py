@@ -261,6 +261,46 @@ class InterpretableModel:
         ]
         return result[0] if hidden_state.ndim == 1 else result
 
+    # ------------------------------------------------------------------ analysis
+    # Thin delegates: each method lives in its own module, documented there.
+    def logit_lens(self, text, top_k: int = 1, layers=None, position=None, plot: bool = False, **kwargs):
+        """Top predictions of every layer at every position; see ``mlxterp.lens.logit_lens``."""
+        from .lens import logit_lens
+
+        return logit_lens(self, text, top_k=top_k, layers=layers, position=position, plot=plot, **kwargs)
+
+    def activation_patching(self, clean_text, corrupted_text, component: str = "mlp", layers=None,
+                            metric: str = "l2", plot: bool = False, **kwargs):
+        """Recovery % per layer from patching clean into corrupted; see ``mlxterp.patching``."""
+        from .patching import activation_patching
+
+        return activation_patching(self, clean_text, corrupted_text, component=component,
+                                   layers=layers, metric=metric, plot=plot, **kwargs)
+
+    def attribution_patching(self, clean_text, corrupted_text, **kwargs):
+        """Gradient estimate of every layer x position patch; see ``mlxterp.attribution``."""
+        from .attribution import attribution_patching
+
+        return attribution_patching(self, clean_text, corrupted_text, **kwargs)
+
+    def attention_patterns(self, text, layers=None):
+        """Softmax attention weights per layer and head; see ``mlxterp.attention``."""
+        from .attention import attention_patterns
+
+        return attention_patterns(self, text, layers=layers)
+
+    def steering_vector(self, positive, negative, layer: int, **kwargs):
+        """Mean difference of contrasting prompts at a layer; see ``mlxterp.steering``."""
+        from .steering import steering_vector
+
+        return steering_vector(self, positive, negative, layer, **kwargs)
+
+    def generate(self, prompt, max_tokens: int = 20, interventions=None, **kwargs) -> str:
+        """Greedy (or sampled) continuation, with interventions applied at every step."""
+        from .steering import generate
+
+        return generate(self, prompt, max_tokens=max_tokens, interventions=interventions, **kwargs)
+
     def __repr__(self) -> str:
         label = self.name or type(self.model).__name__
         return f"InterpretableModel({label}, {self.num_layers} layers, {len(self._index.modules)} modules)"

@@ -1,0 +1,73 @@
+"""Shared fixtures: models built offline (tiny random checkpoints, the embedded demo model)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import mlxterp  # noqa: E402  (preloads BLAS before mlx is imported below)
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import pytest  # noqa: E402
+
+from mlxterp import InterpretableModel  # noqa: E402
+from mlxterp.loading import DEMO_DIR  # noqa: E402
+
+TINY_LLAMA = dict(
+    model_type="llama", hidden_size=64, num_hidden_layers=3, intermediate_size=128,
+    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=128,
+    tie_word_embeddings=False,
+)
+
+
+def build_tiny_llama(seed: int = 0, **overrides) -> nn.Module:
+    """A 3-layer random llama built in memory (no tokenizer)."""
+    from mlx_lm.models import llama
+
+    mx.random.seed(seed)
+    module = llama.Model(llama.ModelArgs.from_dict({**TINY_LLAMA, **overrides}))
+    mx.eval(module.parameters())
+    return module
+
+
+class SimpleTransformer(nn.Module):
+    """The spec's plain custom model: Linear layers with ReLU, no tokenizer."""
+
+    def __init__(self, hidden_dim: int = 64, num_layers: int = 4):
+        super().__init__()
+        self.layers = [nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers)]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = nn.relu(layer(x))
+        return x
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> InterpretableModel:
+    return InterpretableModel(build_tiny_llama())
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory):
+    """``checkpoint_dir(arch)`` → folder of a tiny checkpoint of that architecture (built once)."""
+    from mlxterp.checkpoints import build_checkpoint
+
+    built: dict[str, str] = {}
+
+    def get(arch: str) -> str:
+        if arch not in built:
+            folder = tmp_path_factory.mktemp(f"ckpt-{arch}")
+            built[arch] = str(build_checkpoint(arch, folder, seed=0))
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def demo() -> InterpretableModel:
+    if not (DEMO_DIR / "config.json").exists():
+        pytest.fail("the embedded demo model is missing from engine/mlxterp/demo_model")
+    return InterpretableModel("demo")
