@@ -182,3 +182,11 @@ def test_gradient_flows_through_a_trace():
 
     grad = mx.grad(loss_fn)(x + 0.5)
     assert grad.shape == x.shape and mx.abs(grad).sum().item() > 0
+
+
+def test_activation_map_get_never_hides_a_typo(tiny_llama):
+    with tiny_llama.trace(TOKENS, capture=["layers.0"]) as trace:
+        pass
+    assert trace.activations.get("layers.1.mlp") is None  # real module, not captured
+    with pytest.raises(KeyError, match="Did you mean"):
+        trace.activations.get("layers.1.mpl")

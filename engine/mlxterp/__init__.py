@@ -9,6 +9,9 @@ from . import _blas
 _blas.preload()  # before mlx.core is first imported (see _blas)
 
 from . import interventions  # noqa: E402
+from .activations import (  # noqa: E402
+    ActivationCache, batch_get_activations, collect_activations, get_activations,
+)
 from .errors import (  # noqa: E402
     InputError,
     InterventionError,
@@ -30,7 +33,8 @@ def demo_model() -> InterpretableModel:
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationMap", "InputError", "InterpretableModel", "InterventionError", "LayerListProxy",
+    "ActivationCache", "ActivationMap", "batch_get_activations", "collect_activations",
+    "get_activations", "InputError", "InterpretableModel", "InterventionError", "LayerListProxy",
     "MODEL_OUTPUT", "ModelLoadError", "ModuleNameError", "ModuleProxy", "NotSerializableError",
     "OutputProxy", "Trace", "demo_model", "interventions",
 ]

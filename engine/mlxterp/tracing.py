@@ -45,6 +45,11 @@ class ActivationMap(Mapping):
     def __getitem__(self, name: str) -> mx.array:
         return self._values[self._key(name)]
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """The activation, ``default`` if the module was not captured; a typo raises KeyError."""
+        canonical = self._index.resolve(name)
+        return self._values.get(canonical, default)
+
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
@@ -207,8 +212,7 @@ class Trace:
 
         An unknown name raises ``KeyError`` with the closest real names.
         """
-        canonical = self._model._index.resolve(name)
-        return self.activations._values.get(canonical)
+        return self.activations.get(name)
 
     def get(self, name: str) -> Optional[Any]:
         """A value saved with ``.save()``, by the name it was saved under or any alias.

@@ -1,9 +1,10 @@
 """The model's own read-out: final norm, unembedding (tied or not, quantized or not), soft-cap.
 
 Found by structure, not per architecture: the final norm sits beside the layer list (or at
-the root) under one of the usual names; the head is the root's ``lm_head``-like module or,
-for tied weights, the token embedding used through ``as_linear`` (which dequantizes
-quantized embeddings).  Gemma-style final-logit soft-capping is read from the model's args.
+the root) under one of the usual names; the head is an ``lm_head``-like module at the root
+or beside the layer list (gpt_neox's ``embed_out``) or, for tied weights, the token
+embedding used through ``as_linear`` (which dequantizes quantized embeddings).
+Gemma-style final-logit soft-capping is read from the model's args.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Unembedder:
         layer_parent = index.layer_path.rsplit(".", 1)[0] if index.layer_path and "." in index.layer_path else ""
         parents = list(dict.fromkeys([layer_parent, ""]))
         self.norm_name = _first(index, parents, NORM_NAMES)
-        self.head_name = _first(index, [""], HEAD_NAMES)
+        self.head_name = _first(index, ["", layer_parent], HEAD_NAMES)
         self.embed_name = _first(index, parents, EMBED_NAMES)
         if self.head_name is None and self.embed_name is None:
             raise UnembedError(

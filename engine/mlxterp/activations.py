@@ -1,0 +1,222 @@
+"""Collecting activations: per layer at chosen positions, streamed over datasets, or cached.
+
+* ``get_activations`` — layer outputs (or a component's) at token positions, keyed
+  ``"layer_i"``.  Position ``-1`` is each row's last *real* token, also in right-padded
+  batches of prompts of different lengths.
+* ``batch_get_activations`` — the same over many prompts, in batches: only the requested
+  layers are captured and only the selected positions are kept, so memory stays flat as the
+  dataset grows.
+* ``collect_activations`` — an ``ActivationCache`` of whole module outputs, keyed by
+  canonical module names and reachable by every alias.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from .errors import InputError
+from .names import MODEL_OUTPUT, ModuleIndex
+from .tracing import ActivationMap
+
+if TYPE_CHECKING:
+    from .model import InterpretableModel
+
+Layers = Union[None, int, Sequence[int]]
+Positions = Union[int, Sequence[int]]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def layer_indices(model: "InterpretableModel", layers: Layers = None) -> list[int]:
+    """Layer indices (negative ones count from the end) checked and made non-negative.
+
+    ``None`` means every layer; repeats are dropped, order is kept.
+    """
+    n = model.num_layers
+    if n == 0:
+        raise InputError("this model has no detected layer list; pass layer_attr= to name it")
+    if layers is None:
+        return list(range(n))
+    if _is_int(layers):
+        layers = [layers]
+    if isinstance(layers, str) or not isinstance(layers, Sequence):
+        raise InputError(f"layers must be layer indices (ints); got {layers!r}")
+    out: list[int] = []
+    for layer in layers:
+        if not _is_int(layer):
+            raise InputError(f"layers must be layer indices (ints); got {layer!r}")
+        if not -n <= layer < n:
+            raise InputError(
+                f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})"
+            )
+        out.append(int(layer) % n)
+    if not out:
+        raise InputError("layers is empty; name at least one layer (or None for all)")
+    return list(dict.fromkeys(out))
+
+
+def _position_index(lengths: list[int], positions: Positions) -> tuple[mx.array, bool]:
+    """``(batch, n_positions)`` indices into the sequence axis, and whether one position was
+    asked for.  Negative positions count back from each row's last real token."""
+    single = _is_int(positions)
+    wanted = [positions] if single else list(positions) if isinstance(positions, Sequence) else None
+    if not wanted or not all(_is_int(p) for p in wanted):
+        raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
+    rows = []
+    for b, n in enumerate(lengths):
+        row = []
+        for p in wanted:
+            if not -n <= p < n:
+                raise InputError(
+                    f"position {p} is out of range for prompt {b}, which has {n} tokens"
+                )
+            row.append(int(p) % n)
+        rows.append(row)
+    return mx.array(rows, dtype=mx.int32), single
+
+
+def get_activations(
+    model: "InterpretableModel",
+    prompts: Any,
+    layers: Layers = None,
+    positions: Positions = -1,
+    component: Optional[str] = None,
+) -> dict[str, mx.array]:
+    """Outputs of ``layers`` at token ``positions`` for a prompt or a batch of prompts.
+
+    Returns ``{"layer_i": array}``: ``(batch, hidden)`` for one position, ``(batch,
+    n_positions, hidden)`` for a list.  ``component`` (``"attn"``, ``"mlp"``,
+    ``"mlp.down_proj"`` ...) reads that module of each layer instead of the layer output.
+    """
+    indices = layer_indices(model, layers)
+    names = [model.layer_name(i, component) for i in indices]
+    with model.trace(prompts, capture=names) as trace:
+        pass
+    out: dict[str, mx.array] = {}
+    index = None
+    for i, name in zip(indices, names):
+        act = trace.activations[name]
+        if act.ndim != 3:
+            raise InputError(
+                f"{name} outputs shape {tuple(act.shape)}; positions need (batch, seq, hidden)"
+            )
+        if index is None:
+            lengths = trace.lengths or [act.shape[1]] * act.shape[0]
+            index, single = _position_index(lengths, positions)
+        picked = mx.take_along_axis(act, index[:, :, None], axis=1)
+        out[f"layer_{i}"] = picked[:, 0] if single else picked
+    return out
+
+
+def batch_get_activations(
+    model: "InterpretableModel",
+    prompts: Sequence[Any],
+    layers: Layers = None,
+    positions: Positions = -1,
+    batch_size: int = 8,
+    progress: bool = True,
+    component: Optional[str] = None,
+) -> dict[str, mx.array]:
+    """``get_activations`` over many prompts, ``batch_size`` at a time, concatenated.
+
+    Each batch is evaluated before the next one runs and keeps only the selected positions,
+    so memory does not grow with the number of prompts beyond the results themselves.  A
+    progress bar goes to stderr unless ``progress=False``.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise InputError("prompts must be a non-empty list of prompts")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
+    parts: dict[str, list[mx.array]] = {}
+    with tqdm(total=len(prompts), disable=not progress, file=sys.stderr,
+              unit="prompt", desc="activations") as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            acts = get_activations(model, chunk, layers, positions, component)
+            mx.eval(list(acts.values()))
+            for key, value in acts.items():
+                parts.setdefault(key, []).append(value)
+            bar.update(len(chunk))
+    return {key: mx.concatenate(values, axis=0) for key, values in parts.items()}
+
+
+class ActivationCache(ActivationMap):
+    """Module outputs of one run, keyed by canonical name; every alias finds them.
+
+    ``cache["layers.3"]``, ``cache.get("model.model.layers.3")``, ``"layers.3" in cache``;
+    ``keys()`` lists the canonical names; ``metadata`` describes the run.
+    """
+
+    def __init__(self, index: ModuleIndex, activations: dict[str, mx.array],
+                 metadata: Optional[dict[str, Any]] = None):
+        super().__init__(index, activations)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def activations(self) -> dict[str, mx.array]:
+        """``{canonical_name: array}``."""
+        return self._values
+
+    def __getitem__(self, name: str) -> mx.array:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(
+                f"{name!r} ({self._index.resolve(name)}) is not in this cache; collect it with "
+                "collect_activations(model, inputs, layers=[...])"
+            )
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The activation of module ``name`` (any alias), or ``default`` if it was not cached.
+
+        A name that is no module of the model raises ``KeyError`` with the closest names.
+        """
+        return self._values.get(self._index.resolve(name), default)
+
+    def keys(self) -> list[str]:
+        """The canonical names of the cached activations."""
+        return list(self._values)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} activations)"
+
+
+def collect_activations(
+    model: "InterpretableModel",
+    inputs: Any,
+    layers: Optional[Sequence[Union[str, int]]] = None,
+) -> ActivationCache:
+    """Run ``inputs`` once and cache the outputs of ``layers``.
+
+    ``layers`` holds module names in any accepted form (``"layers.3"``,
+    ``"model.model.layers.3.mlp"``, ``"layers.*.attn"``) or layer indices; ``None`` caches
+    every module and the model output.  Only what was asked for is captured and kept.
+    """
+    if layers is None:
+        capture = None
+    else:
+        if isinstance(layers, (str, int)):
+            layers = [layers]
+        if not layers:
+            raise InputError("layers is empty; name at least one module (or None for all)")
+        bad = [x for x in layers if not (_is_int(x) or isinstance(x, str))]
+        if bad:
+            raise InputError(f"layers must be module names or layer indices; got {bad[0]!r}")
+        capture = [model.layer_name(layer_indices(model, [x])[0]) if _is_int(x) else x
+                   for x in layers]
+    with model.trace(inputs, capture=capture) as trace:
+        pass
+    values = {name: trace.activations[name] for name in trace.activations
+              if capture is None or name != MODEL_OUTPUT}
+    metadata = {"model": model.name, "tokens": trace.inputs, "lengths": trace.lengths,
+                "layers": None if layers is None else list(layers)}
+    return ActivationCache(model._index, values, metadata)

@@ -1,0 +1,157 @@
+"""Terminal charts for the analysis functions: a coloured layer x position grid, bars, lines.
+
+Everything is drawn with plotext, so it works over SSH and needs no GUI.  ``heatmap_text``
+returns the grid as a string (cells coloured by value, each holding a short label such as
+the top token).  ``bar_chart`` and ``line_chart`` draw onto a plotext figure: pass the
+``.plt`` of a ``textual_plotext.PlotextPlot`` to draw inside the workbench, or nothing to get
+a fresh figure, which ``to_text`` turns into a string for printing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import plotext
+from plotext._figure import _figure_class as _Figure
+
+from .errors import InputError
+
+# Colour ramps (a few anchors each, interpolated linearly), named as matplotlib names them.
+COLORMAPS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "viridis": ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)),
+    "plasma": ((13, 8, 135), (126, 3, 168), (204, 71, 120), (248, 149, 64), (240, 249, 33)),
+    "inferno": ((0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)),
+    "magma": ((0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191)),
+    "cividis": ((0, 34, 78), (65, 77, 107), (124, 123, 120), (188, 175, 111), (255, 234, 70)),
+    "gray": ((0, 0, 0), (255, 255, 255)),
+    "RdBu_r": ((5, 48, 97), (67, 147, 195), (247, 247, 247), (214, 96, 77), (103, 0, 31)),
+}
+
+
+def color_at(cmap: str, value: float) -> tuple[int, int, int]:
+    """The RGB colour of ``value`` (clipped to 0..1) on the colour ramp ``cmap``."""
+    anchors = COLORMAPS.get(cmap)
+    if anchors is None:
+        raise InputError(f"unknown colour map {cmap!r}; choose one of: {', '.join(COLORMAPS)}")
+    v = min(max(float(value), 0.0), 1.0) * (len(anchors) - 1)
+    lo = min(int(v), len(anchors) - 2)
+    t = v - lo
+    return tuple(round(a + (b - a) * t) for a, b in zip(anchors[lo], anchors[lo + 1]))
+
+
+def _fit(label: str, width: int) -> str:
+    """``label`` made printable and cut or padded to exactly ``width`` characters."""
+    text = label.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return text[: width - 1] + "…" if len(text) > width else text.ljust(width)
+
+
+def heatmap_text(
+    values: Sequence[Sequence[float]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    cells: Optional[Sequence[Sequence[str]]] = None,
+    *,
+    cmap: str = "viridis",
+    cell_width: int = 8,
+    vmin: Optional[float] = None,
+    vmax: Optional[float] = None,
+    title: Optional[str] = None,
+    color: bool = True,
+) -> str:
+    """A grid of rows x columns, each cell coloured by its value and labelled.
+
+    ``cells`` gives each cell's text (default: the value itself); the column labels head
+    the grid.  ``vmin``/``vmax`` fix the colour scale (default: the values' range).
+    ``color=False`` gives plain text.
+    """
+    n_rows, n_cols = len(row_labels), len(col_labels)
+    if len(values) != n_rows or any(len(row) != n_cols for row in values):
+        raise InputError(f"heatmap values must be {n_rows} rows of {n_cols} values")
+    if cell_width < 2:
+        raise InputError("cell_width must be at least 2")
+    flat = [float(v) for row in values for v in row]
+    lo = min(flat) if vmin is None else vmin
+    hi = max(flat) if vmax is None else vmax
+    span = hi - lo if hi > lo else 1.0
+    label_width = max(len(str(r)) for r in row_labels) + 1 if n_rows else 1
+    lines = [title] if title else []
+    header = " " * label_width + "".join(_fit(str(c), cell_width) for c in col_labels)
+    lines.append(header.rstrip())
+    for r in range(n_rows):
+        parts = [str(row_labels[r]).rjust(label_width - 1) + " "]
+        for c in range(n_cols):
+            value = float(values[r][c])
+            text = _fit(cells[r][c] if cells is not None else f"{value:.2f}", cell_width)
+            if color:
+                bg = color_at(cmap, (value - lo) / span)
+                light = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2] > 140
+                fg = (0, 0, 0) if light else (255, 255, 255)
+                text = plotext.colorize(text, fg, background=bg)
+            parts.append(text)
+        lines.append("".join(parts))
+    return "\n".join(lines)
+
+
+def _figure(plt: Any) -> Any:
+    if plt is None:
+        return _Figure()
+    plt.clear_figure()
+    return plt
+
+
+def bar_chart(
+    labels: Sequence[Any],
+    values: Sequence[float],
+    *,
+    title: Optional[str] = None,
+    xlabel: Optional[str] = None,
+    ylabel: Optional[str] = None,
+    plt: Any = None,
+) -> Any:
+    """Bars of ``values`` over ``labels`` drawn on ``plt`` (cleared first) or a new figure;
+    returns the figure."""
+    if len(labels) != len(values):
+        raise InputError(f"bar_chart: {len(labels)} labels for {len(values)} values")
+    fig = _figure(plt)
+    fig.bar([str(label) for label in labels], [float(v) for v in values])
+    _decorate(fig, title, xlabel, ylabel)
+    return fig
+
+
+def line_chart(
+    series: dict[str, Sequence[float]],
+    x: Optional[Sequence[float]] = None,
+    *,
+    title: Optional[str] = None,
+    xlabel: Optional[str] = None,
+    ylabel: Optional[str] = None,
+    plt: Any = None,
+) -> Any:
+    """One line per ``{label: values}`` entry over ``x`` (default 0, 1, ...) drawn on ``plt``
+    (cleared first) or a new figure; returns the figure."""
+    fig = _figure(plt)
+    for label, ys in series.items():
+        xs = list(x) if x is not None else list(range(len(ys)))
+        if len(xs) != len(ys):
+            raise InputError(f"line_chart: series {label!r} has {len(ys)} values for {len(xs)} x")
+        fig.plot(xs, [float(v) for v in ys], label=str(label), marker="braille")
+    if x is not None and all(isinstance(v, int) for v in x):
+        fig.xticks(list(x))
+    _decorate(fig, title, xlabel, ylabel)
+    return fig
+
+
+def _decorate(fig: Any, title: Optional[str], xlabel: Optional[str], ylabel: Optional[str]) -> None:
+    if title:
+        fig.title(title)
+    if xlabel:
+        fig.xlabel(xlabel)
+    if ylabel:
+        fig.ylabel(ylabel)
+
+
+def to_text(fig: Any, width: int = 80, height: int = 20, color: bool = True) -> str:
+    """The figure rendered as terminal text of ``width`` x ``height`` characters."""
+    fig.plotsize(width, height)
+    text = fig.build()
+    return text if color else plotext.uncolorize(text)
