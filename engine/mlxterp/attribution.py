@@ -1,0 +1,134 @@
+"""Attribution patching: a gradient estimate of every layer x position patch at once.
+
+Patching the clean activation ``c`` into the corrupted run (activation ``r``) changes the
+metric by about ``(c - r) · ∂metric/∂act``, the gradient taken on the corrupted run.  One
+clean pass, and one corrupted pass with its backward pass, give that estimate for every
+layer and position: the corrupted forward runs with a zero ``delta`` added at each layer's
+component, and ``mx.value_and_grad`` differentiates the metric with respect to the deltas.
+It is a fast first look; check the cells that matter with ``activation_patching``, which
+runs the real patches.  Prompts of different lengths are right-aligned as in
+``mlxterp.patching``; only the positions they share get a score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+
+import mlx.core as mx
+
+from .activations import Layers, _is_int
+from .errors import InputError
+from .patching import prepare_patching
+
+if TYPE_CHECKING:
+    from .model import InterpretableModel
+
+
+@dataclass
+class AttributionResult:
+    """Estimated metric change of patching each layer (rows) at each position (columns).
+
+    ``scores[i][j]`` is the linear estimate of how much the metric moves when the clean
+    ``component`` output of layer ``layers[i]`` at corrupted position ``positions[j]`` is
+    patched in; ``clean_value`` / ``corrupted_value`` are the metric of the two runs, so
+    ``estimated_recovery`` puts the scores in the percent units of activation patching.
+    """
+
+    scores: list[list[float]]
+    layers: list[int]
+    positions: list[int]
+    tokens: list[str]
+    metric: str
+    component: str
+    clean_value: float
+    corrupted_value: float
+
+    @property
+    def per_layer(self) -> dict[int, float]:
+        """Score of each layer summed over positions (the estimate of patching them all)."""
+        return {layer: sum(row) for layer, row in zip(self.layers, self.scores)}
+
+    @property
+    def estimated_recovery(self) -> list[list[float]]:
+        """The scores as percent of the clean-vs-corrupted gap (0 where there is no gap)."""
+        gap = self.clean_value - self.corrupted_value
+        return [[s / gap * 100.0 if gap else 0.0 for s in row] for row in self.scores]
+
+    def top(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The ``k`` cells that move the metric furthest towards the clean run:
+        ``(layer, position, score)``, best first."""
+        if not _is_int(k) or k < 1:
+            raise InputError(f"k must be a positive int; got {k!r}")
+        gap = self.clean_value - self.corrupted_value
+        toward = 1.0 if gap > 0 else -1.0 if gap < 0 else 0.0
+        cells = [(layer, pos, score) for layer, row in zip(self.layers, self.scores)
+                 for pos, score in zip(self.positions, row)]
+        cells.sort(key=lambda c: -(toward * c[2]) if toward else -abs(c[2]))
+        return cells[:k]
+
+    def to_summary(self) -> dict[str, Any]:
+        """Plain values to store and compare."""
+        return {
+            "metric": self.metric,
+            "component": self.component,
+            "layers": list(self.layers),
+            "positions": list(self.positions),
+            "tokens": list(self.tokens),
+            "scores": [list(row) for row in self.scores],
+            "clean_value": self.clean_value,
+            "corrupted_value": self.corrupted_value,
+        }
+
+
+def attribution_patching(
+    model: "InterpretableModel",
+    clean_text: Any,
+    corrupted_text: Any,
+    component: Optional[str] = "output",
+    metric: str = "logit_diff",
+    answer: Optional[Sequence[Union[int, str]]] = None,
+    layers: Layers = None,
+) -> AttributionResult:
+    """Gradient estimate of patching ``component`` of every layer at every position.
+
+    ``metric`` and ``answer`` as in ``activation_patching`` (``logit_diff`` needs
+    ``answer=(clean_answer, corrupted_answer)``); ``component="output"`` is the whole layer's
+    output (the residual stream).
+    """
+    setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric,
+                             answer)
+    sites, cols, score = setup.sites, setup.positions, setup.score
+
+    def corrupted_metric(deltas: list[mx.array]):
+        shifts = {site: _shift(delta) for site, delta in zip(sites, deltas)}
+        with model.trace(setup.corrupted.array, interventions=shifts, capture=sites) as run:
+            pass
+        return score(run.output[:, -1])[0], [run.activations[s] for s in sites]
+
+    deltas = [mx.zeros_like(t) for t in setup.targets]
+    (value, acts), grads = mx.value_and_grad(corrupted_metric)(deltas)
+    cells = mx.stack([
+        _dot_per_position(target - act, grad)[cols]
+        for target, act, grad in zip(setup.targets, acts, grads)
+    ])
+    return AttributionResult(
+        scores=cells.tolist(),
+        layers=setup.layers,
+        positions=cols,
+        tokens=setup.tokens(model),
+        metric=metric,
+        component=component or "output",
+        clean_value=float(score(setup.clean.output[:, -1])[0].item()),
+        corrupted_value=float(value.item()),
+    )
+
+
+def _shift(delta: mx.array) -> Callable[[mx.array], mx.array]:
+    return lambda x: x + delta.astype(x.dtype)
+
+
+def _dot_per_position(diff: mx.array, grad: mx.array) -> mx.array:
+    """``Σ diff · grad`` over every axis after the sequence axis, in float32: ``(seq,)``."""
+    prod = diff.astype(mx.float32) * grad.astype(mx.float32)
+    return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(axis=-1)[0]
