@@ -19,7 +19,11 @@ from .errors import (  # noqa: E402
     ModuleNameError,
     NotSerializableError,
 )
+from .attribution import attribution_patching  # noqa: E402
+from .lens import logit_lens  # noqa: E402
 from .model import InterpretableModel  # noqa: E402
+from .patching import activation_patching, patching_sweep  # noqa: E402
+from .steering import generate, steer, steering_vector  # noqa: E402
 from .names import MODEL_OUTPUT  # noqa: E402
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy  # noqa: E402
 from .tracing import ActivationMap, Trace  # noqa: E402
@@ -36,5 +40,6 @@ __all__ = [
     "ActivationCache", "ActivationMap", "batch_get_activations", "collect_activations",
     "get_activations", "InputError", "InterpretableModel", "InterventionError", "LayerListProxy",
     "MODEL_OUTPUT", "ModelLoadError", "ModuleNameError", "ModuleProxy", "NotSerializableError",
-    "OutputProxy", "Trace", "demo_model", "interventions",
+    "OutputProxy", "Trace", "activation_patching", "attribution_patching", "demo_model",
+    "generate", "interventions", "logit_lens", "patching_sweep", "steer", "steering_vector",
 ]

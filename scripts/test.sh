@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (first time) and run the whole test suite; arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+exec .venv/bin/python -m pytest "$@"
