@@ -190,3 +190,10 @@ def test_activation_map_get_never_hides_a_typo(tiny_llama):
     assert trace.activations.get("layers.1.mlp") is None  # real module, not captured
     with pytest.raises(KeyError, match="Did you mean"):
         trace.activations.get("layers.1.mpl")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(tiny_llama):
+    with pytest.raises(InputError, match="outside this model's vocabulary"):
+        tiny_llama.trace([1, 2, 128000])
+    with pytest.raises(InputError, match="-1"):
+        tiny_llama.trace(mx.array([[1, -1]]))

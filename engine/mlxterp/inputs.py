@@ -77,8 +77,25 @@ def _pad(rows: list[list[int]], pad_id: int) -> mx.array:
     return mx.array([r + [pad_id] * (width - len(r)) for r in rows], dtype=mx.int32)
 
 
-def prepare(inputs: Any, codec: TextCodec, max_length: Optional[int] = None) -> PreparedInput:
-    """Validate ``inputs`` and build the array to run, with per-row token lengths."""
+def prepare(inputs: Any, codec: TextCodec, max_length: Optional[int] = None,
+            vocab_size: Optional[int] = None) -> PreparedInput:
+    """Validate ``inputs`` and build the array to run, with per-row token lengths.
+
+    Token ids outside ``[0, vocab_size)`` are refused (MLX would read out of bounds).
+    """
+    prepared = _prepare(inputs, codec, max_length)
+    if vocab_size is not None and prepared.tokens is not None:
+        bad = sorted({t for row in prepared.tokens for t in row if not 0 <= t < vocab_size})
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+            raise InputError(
+                f"token ids {shown} are outside this model's vocabulary (0..{vocab_size - 1}); "
+                "were they made by another model's tokenizer?"
+            )
+    return prepared
+
+
+def _prepare(inputs: Any, codec: TextCodec, max_length: Optional[int]) -> PreparedInput:
     if isinstance(inputs, str):
         rows, texts = [codec.encode(inputs)], [inputs]
     elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):

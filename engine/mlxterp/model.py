@@ -115,6 +115,12 @@ class InterpretableModel:
         return None
 
     @property
+    def _input_vocab(self) -> Optional[int]:
+        """Rows of the token embedding (valid input ids), when the model has one."""
+        vocab = self.config.get("vocab_size")
+        return vocab if isinstance(vocab, int) and vocab > 0 else None
+
+    @property
     def max_length(self) -> Optional[int]:
         """Longest input the model's configuration admits, if it states one."""
         cfg = self.config
@@ -166,7 +172,7 @@ class InterpretableModel:
 
     # ------------------------------------------------------------------ running
     def _prepare(self, inputs: Any) -> PreparedInput:
-        return prepare(inputs, self._codec, self.max_length)
+        return prepare(inputs, self._codec, self.max_length, self._input_vocab)
 
     def _forward(self, array: mx.array) -> mx.array:
         out = self.model(array)
