@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import mlxterp  # noqa: E402  (preloads BLAS before mlx is imported below)
+import mlxterp  # noqa: E402,F401  (preloads BLAS before mlx is imported below)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import pytest  # noqa: E402

@@ -54,6 +54,11 @@ class TextCodec:
         ids = self.tokenizer.encode(text)
         return [int(i) for i in (ids.ids if hasattr(ids, "ids") else ids)]
 
+    def encode_piece(self, text: str) -> list[int]:
+        """Token ids of ``text`` as a continuation: no BOS or other special tokens."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return [int(i) for i in (ids.ids if hasattr(ids, "ids") else ids)]
+
     @property
     def pad_id(self) -> int:
         tok = self.tokenizer

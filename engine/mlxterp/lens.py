@@ -84,22 +84,7 @@ def top_entries(values: mx.array, k: int) -> tuple[mx.array, mx.array]:
 
 def target_token_id(model: "InterpretableModel", target: Union[int, str]) -> int:
     """A token id from an id or from a string that is exactly one token (``" Paris"``)."""
-    if _is_int(target):
-        if target < 0:
-            raise InputError(f"token id must be non-negative; got {target}")
-        return int(target)
-    if not isinstance(target, str) or not target:
-        raise InputError(f"a target token is a token id or a non-empty string; got {target!r}")
-    model._require_tokenizer()
-    ids = model.tokenizer.encode(target, add_special_tokens=False)
-    ids = list(ids.ids if hasattr(ids, "ids") else ids)
-    if len(ids) != 1:
-        pieces = [model.token_to_str(i) for i in ids]
-        raise InputError(
-            f"the target {target!r} is {len(ids)} tokens {pieces}; give a string that is one "
-            "token (often with its leading space) or a token id"
-        )
-    return int(ids[0])
+    return model.token_id(target)
 
 
 def _token_text(model: "InterpretableModel") -> Callable[[int], str]:

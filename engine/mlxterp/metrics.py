@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .activations import _is_int
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -91,18 +90,7 @@ def answer_ids(model: "InterpretableModel", answer: Optional[Sequence[Answer]]) 
 
 
 def _answer_id(model: "InterpretableModel", answer: Answer) -> int:
-    if _is_int(answer):
-        if answer < 0:
-            raise InputError(f"an answer token id must be non-negative; got {answer}")
-        return int(answer)
-    if not isinstance(answer, str) or not answer:
-        raise InputError(f"an answer is a token id or a non-empty string; got {answer!r}")
-    model._require_tokenizer()
-    ids = model.tokenizer.encode(answer, add_special_tokens=False)
-    ids = list(ids.ids if hasattr(ids, "ids") else ids)
-    if not ids:
-        raise InputError(f"the answer {answer!r} encodes to no tokens")
-    return int(ids[0])
+    return model.token_id(answer, first=True)
 
 
 class Metric:

@@ -155,6 +155,29 @@ class InterpretableModel:
         self._require_tokenizer()
         return self.tokenizer.decode([int(token_id)])
 
+    def token_id(self, token: Union[int, str], *, first: bool = False) -> int:
+        """A token id from an id or a string (``" Paris"``, leading space included).
+
+        The string must be exactly one token, unless ``first=True`` takes its first token.
+        """
+        if isinstance(token, int) and not isinstance(token, bool):
+            if token < 0:
+                raise InputError(f"token id must be non-negative; got {token}")
+            return int(token)
+        if not isinstance(token, str) or not token:
+            raise InputError(f"a token is a token id or a non-empty string; got {token!r}")
+        self._require_tokenizer()
+        ids = self._codec.encode_piece(token)
+        if not ids:
+            raise InputError(f"{token!r} encodes to no tokens")
+        if len(ids) != 1 and not first:
+            pieces = [self.token_to_str(i) for i in ids]
+            raise InputError(
+                f"{token!r} is {len(ids)} tokens {pieces}; give a string that is one token "
+                "(often with its leading space) or a token id"
+            )
+        return ids[0]
+
     @property
     def vocab_size(self) -> Optional[int]:
         """Size of the tokenizer's vocabulary (added tokens included), or None."""
