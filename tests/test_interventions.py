@@ -123,3 +123,8 @@ def test_intervened_context_applies_to_every_forward(tiny_llama, clean):
     b = _site_output(tiny_llama, iv.zero_out)[1]
     np.testing.assert_allclose(np.array(a.astype(mx.float32)), np.array(b), rtol=1e-6)
     assert mx.array_equal(tiny_llama(TOKENS).astype(mx.float32), out).item()
+
+
+def test_a_description_cannot_name_a_custom_callable():
+    with pytest.raises(InterventionError, match="custom"):
+        iv.from_description({"kind": "custom", "params": {"fn": "print"}})

@@ -129,6 +129,8 @@ def from_description(desc: dict[str, Any]) -> Intervention:
     """Rebuild an :class:`Intervention` from :meth:`Intervention.describe` output."""
     if not isinstance(desc, dict) or "kind" not in desc:
         raise InterventionError(f"not an intervention description: {desc!r}")
+    if desc["kind"] == "custom":
+        raise InterventionError("a custom callable cannot be rebuilt from a description")
     params = dict(desc.get("params", {}))
     if desc["kind"] == "compose":
         params["steps"] = [from_description(s) for s in params.get("steps", [])]

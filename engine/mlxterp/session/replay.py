@@ -1,0 +1,79 @@
+"""Replay: re-run every step of a session on a freshly loaded model and compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import InputError, InterventionError, ModuleNameError
+from .session import Session, SessionManager, fingerprint
+from .steps import compare, kind
+from .storage import SessionError
+
+
+@dataclass
+class StepReport:
+    index: int
+    kind: str
+    ok: bool
+    message: str
+    max_diff: float = 0.0
+
+
+@dataclass
+class ReplayReport:
+    """Per-step results of a replay; ``ok`` when every step matched."""
+
+    path: Optional[str]
+    model_ref: str
+    steps: list[StepReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+    def format_text(self) -> str:
+        lines = [f"replay of {self.path or 'session'} on model {self.model_ref!r}"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        for s in self.steps:
+            mark = "ok  " if s.ok else "FAIL"
+            lines.append(f"{mark} step {s.index:>2} {s.kind:<22} {s.message}")
+        matched = sum(s.ok for s in self.steps)
+        lines.append(f"{matched} of {len(self.steps)} steps match" + ("" if self.ok else " — MISMATCH"))
+        return "\n".join(lines)
+
+
+def replay(source: Union[str, Path, Session], manager: Optional[SessionManager] = None,
+           tolerance: float = 1e-3) -> ReplayReport:
+    """Re-run every step of ``source`` and compare each with its recorded summary."""
+    session = source if isinstance(source, Session) else Session.load(source)
+    manager = manager or session.manager or SessionManager()
+    report = ReplayReport(str(session.path) if session.path else None, session.model_ref)
+    model = manager.model(session.model_ref)
+    current = fingerprint(session.model_ref)
+    if session.fingerprint and current and current != session.fingerprint:
+        report.warnings.append(
+            "the model's config.json differs from the one the session was recorded with")
+    active: dict = {}
+    for step in session.steps:
+        step_kind = kind(step.kind)
+        try:
+            params = step_kind.complete(step.params)
+            uses = step_kind.uses_interventions or step.kind == "interventions"
+            _, summary = step_kind.run(model, params, active if uses else {})
+        except (SessionError, InputError, InterventionError, ModuleNameError) as err:
+            report.steps.append(StepReport(step.index, step.kind, False, f"cannot run: {err}"))
+            continue
+        result = compare(step.summary, summary, tolerance)
+        if result.differences:
+            first = result.differences[0]
+            message = (f"{len(result.differences)} difference(s); first at {first.path or '(top)'}: "
+                       f"recorded {first.recorded!r}, now {first.replayed!r}")
+        else:
+            message = f"matches (max numeric difference {result.max_diff:.2g})"
+        report.steps.append(StepReport(step.index, step.kind, not result.differences, message,
+                                       result.max_diff))
+    return report
+

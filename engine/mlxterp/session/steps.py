@@ -1,0 +1,256 @@
+"""The kinds of step a session records: how each runs, and the summary kept of its result.
+
+A kind declares its parameters (required ones and defaults); ``run`` takes the model, the
+parameters and the session's active interventions and returns ``(result, summary)`` — the
+live result for whoever shows it, and a small dict of plain values that is saved and
+compared on replay.  Arrays a step produces (a steering vector) go in the summary as
+``mx.array`` and land in the sidecar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import mlx.core as mx
+
+from .. import attention, attribution, lens, patching, steering
+from ..interventions import Intervention
+from .storage import SessionError
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+Runner = Callable[["InterpretableModel", dict, dict], tuple[Any, dict]]
+REQUIRED = object()
+
+
+@dataclass
+class StepKind:
+    name: str
+    params: dict[str, Any]  # name -> default (REQUIRED for none)
+    run: Runner
+    uses_interventions: bool = False
+    doc: str = ""
+
+    def complete(self, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` checked against the declared parameters, defaults filled in."""
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise SessionError(
+                f"step {self.name!r} takes no parameter {', '.join(map(repr, unknown))}; "
+                f"it takes: {', '.join(self.params)}"
+            )
+        missing = [k for k, d in self.params.items() if d is REQUIRED and given.get(k) is None]
+        if missing:
+            raise SessionError(f"step {self.name!r} needs {', '.join(map(repr, missing))}")
+        return {k: given.get(k, d) for k, d in self.params.items() if given.get(k, d) is not None}
+
+
+def _rounded(values: Any, digits: int = 6) -> Any:
+    if isinstance(values, float):
+        return round(values, digits)
+    if isinstance(values, list):
+        return [_rounded(v, digits) for v in values]
+    if isinstance(values, dict):
+        return {k: _rounded(v, digits) for k, v in values.items()}
+    return values
+
+
+def _run_trace(model, p, active):
+    with model.trace(p["text"], interventions=active or None,
+                     capture=[model.layer_name(model.num_layers - 1)]) as trace:
+        pass
+    last = trace.last_token(trace.output)[0]
+    probs = mx.softmax(last, axis=-1)
+    ids, top = lens.top_entries(probs, p["top_k"])
+    ids_list = ids.tolist()
+    summary = {
+        "top_ids": ids_list,
+        "top_tokens": [model.token_to_str(i) for i in ids_list],
+        "top_probs": top.tolist(),
+        "logit_norm": mx.linalg.norm(last).item(),
+    }
+    return trace, _rounded(summary)
+
+
+def _run_lens(model, p, active):
+    result = lens.lens(model, p["text"], layers=p.get("layers"), top_k=p["top_k"],
+                       target=p.get("target"), interventions=active or None)
+    return result, _rounded(result.to_summary())
+
+
+def _answer(p):
+    return tuple(p["answer"]) if "answer" in p else None
+
+
+def _run_patching(model, p, active):
+    result = patching.patching_sweep(
+        model, p["clean"], p["corrupted"], component=p["component"], layers=p.get("layers"),
+        metric=p["metric"], answer=_answer(p), by_position=p["by_position"])
+    return result, _rounded(result.to_summary(), 4)
+
+
+def _run_attribution(model, p, active):
+    result = attribution.attribution_patching(
+        model, p["clean"], p["corrupted"], component=p["component"], metric=p["metric"],
+        answer=_answer(p))
+    return result, _rounded(result.to_summary(), 5)
+
+
+def _run_steering(model, p, active):
+    vector = steering.steering_vector(model, p["positive"], p["negative"], p["layer"])
+    baseline, steered = steering.steer(model, p["prompt"], vector, p["layer"],
+                                       coefficient=p["coefficient"], max_tokens=p["max_tokens"])
+    summary = {"baseline": baseline, "steered": steered,
+               "vector_norm": round(mx.linalg.norm(vector).item(), 5), "vector": vector}
+    return summary, summary
+
+
+def _run_generate(model, p, active):
+    ids = steering.generate_tokens(model, model.encode(p["prompt"]), p["max_tokens"],
+                                   interventions=active or None,
+                                   stop_ids=frozenset(_stop_ids(model)))
+    summary = {"text": model.decode(ids) if ids else "", "token_ids": ids}
+    return summary, summary
+
+
+def _stop_ids(model) -> list[int]:
+    eos = getattr(model.tokenizer, "eos_token_ids", None) or getattr(model.tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        return [eos]
+    return [int(e) for e in eos] if eos else []
+
+
+def _run_attention(model, p, active):
+    patterns = attention.attention_patterns(model, p["text"], layers=[p["layer"]])
+    weights = next(iter(patterns.values()))[0]  # (heads, q, k)
+    summary = {"layer": p["layer"],
+               "last_query_argmax": mx.argmax(weights[:, -1, :], axis=-1).tolist(),
+               "last_query_max": _rounded(mx.max(weights[:, -1, :], axis=-1).tolist(), 5)}
+    return patterns, summary
+
+
+def _run_interventions(model, p, active):
+    """Changes ``active`` in place: set, remove or clear one module's intervention."""
+    from ..interventions import from_description
+
+    action = p["action"]
+    if action == "clear":
+        active.clear()
+    elif action in ("set", "remove"):
+        if "module" not in p:
+            raise SessionError(f"interventions action {action!r} needs module=")
+        name = model.resolve(p["module"])
+        if action == "set":
+            if "intervention" not in p:
+                raise SessionError("interventions action 'set' needs intervention=")
+            desc = p["intervention"]
+            active[name] = from_description(desc) if isinstance(desc, dict) else desc
+        else:
+            active.pop(name, None)
+    else:
+        raise SessionError(f"interventions action must be set, remove or clear; got {action!r}")
+    summary = {"active": {n: repr(fn) for n, fn in active.items()}}
+    return dict(active), summary
+
+
+KINDS: dict[str, StepKind] = {k.name: k for k in [
+    StepKind("trace", {"text": REQUIRED, "top_k": 5}, _run_trace, True,
+             "one forward; the top next tokens at the last position"),
+    StepKind("logit_lens", {"text": REQUIRED, "top_k": 3, "layers": None, "target": None},
+             _run_lens, True, "what every layer predicts at every position"),
+    StepKind("activation_patching",
+             {"clean": REQUIRED, "corrupted": REQUIRED, "component": "mlp", "metric": "l2",
+              "layers": None, "answer": None, "by_position": False},
+             _run_patching, False, "recovery per layer from patching clean into corrupted"),
+    StepKind("attribution_patching",
+             {"clean": REQUIRED, "corrupted": REQUIRED, "component": "output",
+              "metric": "logit_diff", "answer": None},
+             _run_attribution, False, "gradient estimate of every layer x position patch"),
+    StepKind("steering",
+             {"positive": REQUIRED, "negative": REQUIRED, "layer": REQUIRED,
+              "prompt": REQUIRED, "coefficient": 4.0, "max_tokens": 20},
+             _run_steering, False, "a contrast vector added at a layer while generating"),
+    StepKind("generate", {"prompt": REQUIRED, "max_tokens": 20}, _run_generate, True,
+             "greedy continuation under the active interventions"),
+    StepKind("attention", {"text": REQUIRED, "layer": REQUIRED}, _run_attention, False,
+             "attention weights of every head of one layer"),
+    StepKind("interventions", {"action": REQUIRED, "module": None, "intervention": None},
+             _run_interventions, False, "set, remove or clear an active intervention"),
+]}
+
+
+def kind(name: str) -> StepKind:
+    if name not in KINDS:
+        raise SessionError(f"unknown step kind {name!r}; known: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+@dataclass
+class Difference:
+    path: str
+    recorded: Any
+    replayed: Any
+
+
+@dataclass
+class Comparison:
+    differences: list[Difference] = field(default_factory=list)
+    max_diff: float = 0.0
+
+
+def compare(recorded: Any, replayed: Any, tolerance: float, path: str = "",
+            out: Optional[Comparison] = None) -> Comparison:
+    """Numbers within ``tolerance`` (absolute, or relative to the larger magnitude);
+    everything else exactly; arrays elementwise."""
+    out = out or Comparison()
+    if isinstance(recorded, mx.array) or isinstance(replayed, mx.array):
+        a = mx.array(recorded).astype(mx.float32)
+        b = mx.array(replayed).astype(mx.float32)
+        if a.shape != b.shape:
+            out.differences.append(Difference(path, f"shape {a.shape}", f"shape {b.shape}"))
+            return out
+        diff = mx.max(mx.abs(a - b)).item() if a.size else 0.0
+        scale = max(1.0, mx.max(mx.abs(a)).item() if a.size else 0.0)
+        out.max_diff = max(out.max_diff, diff)
+        if diff > tolerance * scale:
+            out.differences.append(Difference(path, "array", f"differs by up to {diff:.3g}"))
+        return out
+    if isinstance(recorded, bool) or isinstance(replayed, bool):
+        if recorded != replayed:
+            out.differences.append(Difference(path, recorded, replayed))
+        return out
+    if isinstance(recorded, (int, float)) and isinstance(replayed, (int, float)):
+        if isinstance(recorded, int) and isinstance(replayed, int):
+            if recorded != replayed:
+                out.differences.append(Difference(path, recorded, replayed))
+            return out
+        diff = abs(float(recorded) - float(replayed))
+        out.max_diff = max(out.max_diff, diff)
+        if diff > tolerance * max(1.0, abs(float(recorded)), abs(float(replayed))):
+            out.differences.append(Difference(path, recorded, replayed))
+        return out
+    if isinstance(recorded, dict) and isinstance(replayed, dict):
+        for key in sorted(set(recorded) | set(replayed)):
+            if key not in recorded or key not in replayed:
+                out.differences.append(Difference(f"{path}.{key}".lstrip("."),
+                                                  recorded.get(key), replayed.get(key)))
+            else:
+                compare(recorded[key], replayed[key], tolerance, f"{path}.{key}".lstrip("."), out)
+        return out
+    if isinstance(recorded, (list, tuple)) and isinstance(replayed, (list, tuple)):
+        if len(recorded) != len(replayed):
+            out.differences.append(Difference(path, f"{len(recorded)} items", f"{len(replayed)} items"))
+            return out
+        for i, (a, b) in enumerate(zip(recorded, replayed)):
+            compare(a, b, tolerance, f"{path}[{i}]", out)
+        return out
+    if recorded != replayed:
+        out.differences.append(Difference(path, recorded, replayed))
+    return out
+
+
+def describe_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters with interventions as descriptions (what is saved)."""
+    return {k: (v.describe() if isinstance(v, Intervention) else v) for k, v in params.items()}
