@@ -76,6 +76,9 @@ class LensResult:
 def top_entries(values: mx.array, k: int) -> tuple[mx.array, mx.array]:
     """Indices and values of the ``k`` largest entries along the last axis, largest first."""
     k = min(k, values.shape[-1])
+    if k == 1:  # argmax is ~10x cheaper than a partition on the CPU
+        idx = mx.argmax(values, axis=-1, keepdims=True)
+        return idx, mx.take_along_axis(values, idx, axis=-1)
     idx = mx.argpartition(-values, kth=k - 1, axis=-1)[..., :k]
     vals = mx.take_along_axis(values, idx, axis=-1)
     order = mx.argsort(-vals, axis=-1)

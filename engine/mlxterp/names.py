@@ -58,6 +58,7 @@ class ModuleIndex:
         self.layer_path = self._find_layer_list(layer_attr)
         self.num_layers = len(self._layer_children()) if self.layer_path else 0
         self._cache: dict[str, str] = {}
+        self._order = {name: i for i, name in enumerate(self.modules)}
 
     # ----------------------------------------------------------------- layer list
     def _list_paths(self) -> list[str]:
@@ -167,8 +168,7 @@ class ModuleIndex:
             found.update(n for n in self.modules if n.endswith("." + pattern))
         if not found and _is_glob(pattern):
             found.update(n for n in self.modules if fnmatch.fnmatchcase(n, "*" + pattern))
-        order = {n: i for i, n in enumerate(self.modules)}
-        return sorted(found, key=order.__getitem__)
+        return sorted(found, key=self._order.__getitem__)
 
     def resolve(self, name: str) -> str:
         """The canonical name of one module; ``ModuleNameError`` (a KeyError) otherwise."""
