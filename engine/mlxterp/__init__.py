@@ -29,6 +29,9 @@ from .proxies import LayerListProxy, ModuleProxy, OutputProxy  # noqa: E402
 from .tracing import ActivationMap, Trace  # noqa: E402
 
 
+from . import sae  # noqa: E402
+
+
 def demo_model() -> InterpretableModel:
     """The embedded demo model (a small trained llama), loaded offline."""
     return InterpretableModel("demo")
@@ -41,5 +44,5 @@ __all__ = [
     "get_activations", "InputError", "InterpretableModel", "InterventionError", "LayerListProxy",
     "MODEL_OUTPUT", "ModelLoadError", "ModuleNameError", "ModuleProxy", "NotSerializableError",
     "OutputProxy", "Trace", "activation_patching", "attribution_patching", "demo_model",
-    "generate", "interventions", "logit_lens", "patching_sweep", "steer", "steering_vector",
+    "generate", "interventions", "logit_lens", "patching_sweep", "sae", "steer", "steering_vector",
 ]
