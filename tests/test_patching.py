@@ -370,7 +370,7 @@ def test_logit_diff_answers_by_string_use_the_first_token(text_model):
     by_id = activation_patching(text_model, "the capital of france is",
                                 "the capital of germany is", component="output",
                                 metric="logit_diff", answer=(paris, berlin))
-    assert by_text == by_id
+    assert by_text == pytest.approx(by_id, rel=1e-4)  # same tokens; BLAS threads may reorder sums
     assert by_text == pytest.approx({i: 100.0 for i in range(text_model.num_layers)}, abs=1e-2)
 
 
