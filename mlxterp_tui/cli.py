@@ -1,0 +1,58 @@
+"""``mlxterp``: open the workbench (``--model``, ``open FILE``) or replay a session headless."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model: demo)
+       mlxterp open FILE.toml               open a saved session
+       mlxterp replay FILE [options]        replay a session headless (exit 1 on mismatch)"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlxterp", usage=USAGE,
+        description="Keyboard-driven interpretability workbench for MLX language models. "
+                    "Press F1 inside the app for every key.")
+    parser.add_argument("--model", default="demo",
+                        help="model name or folder (default: the embedded demo model)")
+    sub = parser.add_subparsers(dest="command")
+    opener = sub.add_parser("open", help="open a saved session file")
+    opener.add_argument("file", help="session file (.toml)")
+    sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE",
+                   add_help=False)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"mlxterp: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``mlxterp`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["replay"]:
+        from mlxterp.session import replay_main
+
+        return replay_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from mlxterp.session import Session, SessionManager
+
+    from .app import WorkbenchApp, error_text
+
+    manager, session = SessionManager(), None
+    try:
+        if args.command == "open":
+            session = Session.load(args.file, manager=manager)
+        manager.model(session.model_ref if session is not None else args.model)
+    except Exception as err:  # noqa: BLE001  one line, no traceback
+        return _fail(error_text(err))
+    WorkbenchApp(args.model, session=session, manager=manager).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The logit-lens table (layers x positions, top token per cell coloured by probability) and
+the top-k modal of a cell."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from mlxterp.plotting import color_at
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Input, Static
+
+CELL_WIDTH = 8
+
+
+def shown_token(token: str, width: int = CELL_WIDTH) -> str:
+    """A token made printable and cut to ``width`` characters."""
+    text = "".join(c if c.isprintable() else "·" for c in token).replace(" ", "␣")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def prob_cell(token: str, prob: float) -> Text:
+    """The token on a background coloured by ``prob`` (viridis), readable foreground."""
+    r, g, b = color_at("viridis", prob)
+    fg = "black" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "white"
+    return Text(shown_token(token), style=f"{fg} on rgb({r},{g},{b})")
+
+
+class TopKScreen(ModalScreen[None]):
+    """The top-k tokens of one lens cell."""
+
+    BINDINGS = [Binding("escape,enter,q", "dismiss", "Close", id="topk_close")]
+
+    def __init__(self, title: str, rows: list[tuple[str, int, float]]) -> None:
+        super().__init__()
+        self._title = title
+        self._rows = rows
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="topk-box", classes="modal-box"):
+            yield Static(self._title, classes="modal-title")
+            table = DataTable(id="topk-table", cursor_type="row")
+            table.add_columns("#", "token", "id", "prob")
+            for n, (token, token_id, prob) in enumerate(self._rows, 1):
+                table.add_row(str(n), prob_cell(token, prob), str(token_id), f"{prob:.3f}")
+            yield table
+            yield Static("Esc closes", classes="modal-hint")
+
+
+class LensPane(Vertical):
+    """Target token entry and the lens table; Enter on a cell opens its top-k."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.result: Any = None
+        self.summary: Optional[dict] = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="lens-options"):
+            yield Input(placeholder="target token (optional, e.g. ␣Paris)", id="lens-target")
+            yield Input(value="5", placeholder="top-k", id="lens-topk", restrict=r"[0-9]*")
+        yield Static("Type a prompt and press Enter (or ctrl+r) to run the lens.", id="lens-caption")
+        table = DataTable(id="lens-table", cursor_type="cell", zebra_stripes=False)
+        yield table
+
+    @property
+    def target(self) -> Optional[str]:
+        value = self.query_one("#lens-target", Input).value
+        return value.replace("␣", " ") if value.strip() else None
+
+    @property
+    def top_k(self) -> str:
+        return self.query_one("#lens-topk", Input).value
+
+    def show(self, summary: dict, result: Any = None) -> None:
+        """Draw a lens summary (``LensResult.to_summary()`` form); ``result`` adds top-k."""
+        self.summary, self.result = summary, result
+        table = self.query_one("#lens-table", DataTable)
+        table.clear(columns=True)
+        tokens = summary.get("tokens") or [str(p) for p in range(len(summary["top_strs"][0]))]
+        table.add_column("layer", key="layer", width=5)
+        for pos, token in enumerate(tokens):
+            table.add_column(shown_token(token), key=f"p{pos}", width=CELL_WIDTH)
+        for layer, strs, probs in zip(summary["layers"], summary["top_strs"], summary["top_probs"]):
+            table.add_row(f"L{layer}", *[prob_cell(s, p) for s, p in zip(strs, probs)],
+                          key=f"L{layer}")
+        caption = f"{len(summary['layers'])} layers x {len(tokens)} positions; Enter on a cell: top-k"
+        if summary.get("target_probs"):
+            caption += f"; target p at last layer {summary['target_probs'][-1]:.3f}"
+        self.query_one("#lens-caption", Static).update(caption)
+
+    def cell_topk(self, row: int, column: int) -> Optional[tuple[str, list]]:
+        """Title and ``[(token, id, prob)]`` for the table cell at ``(row, column)``."""
+        if self.summary is None or column < 1:
+            return None
+        pos, layer = column - 1, self.summary["layers"][row]
+        token = (self.summary.get("tokens") or [str(pos)] * (pos + 1))[pos]
+        title = f"Layer {layer}, position {pos} ({shown_token(token, 20)})"
+        if self.result is not None and hasattr(self.result, "top_ids"):
+            cell = zip(self.result.top_strs[row][pos], self.result.top_ids[row][pos],
+                       self.result.top_probs[row][pos])
+            return title, list(cell)
+        summary = self.summary
+        return title, [(summary["top_strs"][row][pos], summary["top_ids"][row][pos],
+                        summary["top_probs"][row][pos])]
+
+    def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
+        if event.data_table.id != "lens-table":
+            return
+        found = self.cell_topk(event.coordinate.row, event.coordinate.column)
+        if found is not None:
+            self.app.push_screen(TopKScreen(*found))

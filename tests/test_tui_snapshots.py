@@ -1,0 +1,130 @@
+"""SVG snapshots of each main screen at 80x24 and 120x40 (``--snapshot-update`` to accept)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytest_textual_snapshot")
+
+from mlxterp.session import SessionManager  # noqa: E402
+from textual.widgets import DataTable, Input  # noqa: E402
+
+from mlxterp_tui.app import WorkbenchApp  # noqa: E402
+
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from mlxterp.checkpoints import build_checkpoint
+
+    # a fixed folder name: the status bar shows it
+    return str(build_checkpoint("llama", tmp_path_factory.mktemp("snapmodel", numbered=False)))
+
+
+@pytest.fixture(scope="module")
+def manager(model_dir):
+    mgr = SessionManager()
+    mgr.model(model_dir)
+    return mgr
+
+
+@pytest.fixture(autouse=True)
+def no_user_keymap(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXTERP_CONFIG_DIR", str(tmp_path / "config"))
+
+
+async def ready(pilot, prompt: str = "The capital of France is") -> None:
+    """Model loaded, no blinking cursors, a lens on ``prompt`` done."""
+    app = pilot.app
+    await app.workers.wait_for_complete()
+    for widget in app.query(Input):
+        widget.cursor_blink = False
+    app.query_one("#prompt", Input).value = prompt
+    app.query_one("#lens-target", Input).value = "␣Paris"
+    app.query_one("#prompt", Input).focus()
+    await pilot.press("enter")
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def screen(setup):
+    """A ``run_before`` that readies the app, then runs ``setup(pilot)``."""
+    async def run_before(pilot):
+        await ready(pilot)
+        await setup(pilot)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+    return run_before
+
+
+async def lens(pilot):
+    pilot.app.query_one("#lens-table").focus()
+
+
+async def topk(pilot):
+    table = pilot.app.query_one("#lens-table", DataTable)
+    table.focus()
+    table.move_cursor(row=1, column=5)
+    await pilot.press("enter")
+
+
+async def model_tree(pilot):
+    await pilot.press("ctrl+t")  # a trace: the last layer's node shows its shape
+    await pilot.app.workers.wait_for_complete()
+    pilot.app.query_one("#module-tree").focus()
+    await pilot.press("1", *["down"] * 6, "enter")
+
+
+async def patching(pilot):
+    app = pilot.app
+    app.query_one("#patch-clean", Input).value = "The capital of France is"
+    app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
+    app.query_one("#patch-table").focus()
+    await pilot.press("ctrl+k")
+
+
+async def chart(pilot):
+    pilot.app.query_one("#lens-table").focus()
+    await pilot.press("3")
+
+
+async def attention(pilot):
+    pilot.app.query_one("#attn-head", Input).value = "1"
+    pilot.app.query_one("#lens-table").focus()
+    await pilot.press("f6")
+
+
+async def interventions(pilot):
+    app = pilot.app
+    app.query_one("#module-tree").focus()
+    await pilot.press("i")
+    app.screen.query_one("#iv-module", Input).value = "layers.1.mlp"
+    app.screen.query_one("#iv-params", Input).value = "factor=0"
+    app.screen.query_one("#iv-module", Input).focus()
+    await pilot.press("enter")
+    await app.workers.wait_for_complete()
+    app.query_one("#iv-table").focus()
+
+
+async def history(pilot):
+    pilot.app.query_one("#lens-table").focus()
+    await pilot.press("7")
+    pilot.app.query_one("#history-list").focus()
+
+
+async def help_screen(pilot):
+    pilot.app.query_one("#lens-table").focus()
+    await pilot.press("f1")
+
+
+SCREENS = {"lens": lens, "topk": topk, "model": model_tree, "patching": patching,
+           "chart": chart, "attention": attention, "interventions": interventions, "history": history,
+           "help": help_screen}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", list(SCREENS))
+def test_screen(snap_compare, model_dir, manager, name, size):
+    app = WorkbenchApp(model_dir, manager=manager)
+    assert snap_compare(app, terminal_size=size, run_before=screen(SCREENS[name]))
