@@ -5,12 +5,12 @@
 #
 #   scripts/tmux_smoke.sh [--model NAME_OR_PATH]     (default: the demo model)
 #
-# Runs from a checkout: PYTHON (default /tmp/venv/bin/python, else python3) with
+# Runs from a checkout: PYTHON (default .venv/bin/python, else python3) with
 # PYTHONPATH=engine:. so the in-tree packages are used.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-/tmp/venv/bin/python}"
+PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 NAME="mlxterp-smoke-$$"
 CONFIG="$(mktemp -d)"
