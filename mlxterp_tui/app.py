@@ -234,6 +234,11 @@ class WorkbenchApp(App):
                             summary["layers"], summary["recovery"], "layer", "recovery %")
         elif step.kind == "trace":
             self.query_one(ModelPane).show_shapes(trace_shapes(step))
+            norms = summary.get("layer_norms")
+            if norms:
+                self.query_one(ChartsPane).line(
+                    "residual norm at the last token per layer", list(range(len(norms))),
+                    norms, "layer", "norm")
             self.notify("next tokens: " + ", ".join(
                 f"{t!r} {p:.3f}" for t, p in zip(summary["top_tokens"], summary["top_probs"])),
                 timeout=6)

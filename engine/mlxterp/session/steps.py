@@ -58,18 +58,22 @@ def _rounded(values: Any, digits: int = 6) -> Any:
 
 
 def _run_trace(model, p, active):
-    with model.trace(p["text"], interventions=active or None,
-                     capture=[model.layer_name(model.num_layers - 1)]) as trace:
+    """Full capture (the workbench shows every module's shape); the summary keeps the top
+    next tokens and the norm of each layer's residual at the last real token."""
+    with model.trace(p["text"], interventions=active or None) as trace:
         pass
     last = trace.last_token(trace.output)[0]
     probs = mx.softmax(last, axis=-1)
     ids, top = lens.top_entries(probs, p["top_k"])
     ids_list = ids.tolist()
+    norms = [mx.linalg.norm(trace.last_token(trace.activations[name])[0]).item()
+             for name in model._index.layer_names]
     summary = {
         "top_ids": ids_list,
         "top_tokens": [model.token_to_str(i) for i in ids_list],
         "top_probs": top.tolist(),
         "logit_norm": mx.linalg.norm(last).item(),
+        "layer_norms": norms,
     }
     return trace, _rounded(summary)
 
