@@ -149,13 +149,11 @@ class Trace:
         self._saved_canonical: dict[str, str] = {}
         self.activations: ActivationMap = ActivationMap(index, {})
         self.output: Optional[mx.array] = None
-        self._entered = False
 
     # ------------------------------------------------------------------ running
     def __enter__(self) -> "Trace":
         self._run()
         self._model._push_trace(self)
-        self._entered = True
         return self
 
     def __exit__(self, *exc) -> None:
