@@ -189,3 +189,53 @@ def test_replay_command_exit_codes(tmp_path):
     broken = run(str(bad))
     assert broken.returncode == 2 and "not valid TOML" in broken.stdout
     assert "Traceback" not in broken.stdout + broken.stderr
+
+
+@pytest.mark.parametrize("kind, params, message", [
+    ("trace", {"text": 5}, "text must be a string"),
+    ("trace", {"text": PROMPT, "top_k": "x"}, "top_k must be a positive integer"),
+    ("trace", {"text": PROMPT, "top_k": -2}, "top_k must be a positive integer"),
+    ("trace", {"text": PROMPT, "temperature": 1.0}, "takes no parameter 'temperature'"),
+    ("logit_lens", {"text": PROMPT, "layers": [0, "1"]}, "layers must be a list"),
+    ("activation_patching", {"clean": PROMPT, "corrupted": PROMPT, "answer": [" Paris"]},
+     "answer must be a pair"),
+    ("attention", {"text": PROMPT, "layer": 99}, "layer 99 is out of range"),
+    ("steering", {"positive": "a", "negative": "b", "layer": 16, "prompt": "x"},
+     "layer 16 is out of range"),
+    ("interventions", {"action": "exec"}, "action must be one of"),
+    ("generate", {}, "needs 'prompt'"),
+])
+def test_bad_params_are_refused_before_running(manager, kind, params, message):
+    s = Session.new("demo", None, manager)
+    with pytest.raises(SessionError, match=message):
+        s.run(manager, kind, **params)
+    assert s.steps == []
+
+
+def test_replay_reports_a_step_with_bad_params_and_goes_on(manager, tmp_path):
+    path = tmp_path / "typed.toml"
+    path.write_text("format = 1\n[model]\nref = 'demo'\n"
+                    "[[steps]]\nkind = 'trace'\n[steps.params]\ntext = 'hi'\ntop_k = 'x'\n"
+                    "[[steps]]\nkind = 'interventions'\n[steps.params]\naction = 'clear'\n"
+                    "[steps.summary.active]\n")
+    report = replay(path, manager)
+    assert [s.ok for s in report.steps] == [False, True]
+    assert "top_k must be a positive integer" in report.steps[0].message
+
+
+def test_replay_warns_when_the_model_differs(recorded, manager):
+    doc = recorded.path.read_text()
+    assert f"parameters = {sum(v.size for v in manager.model('demo').parameters().values())}" in doc
+    recorded.path.write_text(doc.replace("parameters = ", "parameters = 1", 1))
+    report = replay(recorded.path, manager)
+    assert report.ok and any("parameters" in w for w in report.warnings)
+    assert "warning:" in report.format_text()
+
+
+def test_replay_main_exits_1_on_mismatch(recorded, capsys):
+    from mlxterp.session import replay_main
+
+    assert replay_main([str(recorded.path)]) == 0
+    recorded.path.write_text(recorded.path.read_text().replace('" Paris"', '" Berlin"', 1))
+    assert replay_main([str(recorded.path), "--tolerance", "0.5"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out

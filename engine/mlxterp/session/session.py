@@ -54,6 +54,11 @@ def fingerprint(ref: str) -> Optional[str]:
     return hashlib.sha256(config.read_bytes()).hexdigest()[:16]
 
 
+def parameter_count(model: InterpretableModel) -> int:
+    """How many numbers the model's weights hold (the second half of the fingerprint)."""
+    return sum(v.size for v in model.parameters().values())
+
+
 @dataclass
 class Step:
     """One recorded action: its inputs, a summary of its result, and the live result."""
@@ -84,6 +89,7 @@ class Session:
         self.interventions: dict[str, Callable] = {}
         self.created = _now()
         self.fingerprint = fingerprint(model_ref)
+        self.parameters: Optional[int] = None
 
     @classmethod
     def new(cls, model_ref: str, path: Union[str, Path, None] = None,
@@ -100,6 +106,8 @@ class Session:
         if kind_name == "interventions" and callable(full.get("intervention")):
             full["intervention"] = self._describe(full["intervention"], full.get("module"))
         model = manager.model(self.model_ref)
+        if self.parameters is None:
+            self.parameters = parameter_count(model)
         active = self.interventions if step_kind.uses_interventions or kind_name == "interventions" else {}
         result, summary = step_kind.run(model, full, active)
         step = Step(len(self.steps), kind_name, describe_params(full), summary, result=result)
@@ -148,6 +156,8 @@ class Session:
         model = {"ref": self.model_ref}
         if self.fingerprint:
             model["fingerprint"] = self.fingerprint
+        if self.parameters is not None:
+            model["parameters"] = self.parameters
         document = {
             "format": storage.FORMAT,
             "model": model,
@@ -172,6 +182,7 @@ class Session:
         document, arrays = storage.read(Path(path))
         session = cls(document["model"]["ref"], path, manager)
         session.fingerprint = document["model"].get("fingerprint")
+        session.parameters = document["model"].get("parameters")
         session.created = str(document.get("meta", {}).get("created", session.created))
         for i, raw in enumerate(document.get("steps", [])):
             where = f"{Path(path).name}, step {i}"

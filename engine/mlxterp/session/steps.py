@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import mlx.core as mx
 
 from .. import attention, attribution, lens, patching, steering
-from ..interventions import Intervention
+from ..interventions import Intervention, from_description
 from .storage import SessionError
 
 if TYPE_CHECKING:
@@ -25,10 +25,57 @@ Runner = Callable[["InterpretableModel", dict, dict], tuple[Any, dict]]
 REQUIRED = object()
 
 
+@dataclass(frozen=True)
+class Param:
+    """A step parameter: its default (``REQUIRED`` for none) and the values it accepts."""
+
+    default: Any
+    expects: str
+    accepts: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_texts(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, (list, tuple)) and bool(v)
+                                  and all(isinstance(x, str) for x in v))
+
+
+def _text(default=REQUIRED):
+    return Param(default, "a string", lambda v: isinstance(v, str))
+
+
+def _texts(default=REQUIRED):
+    return Param(default, "a string or a list of strings", _is_texts)
+
+
+def _count(default=REQUIRED):
+    return Param(default, "a positive integer", lambda v: _is_int(v) and v > 0)
+
+
+def _index(default=REQUIRED):
+    return Param(default, "a layer index (an integer >= 0)", lambda v: _is_int(v) and v >= 0)
+
+
+LAYERS = Param(None, "a list of layer indices",
+               lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v))
+ANSWER = Param(None, "a pair of strings (right answer, wrong answer)",
+               lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+               and all(isinstance(x, str) for x in v))
+NUMBER = Param(4.0, "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+FLAG = Param(False, "true or false", lambda v: isinstance(v, bool))
+TARGET = Param(None, "a token string or id", lambda v: isinstance(v, str) or _is_int(v))
+ACTION = Param(REQUIRED, "one of 'set', 'remove', 'clear'", lambda v: v in ("set", "remove", "clear"))
+INTERVENTION = Param(None, "an intervention (or its description table)",
+                     lambda v: isinstance(v, dict) or callable(v))
+
+
 @dataclass
 class StepKind:
     name: str
-    params: dict[str, Any]  # name -> default (REQUIRED for none)
+    params: dict[str, Param]
     run: Runner
     uses_interventions: bool = False
     doc: str = ""
@@ -41,10 +88,23 @@ class StepKind:
                 f"step {self.name!r} takes no parameter {', '.join(map(repr, unknown))}; "
                 f"it takes: {', '.join(self.params)}"
             )
-        missing = [k for k, d in self.params.items() if d is REQUIRED and given.get(k) is None]
+        missing = [k for k, d in self.params.items() if d.default is REQUIRED and given.get(k) is None]
         if missing:
             raise SessionError(f"step {self.name!r} needs {', '.join(map(repr, missing))}")
-        return {k: given.get(k, d) for k, d in self.params.items() if given.get(k, d) is not None}
+        full = {k: given.get(k, d.default) for k, d in self.params.items()}
+        for key, value in full.items():
+            if value is not None and not self.params[key].accepts(value):
+                raise SessionError(f"step {self.name!r}: {key} must be {self.params[key].expects}, "
+                                   f"got {value!r}")
+        return {k: v for k, v in full.items() if v is not None}
+
+
+def _layer(model, index: int) -> int:
+    """``index`` if the model has that layer, else a ``SessionError``."""
+    if index >= model.num_layers:
+        raise SessionError(f"layer {index} is out of range: the model has {model.num_layers} "
+                           f"layers (0..{model.num_layers - 1})")
+    return index
 
 
 def _rounded(values: Any, digits: int = 6) -> Any:
@@ -103,8 +163,9 @@ def _run_attribution(model, p, active):
 
 
 def _run_steering(model, p, active):
-    vector = steering.steering_vector(model, p["positive"], p["negative"], p["layer"])
-    baseline, steered = steering.steer(model, p["prompt"], vector, p["layer"],
+    layer = _layer(model, p["layer"])
+    vector = steering.steering_vector(model, p["positive"], p["negative"], layer)
+    baseline, steered = steering.steer(model, p["prompt"], vector, layer,
                                        coefficient=p["coefficient"], max_tokens=p["max_tokens"])
     summary = {"baseline": baseline, "steered": steered,
                "vector_norm": round(mx.linalg.norm(vector).item(), 5), "vector": vector}
@@ -127,7 +188,7 @@ def _stop_ids(model) -> list[int]:
 
 
 def _run_attention(model, p, active):
-    patterns = attention.attention_patterns(model, p["text"], layers=[p["layer"]])
+    patterns = attention.attention_patterns(model, p["text"], layers=[_layer(model, p["layer"])])
     weights = next(iter(patterns.values()))[0]  # (heads, q, k)
     summary = {"layer": p["layer"],
                "last_query_argmax": mx.argmax(weights[:, -1, :], axis=-1).tolist(),
@@ -137,12 +198,10 @@ def _run_attention(model, p, active):
 
 def _run_interventions(model, p, active):
     """Changes ``active`` in place: set, remove or clear one module's intervention."""
-    from ..interventions import from_description
-
     action = p["action"]
     if action == "clear":
         active.clear()
-    elif action in ("set", "remove"):
+    else:
         if "module" not in p:
             raise SessionError(f"interventions action {action!r} needs module=")
         name = model.resolve(p["module"])
@@ -153,34 +212,32 @@ def _run_interventions(model, p, active):
             active[name] = from_description(desc) if isinstance(desc, dict) else desc
         else:
             active.pop(name, None)
-    else:
-        raise SessionError(f"interventions action must be set, remove or clear; got {action!r}")
     summary = {"active": {n: repr(fn) for n, fn in active.items()}}
     return dict(active), summary
 
 
 KINDS: dict[str, StepKind] = {k.name: k for k in [
-    StepKind("trace", {"text": REQUIRED, "top_k": 5}, _run_trace, True,
+    StepKind("trace", {"text": _text(), "top_k": _count(5)}, _run_trace, True,
              "one forward; the top next tokens at the last position"),
-    StepKind("logit_lens", {"text": REQUIRED, "top_k": 3, "layers": None, "target": None},
+    StepKind("logit_lens", {"text": _text(), "top_k": _count(3), "layers": LAYERS, "target": TARGET},
              _run_lens, True, "what every layer predicts at every position"),
     StepKind("activation_patching",
-             {"clean": REQUIRED, "corrupted": REQUIRED, "component": "mlp", "metric": "l2",
-              "layers": None, "answer": None, "by_position": False},
+             {"clean": _text(), "corrupted": _text(), "component": _text("mlp"),
+              "metric": _text("l2"), "layers": LAYERS, "answer": ANSWER, "by_position": FLAG},
              _run_patching, False, "recovery per layer from patching clean into corrupted"),
     StepKind("attribution_patching",
-             {"clean": REQUIRED, "corrupted": REQUIRED, "component": "output",
-              "metric": "logit_diff", "answer": None},
+             {"clean": _text(), "corrupted": _text(), "component": _text("output"),
+              "metric": _text("logit_diff"), "answer": ANSWER},
              _run_attribution, False, "gradient estimate of every layer x position patch"),
     StepKind("steering",
-             {"positive": REQUIRED, "negative": REQUIRED, "layer": REQUIRED,
-              "prompt": REQUIRED, "coefficient": 4.0, "max_tokens": 20},
+             {"positive": _texts(), "negative": _texts(), "layer": _index(),
+              "prompt": _text(), "coefficient": NUMBER, "max_tokens": _count(20)},
              _run_steering, False, "a contrast vector added at a layer while generating"),
-    StepKind("generate", {"prompt": REQUIRED, "max_tokens": 20}, _run_generate, True,
+    StepKind("generate", {"prompt": _text(), "max_tokens": _count(20)}, _run_generate, True,
              "greedy continuation under the active interventions"),
-    StepKind("attention", {"text": REQUIRED, "layer": REQUIRED}, _run_attention, False,
+    StepKind("attention", {"text": _text(), "layer": _index()}, _run_attention, False,
              "attention weights of every head of one layer"),
-    StepKind("interventions", {"action": REQUIRED, "module": None, "intervention": None},
+    StepKind("interventions", {"action": ACTION, "module": _text(None), "intervention": INTERVENTION},
              _run_interventions, False, "set, remove or clear an active intervention"),
 ]}
 
