@@ -1,8 +1,9 @@
 """Sparse autoencoders: train on streamed activations, save, and read their features.
 
-``train_sae(model, texts, module="layers.8")`` → :class:`SAE`; ``stats`` / ``evaluate``
-measure it; ``top_features_for_text``, ``top_texts_for_feature``, ``feature_logit_effects``
-and ``feature_intervention`` read and use its features.  See docs/sae.md.
+``train_sae(model, texts, "layers.8")`` → :class:`SAE`; ``stats`` / ``evaluate`` measure
+it; ``sae.save`` / ``SAE.load`` store it; ``top_features_for_text``,
+``top_texts_for_feature``, ``feature_logit_effects`` and ``feature_intervention`` read and
+use its features.  See docs/sae.md.
 """
 
 from .analysis import (
@@ -11,11 +12,14 @@ from .analysis import (
     top_features_for_text,
     top_texts_for_feature,
 )
-from .model import SAE, SAEConfig, check_against
-from .train import evaluate, stats, stream_activations, train_sae
+from .config import KINDS, SAEConfig
+from .io import check_against, load_sae, save_sae
+from .measure import evaluate, stats
+from .model import SAE
+from .train import resolve_component, stream_activations, train_sae
 
 __all__ = [
-    "SAE", "SAEConfig", "check_against", "evaluate", "feature_intervention",
-    "feature_logit_effects", "stats", "stream_activations", "top_features_for_text",
-    "top_texts_for_feature", "train_sae",
+    "KINDS", "SAE", "SAEConfig", "check_against", "evaluate", "feature_intervention",
+    "feature_logit_effects", "load_sae", "resolve_component", "save_sae", "stats",
+    "stream_activations", "top_features_for_text", "top_texts_for_feature", "train_sae",
 ]

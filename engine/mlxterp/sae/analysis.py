@@ -3,103 +3,112 @@ writes, and an intervention that changes one feature inside a trace."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import mlx.core as mx
 
 from ..errors import InputError
+from ..lens import _token_text
 from .model import SAE
-from .train import stream_activations
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 
-def _module(sae: SAE, model: "InterpretableModel") -> str:
-    module = sae.site.get("module")
-    if not module:
-        raise InputError("this SAE does not record the module it was trained on")
-    return model.resolve(module)
+def _component(sae: SAE, model: "InterpretableModel") -> str:
+    if not sae.component:
+        raise InputError("this SAE does not record the component it was trained on")
+    return model.resolve(sae.component)
 
 
 def _check_feature(sae: SAE, feature: int) -> int:
-    if not isinstance(feature, int) or not 0 <= feature < sae.d_sae:
+    if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < sae.d_sae:
         raise InputError(f"feature must be an int in 0..{sae.d_sae - 1}; got {feature!r}")
     return feature
 
 
-def top_features_for_text(sae: SAE, model: "InterpretableModel", text: str, k: int = 10) -> dict:
-    """``{"tokens": [...], "per_position": [[(feature, act), ...] per token], "pooled":
-    [(feature, max act over tokens), ...]}`` — the ``k`` strongest, strongest first."""
-    module = _module(sae, model)
-    with model.trace(text, capture=[module]) as trace:
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive int; got {k!r}")
+    return k
+
+
+def top_features_for_text(sae: SAE, model: "InterpretableModel", text: Any, k: int = 10) -> dict:
+    """The ``k`` strongest features of one prompt, strongest first: ``{"tokens": [...],
+    "per_position": [[(feature, activation), ...] per token], "pooled": [(feature, max
+    activation over the tokens), ...]}`` (only features that fire)."""
+    k = min(_check_k(k), sae.d_sae)
+    component = _component(sae, model)
+    with model.trace(text, capture=[component]) as trace:
         pass
-    acts = trace.activations[module][0, : trace.lengths[0]]  # (seq, d_model): batch removed
-    feats = sae.encode(acts.astype(mx.float32))  # (seq, d_sae)
-    k = min(k, sae.d_sae)
+    acts = trace.activations[component]  # (batch, seq, d_model)
+    if acts.ndim != 3 or acts.shape[0] != 1:
+        raise InputError(f"top_features_for_text reads one prompt; got activations shaped "
+                         f"{tuple(acts.shape)} (top_texts_for_feature reads many)")
+    length = trace.lengths[0] if trace.lengths else acts.shape[1]
+    feats = sae.encode(acts[0, :length])  # (seq, d_sae)
     order = mx.argsort(-feats, axis=-1)[:, :k]
     values = mx.take_along_axis(feats, order, axis=-1)
     pooled = mx.max(feats, axis=0)
     pooled_order = mx.argsort(-pooled)[:k]
-    per_position = [
-        [(int(f), float(v)) for f, v in zip(fs, vs) if v > 0]
-        for fs, vs in zip(order.tolist(), values.tolist())
-    ]
+    token_text = _token_text(model)
     return {
-        "tokens": [model.token_to_str(t) for t in trace.inputs[0]],
-        "per_position": per_position,
-        "pooled": [(int(f), float(pooled[f].item())) for f in pooled_order.tolist()
-                   if pooled[f].item() > 0],
+        "tokens": [token_text(t) for t in (trace.inputs[0] if trace.inputs else [])],
+        "per_position": [[(f, v) for f, v in zip(fs, vs) if v > 0]
+                         for fs, vs in zip(order.tolist(), values.tolist())],
+        "pooled": [(f, v) for f, v in zip(pooled_order.tolist(), pooled[pooled_order].tolist())
+                   if v > 0],
     }
 
 
-def top_texts_for_feature(sae: SAE, model: "InterpretableModel", texts: list[str], feature: int,
-                          k: int = 10, batch_size: int = 8) -> list[tuple[str, int, str, float]]:
-    """The ``k`` strongest ``(text, position, token, activation)`` of ``feature`` over
-    ``texts`` (any number, streamed in batches; each text counted at its best token)."""
-    feature = _check_feature(sae, feature)
-    module = _module(sae, model)
-    best: list[tuple[str, int, str, float]] = []
+def top_texts_for_feature(sae: SAE, model: "InterpretableModel", texts: Sequence[Any],
+                          feature: int, k: int = 10,
+                          batch_size: int = 8) -> list[tuple[Any, int, str, float]]:
+    """The ``k`` texts where ``feature`` fires most, as ``(text, position, token,
+    activation)`` at each text's strongest token, strongest first; ``texts`` (strings or
+    token-id lists) run ``batch_size`` at a time."""
+    feature, k = _check_feature(sae, feature), _check_k(k)
+    component = _component(sae, model)
+    token_text = _token_text(model)
+    best: list[tuple[Any, int, str, float]] = []
     for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        with model.trace(chunk, capture=[module]) as trace:
+        chunk = list(texts[start:start + batch_size])
+        with model.trace(chunk, capture=[component]) as trace:
             pass
-        feats = sae.encode(trace.activations[module].astype(mx.float32))[..., feature]  # (batch, seq)
-        for row, (text, length) in enumerate(zip(chunk, trace.lengths)):
-            values = feats[row, :length]
-            pos = int(mx.argmax(values).item())
-            value = float(values[pos].item())
+        acts = trace.activations[component]  # (batch, seq, d_model)
+        lengths = trace.lengths or [acts.shape[1]] * acts.shape[0]
+        values = sae.encode(acts)[..., feature]  # (batch, seq)
+        real = mx.arange(values.shape[1])[None, :] < mx.array(lengths)[:, None]
+        values = mx.where(real, values, -mx.inf)  # padding never wins
+        where, peak = mx.argmax(values, axis=1).tolist(), mx.max(values, axis=1).tolist()
+        for row, (pos, value) in enumerate(zip(where, peak)):
             if value > 0:
-                best.append((text, pos, model.token_to_str(trace.inputs[row][pos]), value))
+                best.append((chunk[row], pos, token_text(trace.inputs[row][pos]), value))
     return sorted(best, key=lambda item: -item[3])[:k]
 
 
 def feature_logit_effects(sae: SAE, model: "InterpretableModel", feature: int, k: int = 10) -> dict:
-    """Tokens the feature's decoder direction promotes and suppresses, through the model's
-    unembedding (without the final norm, which would rescale a lone direction)."""
-    feature = _check_feature(sae, feature)
-    logits = model.unembedder.project(sae.W_dec[feature])
+    """Tokens one unit of the feature promotes and suppresses: its decoder direction (in
+    the model's scale) through the unembedding, without the final norm, which would
+    rescale a lone direction.  ``{"promoted": [(token, logit), ...], "suppressed": [...]}``."""
+    feature, k = _check_feature(sae, feature), _check_k(k)
+    logits = model.unembedder.project(sae.W_dec[feature] / sae.scale)
     order = mx.argsort(-logits)
-    top, bottom = order[:k].tolist(), order[-k:][::-1].tolist()
-    return {"promoted": [(model.token_to_str(t), float(logits[t].item())) for t in top],
-            "suppressed": [(model.token_to_str(t), float(logits[t].item())) for t in bottom]}
+    token_text = _token_text(model)
+    return {"promoted": [(token_text(t), logits[t].item()) for t in order[:k].tolist()],
+            "suppressed": [(token_text(t), logits[t].item()) for t in order[::-1][:k].tolist()]}
 
 
 def feature_intervention(sae: SAE, feature: int, scale: float = 0.0) -> Callable[[mx.array], mx.array]:
-    """An intervention for ``sae.site["module"]`` that multiplies one feature by ``scale``
-    (0 ablates, >1 amplifies), keeping the SAE's reconstruction error, so ``scale=1``
-    leaves the activation unchanged."""
+    """An intervention for ``sae.component`` that multiplies one feature by ``scale`` (0
+    ablates, >1 amplifies): encode, change the feature, decode, add back the SAE's
+    reconstruction error — i.e. add the decoded change — so ``scale=1`` changes nothing.
+    ``model.trace(text, interventions={sae.component: feature_intervention(sae, f)})``."""
     feature = _check_feature(sae, feature)
-    mask = mx.zeros((sae.d_sae,)).at[feature].add(1.0)
+    direction = sae.W_dec[feature] / sae.scale  # the decoder is linear in each feature
 
     def intervene(x: mx.array) -> mx.array:
-        feats = sae.encode(x.astype(mx.float32))
-        changed = feats + feats * mask * (scale - 1.0)
-        delta = sae.decode(changed) - sae.decode(feats)
-        return (x.astype(mx.float32) + delta).astype(x.dtype)
+        activation = sae.encode(x)[..., feature:feature + 1]  # (..., 1)
+        return (x.astype(mx.float32) + activation * (scale - 1.0) * direction).astype(x.dtype)
 
     return intervene
-
-
-__all__ = ["feature_intervention", "feature_logit_effects", "stream_activations",
-           "top_features_for_text", "top_texts_for_feature"]

@@ -1,4 +1,4 @@
-"""Training SAEs on activations streamed from texts, and measuring them.
+"""Training SAEs on activations streamed from texts.
 
 Activations are never all in memory: texts run through the model in small batches, only
 real tokens are kept (right-padding dropped), a bounded buffer is shuffled and consumed by
@@ -9,114 +9,123 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from tqdm import tqdm
 
 from ..errors import InputError
-from .model import SAE, SAEConfig, site_width
+from .config import SAEConfig
+from .io import component_width
+from .model import SAE
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 
-def resolve_site(model: "InterpretableModel", module: Optional[str] = None,
-                 layer: Optional[int] = None, component: Optional[str] = None) -> str:
-    """Canonical module name from a name (any alias) or a layer and component."""
-    if module is not None:
-        return model.resolve(module)
-    if layer is None:
-        raise InputError("name the activations to train on: module='layers.2.mlp' or layer=2")
-    return model.layer_name(layer, component)
+def resolve_component(model: "InterpretableModel", component: Optional[str] = None,
+                      layer: Optional[int] = None) -> str:
+    """Canonical module name: ``component`` is any module name, or with ``layer`` a part of
+    that layer (``"mlp"``, ``"attn"``; ``None`` = the layer output)."""
+    if layer is not None:
+        return model.layer_name(layer, component)
+    if component is None:
+        raise InputError("name the activations: component='layers.2.mlp', or layer=2 "
+                         "(with component='mlp' for a part of the layer)")
+    return model.resolve(component)
 
 
-def stream_activations(model: "InterpretableModel", texts: list[str], module: str,
+def stream_activations(model: "InterpretableModel", texts: Sequence[Any], component: str,
                        batch_size: int = 16, progress: bool = True) -> Iterator[mx.array]:
-    """``(n_tokens, d)`` arrays of ``module``'s output on the real tokens of each text batch."""
-    if not texts:
-        raise InputError("no texts to collect activations from")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(texts), desc="sae", unit="text", file=sys.stderr, leave=False)
-    try:
+    """``(n_tokens, d)`` float32 arrays of ``component``'s output on the real tokens of each
+    batch of ``texts`` (strings or token-id lists), one batch at a time."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
+        raise InputError("texts must be a non-empty list of texts (or of token-id lists)")
+    component = model.resolve(component)
+    with tqdm(total=len(texts), disable=not progress, file=sys.stderr, unit="text",
+              desc="sae", leave=False) as bar:
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            with model.trace(chunk, capture=[module]) as trace:
+            chunk = list(texts[start:start + batch_size])
+            with model.trace(chunk, capture=[component]) as trace:
                 pass
-            acts = trace.activations[module]
-            rows = [acts[b, :n] for b, n in enumerate(trace.lengths)]
-            out = mx.concatenate(rows, axis=0).astype(mx.float32)
+            acts = trace.activations[component]
+            if acts.ndim != 3:
+                raise InputError(f"{component} outputs shape {tuple(acts.shape)}; an SAE "
+                                 "needs (batch, seq, hidden) activations")
+            lengths = trace.lengths or [acts.shape[1]] * acts.shape[0]
+            out = mx.concatenate([acts[b, :n] for b, n in enumerate(lengths)]).astype(mx.float32)
             mx.eval(out)
             yield out
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(chunk))
 
 
-def _loss(sae: SAE, x: mx.array, dead: mx.array):
+def _loss(sae: SAE, x: mx.array, dead: mx.array) -> tuple[mx.array, mx.array]:
+    """Normalised reconstruction error plus the kind's penalty; also the features."""
     cfg = sae.config
     target = x * sae.scale
     pre = sae.pre_activations(x)
     feats = sae.activate(pre, batch_topk=True)
     recon = feats @ sae.W_dec + sae.b_dec
-    mse = mx.mean(mx.sum((recon - target) ** 2, axis=-1)) / mx.mean(mx.sum(target ** 2, axis=-1))
-    loss = mse
+    loss = mx.mean(mx.sum((recon - target) ** 2, -1)) / mx.mean(mx.sum(target ** 2, -1))
     if cfg.kind == "relu":
-        loss = loss + cfg.l1_coefficient * mx.mean(mx.sum(feats * mx.linalg.norm(sae.W_dec, axis=-1), axis=-1))
-    else:  # auxiliary loss: dead features reconstruct what the live ones miss
-        k = min(cfg.aux_k, sae.d_sae)
-        dead_pre = mx.where(dead, nn.relu(pre), 0.0)
-        kth = mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k: sae.d_sae - k + 1]
-        aux_feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
-        residual = mx.stop_gradient(target - recon)
-        aux = mx.mean(mx.sum((aux_feats @ sae.W_dec - residual) ** 2, axis=-1)) / (
-            mx.mean(mx.sum(residual ** 2, axis=-1)) + 1e-8)
-        loss = loss + cfg.aux_coefficient * mx.where(mx.any(dead), aux, 0.0)
-    return loss, feats
+        l1 = mx.sum(feats * mx.linalg.norm(sae.W_dec, axis=-1), -1)
+        return loss + cfg.l1_coefficient * mx.mean(l1), feats
+    # auxiliary loss: the top aux_k dead features learn to reconstruct what the live ones miss
+    k = min(cfg.aux_k, sae.d_sae)
+    dead_pre = mx.where(dead, nn.relu(pre), 0.0)
+    kth = mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k: sae.d_sae - k + 1]
+    aux_feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
+    residual = mx.stop_gradient(target - recon)
+    aux = mx.mean(mx.sum((aux_feats @ sae.W_dec - residual) ** 2, -1)) / (
+        mx.mean(mx.sum(residual ** 2, -1)) + 1e-8)
+    return loss + cfg.aux_coefficient * mx.where(mx.any(dead), aux, 0.0), feats
 
 
-def train_sae(model: "InterpretableModel", texts: list[str], module: Optional[str] = None,
-              layer: Optional[int] = None, component: Optional[str] = None,
-              config: SAEConfig = SAEConfig(), progress: bool = True) -> SAE:
-    """Train an SAE on the activations of one module over ``texts`` (streamed)."""
-    site = resolve_site(model, module, layer, component)
-    d_model = site_width(model, site)
-    sae = SAE(d_model, config, {"model": model.name or "custom", "module": site,
-                                "layer": model._index.layer_index_of(site)})
+def train_sae(model: "InterpretableModel", texts: Sequence[Any], component: Optional[str] = None,
+              layer: Optional[int] = None, config: Optional[SAEConfig] = None,
+              progress: bool = True) -> SAE:
+    """Train an SAE on one component's activations over ``texts`` (streamed, see module doc).
+
+    ``component`` is any module name (``"layers.2"``, ``"model.model.layers.2.attn"``), or
+    with ``layer=`` a part of that layer.  The same ``config.seed`` gives the same weights.
+    """
+    config = config if config is not None else SAEConfig()
+    name = resolve_component(model, component, layer)
+    sae = SAE(component_width(model, name), config, name,
+              model._index.layer_index_of(name), model.name or "custom")
     rng = random.Random(config.seed)
     optimizer = optim.Adam(learning_rate=config.learning_rate)
+    step = nn.value_and_grad(sae, _loss)
     since_fired = mx.zeros((sae.d_sae,))
-    loss_and_grad = nn.value_and_grad(sae, lambda m, x, dead: _loss(m, x, dead)[0])
-    scale_set = not config.normalize_activations
+    counts = {"tokens": 0, "steps": 0}
+    loss = mx.array(float("nan"))
+    scale_pending = config.normalize_activations
 
     def train_on(buffer: list[mx.array]) -> None:
-        nonlocal since_fired
-        data = mx.concatenate(buffer, axis=0)
+        nonlocal since_fired, loss
+        data = mx.concatenate(buffer)
         order = list(range(data.shape[0]))
         rng.shuffle(order)
         data = data[mx.array(order)]
         for start in range(0, data.shape[0], config.batch_size):
             x = data[start:start + config.batch_size]
-            dead = since_fired > config.dead_feature_window
-            _, grads = loss_and_grad(sae, x, dead)
+            (loss, feats), grads = step(sae, x, since_fired > config.dead_feature_window)
             optimizer.update(sae, grads)
             sae.normalize_decoder()
-            fired = mx.any(sae.encode(x) > 0, axis=0)
-            since_fired = mx.where(fired, 0.0, since_fired + x.shape[0])
-            mx.eval(sae.parameters(), optimizer.state, since_fired)
+            since_fired = mx.where(mx.any(feats > 0, axis=0), 0.0, since_fired + x.shape[0])
+            mx.eval(sae.parameters(), optimizer.state, since_fired, loss)
+            counts["steps"] += 1
+        counts["tokens"] += data.shape[0]
 
     for _ in range(config.epochs):
         buffer, held = [], 0
-        for acts in stream_activations(model, texts, site, config.text_batch_size, progress):
-            if not scale_set:
-                sae.scale = (d_model ** 0.5) / mx.mean(mx.linalg.norm(acts, axis=-1))
-                scale_set = True
+        for acts in stream_activations(model, texts, name, config.text_batch_size, progress):
+            if scale_pending:  # from the first batch: inputs to mean norm sqrt(d_model)
+                norm = mx.mean(mx.linalg.norm(acts, axis=-1)).item()
+                sae.scale = sae.d_model ** 0.5 / max(norm, 1e-12)
+                scale_pending = False
             buffer.append(acts)
             held += acts.shape[0]
             if held >= config.buffer_size:
@@ -124,32 +133,8 @@ def train_sae(model: "InterpretableModel", texts: list[str], module: Optional[st
                 buffer, held = [], 0
         if buffer:
             train_on(buffer)
+    sae.set_training_stats({
+        **counts, "final_loss": loss.item(),
+        "dead_fraction": mx.mean(since_fired > config.dead_feature_window).item(),
+    })
     return sae
-
-
-def stats(sae: SAE, acts: mx.array) -> dict[str, float]:
-    """``l0``, ``l1_magnitude``, ``mse``, ``explained_variance``, ``dead_fraction`` on ``acts``
-    (``(..., d_model)``; dead = never active on these activations)."""
-    x = acts.reshape(-1, acts.shape[-1]).astype(mx.float32)
-    feats = sae.encode(x)
-    recon = sae.decode(feats)
-    resid_var = mx.sum(mx.var(x - recon, axis=0))
-    total_var = mx.sum(mx.var(x, axis=0))
-    out = {
-        "l0": mx.mean(mx.sum(feats > 0, axis=-1)).item(),
-        "l1_magnitude": mx.mean(mx.sum(mx.abs(feats), axis=-1)).item(),
-        "mse": mx.mean((x - recon) ** 2).item(),
-        "explained_variance": (1 - resid_var / mx.maximum(total_var, 1e-12)).item(),
-        "dead_fraction": mx.mean(~mx.any(feats > 0, axis=0)).item(),
-    }
-    return out
-
-
-def evaluate(sae: SAE, model: "InterpretableModel", texts: list[str], progress: bool = False) -> dict[str, float]:
-    """:func:`stats` on held-out ``texts`` (activations streamed, then pooled)."""
-    module = sae.site.get("module")
-    if not module:
-        raise InputError("this SAE does not record the module it was trained on")
-    acts = mx.concatenate(list(stream_activations(model, texts, model.resolve(module),
-                                                  sae.config.text_batch_size, progress)), axis=0)
-    return stats(sae, acts)

@@ -1,0 +1,87 @@
+"""Saving and loading SAEs: ``sae.safetensors`` (weights) + ``sae.json`` (everything else).
+
+The JSON records the model reference, canonical component name, layer, widths, input
+scale, configuration (kind included) and training statistics.  Loading against a model
+refuses an SAE whose component is missing there or has another width.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+import mlx.core as mx
+
+from ..errors import InputError, ModuleNameError
+from .config import SAEConfig
+from .model import SAE
+
+if TYPE_CHECKING:
+    from ..model import InterpretableModel
+
+FORMAT = 1
+WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+def save_sae(sae: SAE, folder: Union[str, Path]) -> Path:
+    """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "sae.safetensors"), {k: getattr(sae, k) for k in WEIGHTS})
+    meta = {
+        "format": FORMAT, "model": sae.model_ref, "component": sae.component, "layer": sae.layer,
+        "d_model": sae.d_model, "d_sae": sae.d_sae, "scale": sae.scale,
+        "config": asdict(sae.config), "training_stats": sae.training_stats,
+    }
+    (folder / "sae.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_sae(folder: Union[str, Path], model: Optional["InterpretableModel"] = None) -> SAE:
+    """Read an SAE written by :func:`save_sae`; with ``model``, :func:`check_against` it."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "sae.json").read_text(encoding="utf-8"))
+        weights = mx.load(str(folder / "sae.safetensors"))
+        sae = SAE(meta["d_model"], SAEConfig(**meta["config"]), meta["component"],
+                  meta["layer"], meta["model"])
+        sae.scale = float(meta["scale"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise InputError(f"{str(folder)!r} holds no readable SAE: {err!r}") from None
+    for name in WEIGHTS:
+        expected = getattr(sae, name).shape
+        if name not in weights or weights[name].shape != expected:
+            raise InputError(f"{str(folder)!r}: weight {name} is missing or not shaped {expected}")
+    sae.update({name: weights[name] for name in WEIGHTS})
+    sae.set_training_stats(meta.get("training_stats") or {})
+    if model is not None:
+        check_against(sae, model)
+    return sae
+
+
+def component_width(model: "InterpretableModel", component: str) -> int:
+    """Width of ``component``'s output, read from a one-token forward."""
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    with model.trace([[bos if isinstance(bos, int) else 0]], capture=[component]) as trace:
+        pass
+    return int(trace.activations[component].shape[-1])
+
+
+def check_against(sae: SAE, model: "InterpretableModel") -> None:
+    """Refuse an SAE whose component is missing from ``model`` or has another width."""
+    if not sae.component:
+        raise InputError("this SAE does not record the component it was trained on")
+    try:
+        canonical = model.resolve(sae.component)
+    except ModuleNameError as err:
+        raise ModuleNameError(
+            f"this SAE was trained on {sae.component!r} of {sae.model_ref!r}, which this model "
+            f"lacks: {err.message}", err.candidates) from None
+    width = component_width(model, canonical)
+    if width != sae.d_model:
+        raise InputError(
+            f"this SAE reads {sae.d_model}-dimensional activations but {canonical!r} of this "
+            f"model produces {width}: it was trained on another model ({sae.model_ref!r})"
+        )
