@@ -40,17 +40,19 @@ def induction(manager: SessionManager, folder: Path) -> None:
     s.run(manager, "logit_lens", text=text, target=" letter")
     for layer in (2, 5, 9):
         s.run(manager, "attention", text=text, layer=layer)
-    s.run(manager, "generate", prompt="song bird coat market song bird", max_tokens=4)
+    s.run(manager, "generate", prompt="river king apple garden letter river king", max_tokens=3)
 
 
 def steering(manager: SessionManager, folder: Path) -> None:
     s = Session.new("demo", folder / "steering.toml", manager)
-    s.run(manager, "steering", positive=["I love this movie", "I love this book"],
-          negative=["I hate this movie", "I hate this book"], layer=6,
-          prompt="I think this song", coefficient=6.0, max_tokens=6)
-    s.set_intervention("layers.10", iv.scale(0.5))
-    s.run(manager, "generate", prompt="I love this game. It is", max_tokens=3)
-    s.clear_interventions()
+    step = s.run(manager, "steering", positive=["I love this movie. It is", "I love this book. It is"],
+                 negative=["I hate this movie. It is", "I hate this book. It is"], layer=4,
+                 prompt="I hate this song. It is", coefficient=3.0, max_tokens=4)
+    # the same vector as an intervention: it turns the next generations positive as well
+    s.set_intervention("layers.4", iv.add_vector(step.summary["vector"] * 3.0))
+    s.run(manager, "generate", prompt="I hate this game. It is", max_tokens=4)
+    s.remove_intervention("layers.4")
+    s.run(manager, "generate", prompt="I hate this game. It is", max_tokens=4)
 
 
 def main() -> int:

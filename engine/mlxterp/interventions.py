@@ -12,6 +12,7 @@ each row's real tokens when the trace knows them (padded batches), else from the
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -127,11 +128,23 @@ class Intervention:
 
 def from_description(desc: dict[str, Any]) -> Intervention:
     """Rebuild an :class:`Intervention` from :meth:`Intervention.describe` output."""
-    if not isinstance(desc, dict) or "kind" not in desc:
+    if not isinstance(desc, dict) or not isinstance(desc.get("kind"), str):
         raise InterventionError(f"not an intervention description: {desc!r}")
     if desc["kind"] == "custom":
         raise InterventionError("a custom callable cannot be rebuilt from a description")
-    params = dict(desc.get("params", {}))
+    if desc["kind"] not in _KINDS:
+        raise InterventionError(f"unknown intervention kind {desc['kind']!r}; known: {sorted(_KINDS)}")
+    params, positions = desc.get("params", {}), desc.get("positions")
+    if not isinstance(params, dict):
+        raise InterventionError(f"{desc['kind']} params must be a table of values, got {params!r}")
+    takes = set(inspect.signature(_KINDS[desc["kind"]].apply).parameters) - {"x", "ctx"}
+    if set(params) - takes:
+        raise InterventionError(f"{desc['kind']} takes no parameter {sorted(set(params) - takes)}; "
+                                f"it takes {sorted(takes)}")
+    listed = positions if isinstance(positions, list) else [positions]
+    if positions is not None and not all(type(p) is int for p in listed):
+        raise InterventionError(f"positions must be token indices, got {positions!r}")
+    params = dict(params)
     if desc["kind"] == "compose":
         params["steps"] = [from_description(s) for s in params.get("steps", [])]
     return Intervention(desc["kind"], params, desc.get("positions"))
@@ -271,6 +284,8 @@ def _check_noise(params):
     _check_number("noise std", params.get("std"))
     if params["std"] < 0:
         raise InterventionError(f"noise std must be >= 0, got {params['std']}")
+    if params.get("seed") is not None and type(params["seed"]) is not int:
+        raise InterventionError(f"noise seed must be an integer, got {params['seed']!r}")
 
 
 def _apply_compose(x, ctx, steps):

@@ -77,12 +77,25 @@ def generate(
     ``interventions`` (module name → function, as in ``model.trace``) act on every step.
     Greedy at ``temperature=0``, else sampled (``seed`` makes it reproducible).
     """
+    return generate_with_ids(model, prompt, max_tokens, interventions, temperature, seed)[0]
+
+
+def generate_with_ids(
+    model: "InterpretableModel",
+    prompt: Any,
+    max_tokens: int = 20,
+    interventions: Optional[dict[str, Callable]] = None,
+    temperature: float = 0.0,
+    seed: Optional[int] = None,
+) -> tuple[str, list[int]]:
+    """``(continuation, its token ids)``: :func:`generate`'s text and the ids behind it."""
     model._require_tokenizer()
     prompt_ids = _prompt_ids(model, prompt)
     new_ids = generate_tokens(model, prompt_ids, max_tokens, interventions, temperature, seed,
                               stop_ids=_eos_ids(model.tokenizer))
     full, head = model.decode(prompt_ids + new_ids), model.decode(prompt_ids)
-    return full[len(head):] if full.startswith(head) else model.decode(new_ids)
+    text = full[len(head):] if full.startswith(head) else model.decode(new_ids)
+    return text, new_ids
 
 
 def generate_tokens(

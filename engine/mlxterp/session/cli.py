@@ -15,7 +15,10 @@ def replay_main(argv: list[str]) -> int:
     parser.add_argument("file")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="allowed numeric difference, absolute or relative (default 1e-3)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2); argparse printed why
+        return int(stop.code or 0)
     try:
         report = replay(args.file, tolerance=args.tolerance)
     except SessionError as err:

@@ -8,10 +8,13 @@ from typing import Optional, Union
 
 from .session import Session, SessionManager, fingerprint, parameter_count
 from .steps import compare, kind
+from .storage import SessionError
 
 
 @dataclass
 class StepReport:
+    """One replayed step: whether it matched, the first difference, the largest number gap."""
+
     index: int
     kind: str
     ok: bool
@@ -46,6 +49,8 @@ class ReplayReport:
 def replay(source: Union[str, Path, Session], manager: Optional[SessionManager] = None,
            tolerance: float = 1e-3) -> ReplayReport:
     """Re-run every step of ``source`` and compare each with its recorded summary."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise SessionError(f"tolerance must be a number >= 0, got {tolerance!r}")
     session = source if isinstance(source, Session) else Session.load(source)
     manager = manager or session.manager or SessionManager()
     report = ReplayReport(str(session.path) if session.path else None, session.model_ref)
@@ -62,11 +67,11 @@ def replay(source: Union[str, Path, Session], manager: Optional[SessionManager] 
     for step in session.steps:
         step_kind = kind(step.kind)
         try:
-            params = step_kind.complete(step.params)
-            uses = step_kind.uses_interventions or step.kind == "interventions"
-            _, summary = step_kind.run(model, params, active if uses else {})
-        except (ValueError, KeyError) as err:  # SessionError and every mlxterp input error
-            report.steps.append(StepReport(step.index, step.kind, False, f"cannot run: {err}"))
+            _, summary = step_kind.execute(model, step_kind.complete(step.params), active)
+        except Exception as err:  # noqa: BLE001 - one step failing is reported, the rest go on
+            known = isinstance(err, (ValueError, KeyError))  # SessionError, mlxterp input errors
+            why = str(err) if known else f"{type(err).__name__}: {err}"
+            report.steps.append(StepReport(step.index, step.kind, False, f"cannot run: {why}"))
             continue
         result = compare(step.summary, summary, tolerance)
         if result.differences:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..interventions import describe
 from ..loading import resolve_reference
 from ..model import InterpretableModel
 from . import storage
-from .steps import describe_params, kind
+from .steps import describe_params, kind, restore
 from .storage import SessionError
 
 
@@ -30,15 +31,17 @@ class SessionManager:
 
     def __init__(self) -> None:
         self._models: dict[str, InterpretableModel] = {}
+        self._lock = threading.Lock()  # workers may ask for the same model at once
 
     def model(self, ref: str) -> InterpretableModel:
         """The model for ``ref`` ("demo", a folder, a hub id), loaded on first use."""
-        if ref not in self._models:
-            try:
-                self._models[ref] = InterpretableModel(ref)
-            except ModelLoadError as err:
-                raise SessionError(f"the session's model cannot be loaded: {err}") from err
-        return self._models[ref]
+        with self._lock:
+            if ref not in self._models:
+                try:
+                    self._models[ref] = InterpretableModel(ref)
+                except ModelLoadError as err:
+                    raise SessionError(f"the session's model cannot be loaded: {err}") from err
+            return self._models[ref]
 
     def add(self, ref: str, model: InterpretableModel) -> None:
         """Register an already-loaded model under ``ref``."""
@@ -108,8 +111,7 @@ class Session:
         model = manager.model(self.model_ref)
         if self.parameters is None:
             self.parameters = parameter_count(model)
-        active = self.interventions if step_kind.uses_interventions or kind_name == "interventions" else {}
-        result, summary = step_kind.run(model, full, active)
+        result, summary = step_kind.execute(model, full, self.interventions)
         step = Step(len(self.steps), kind_name, describe_params(full), summary, result=result)
         self.steps.append(step)
         if self.path is not None:
@@ -178,25 +180,24 @@ class Session:
 
     @classmethod
     def load(cls, path: Union[str, Path], manager: Optional[SessionManager] = None) -> "Session":
-        """Read a session file (data only: nothing in it is executed)."""
+        """Read and check a session file (data only: nothing in it is executed); the
+        interventions its steps left active are active again."""
         document, arrays = storage.read(Path(path))
         session = cls(document["model"]["ref"], path, manager)
         session.fingerprint = document["model"].get("fingerprint")
         session.parameters = document["model"].get("parameters")
-        session.created = str(document.get("meta", {}).get("created", session.created))
+        session.created = document.get("meta", {}).get("created", session.created)
         for i, raw in enumerate(document.get("steps", [])):
-            where = f"{Path(path).name}, step {i}"
-            name = raw.get("kind")
-            if not isinstance(name, str):
-                raise SessionError(f"{where}: the step has no kind")
-            kind(name)  # an unknown kind raises here
-            params, summary = raw.get("params", {}), raw.get("summary", {})
-            if not isinstance(params, dict) or not isinstance(summary, dict):
-                raise SessionError(f"{where}: params and summary must be tables")
-            session.steps.append(Step(
-                i, name, storage.decode_arrays(params, arrays, where),
-                storage.decode_arrays(summary, arrays, where), str(raw.get("created", "")),
-            ))
+            try:
+                step = Step(i, raw["kind"], storage.decode_arrays(raw.get("params", {}), arrays),
+                            storage.decode_arrays(raw.get("summary", {}), arrays),
+                            raw.get("created", ""))
+                kind(step.kind).complete(step.params)  # unknown kind, names or types raise
+                if step.kind == "interventions":
+                    restore(session.interventions, step.params, step.summary)
+            except SessionError as err:
+                raise SessionError(f"{Path(path).name}, step {i}: {err}") from None
+            session.steps.append(step)
         return session
 
     def __repr__(self) -> str:

@@ -51,8 +51,8 @@ def _texts(default=REQUIRED):
     return Param(default, "a string or a list of strings", _is_texts)
 
 
-def _count(default=REQUIRED):
-    return Param(default, "a positive integer", lambda v: _is_int(v) and v > 0)
+def _count(default=REQUIRED, most=1024):
+    return Param(default, f"an integer from 1 to {most}", lambda v: _is_int(v) and 0 < v <= most)
 
 
 def _index(default=REQUIRED):
@@ -97,6 +97,12 @@ class StepKind:
                 raise SessionError(f"step {self.name!r}: {key} must be {self.params[key].expects}, "
                                    f"got {value!r}")
         return {k: v for k, v in full.items() if v is not None}
+
+    def execute(self, model: "InterpretableModel", params: dict, active: dict) -> tuple[Any, dict]:
+        """``(result, summary)`` of completed ``params``: under the ``active`` interventions
+        when the kind uses them; an ``interventions`` step changes ``active`` itself."""
+        changes = self.name == "interventions"
+        return self.run(model, params, active if self.uses_interventions or changes else {})
 
 
 def _layer(model, index: int) -> int:
@@ -173,18 +179,10 @@ def _run_steering(model, p, active):
 
 
 def _run_generate(model, p, active):
-    ids = steering.generate_tokens(model, model.encode(p["prompt"]), p["max_tokens"],
-                                   interventions=active or None,
-                                   stop_ids=frozenset(_stop_ids(model)))
-    summary = {"text": model.decode(ids) if ids else "", "token_ids": ids}
+    text, ids = steering.generate_with_ids(model, p["prompt"], p["max_tokens"],
+                                           interventions=active or None)
+    summary = {"text": text, "token_ids": ids}
     return summary, summary
-
-
-def _stop_ids(model) -> list[int]:
-    eos = getattr(model.tokenizer, "eos_token_ids", None) or getattr(model.tokenizer, "eos_token_id", None)
-    if isinstance(eos, int):
-        return [eos]
-    return [int(e) for e in eos] if eos else []
 
 
 def _run_attention(model, p, active):
@@ -196,24 +194,44 @@ def _run_attention(model, p, active):
     return patterns, summary
 
 
-def _run_interventions(model, p, active):
-    """Changes ``active`` in place: set, remove or clear one module's intervention."""
-    action = p["action"]
+def rebuild(desc: dict) -> Intervention:
+    """The intervention a recorded description names; ``SessionError`` if it names none."""
+    try:
+        return from_description(desc)
+    except (ValueError, TypeError, KeyError) as err:
+        raise SessionError(f"the recorded intervention is not valid: {err}") from None
+
+
+def change(active: dict, action: str, name: Optional[str], intervention: Any) -> None:
+    """Apply one ``interventions`` step to ``active`` (canonical name -> intervention)."""
     if action == "clear":
         active.clear()
+    elif name is None:
+        raise SessionError(f"interventions action {action!r} needs module=")
+    elif action == "remove":
+        active.pop(name, None)
+    elif intervention is None:
+        raise SessionError("interventions action 'set' needs intervention=")
     else:
-        if "module" not in p:
-            raise SessionError(f"interventions action {action!r} needs module=")
-        name = model.resolve(p["module"])
-        if action == "set":
-            if "intervention" not in p:
-                raise SessionError("interventions action 'set' needs intervention=")
-            desc = p["intervention"]
-            active[name] = from_description(desc) if isinstance(desc, dict) else desc
-        else:
-            active.pop(name, None)
-    summary = {"active": {n: repr(fn) for n, fn in active.items()}}
+        active[name] = rebuild(intervention) if isinstance(intervention, dict) else intervention
+
+
+def _run_interventions(model, p, active):
+    """Changes ``active`` in place: set, remove or clear one module's intervention."""
+    name = model.resolve(p["module"]) if "module" in p and p["action"] != "clear" else None
+    change(active, p["action"], name, p.get("intervention"))
+    summary = {"module": name} if name is not None else {}
+    summary["active"] = {n: repr(fn) for n, fn in active.items()}
     return dict(active), summary
+
+
+def restore(active: dict, params: dict, summary: dict) -> None:
+    """Apply a recorded ``interventions`` step to ``active`` without a model, under the
+    canonical name its summary recorded (a loaded session goes on where it stopped)."""
+    name = summary.get("module", params.get("module"))
+    if name is not None and not isinstance(name, str):
+        raise SessionError(f"the recorded module must be a name, got {name!r}")
+    change(active, params["action"], name, params.get("intervention"))
 
 
 KINDS: dict[str, StepKind] = {k.name: k for k in [
@@ -261,6 +279,10 @@ class Comparison:
     max_diff: float = 0.0
 
 
+def _widen(out: Comparison, diff: float) -> None:
+    out.max_diff = max(out.max_diff, diff) if diff == diff else float("inf")  # NaN: inf
+
+
 def compare(recorded: Any, replayed: Any, tolerance: float, path: str = "",
             out: Optional[Comparison] = None) -> Comparison:
     """Numbers within ``tolerance`` (absolute, or relative to the larger magnitude);
@@ -274,12 +296,12 @@ def compare(recorded: Any, replayed: Any, tolerance: float, path: str = "",
             return out
         diff = mx.max(mx.abs(a - b)).item() if a.size else 0.0
         scale = max(1.0, mx.max(mx.abs(a)).item() if a.size else 0.0)
-        out.max_diff = max(out.max_diff, diff)
-        if diff > tolerance * scale:
+        _widen(out, diff)
+        if not diff <= tolerance * scale:  # NaN never matches
             out.differences.append(Difference(path, "array", f"differs by up to {diff:.3g}"))
         return out
     if isinstance(recorded, bool) or isinstance(replayed, bool):
-        if recorded != replayed:
+        if type(recorded) is not type(replayed) or recorded != replayed:
             out.differences.append(Difference(path, recorded, replayed))
         return out
     if isinstance(recorded, (int, float)) and isinstance(replayed, (int, float)):
@@ -288,8 +310,8 @@ def compare(recorded: Any, replayed: Any, tolerance: float, path: str = "",
                 out.differences.append(Difference(path, recorded, replayed))
             return out
         diff = abs(float(recorded) - float(replayed))
-        out.max_diff = max(out.max_diff, diff)
-        if diff > tolerance * max(1.0, abs(float(recorded)), abs(float(replayed))):
+        _widen(out, diff)
+        if not diff <= tolerance * max(1.0, abs(float(recorded)), abs(float(replayed))):
             out.differences.append(Difference(path, recorded, replayed))
         return out
     if isinstance(recorded, dict) and isinstance(replayed, dict):
