@@ -23,7 +23,7 @@ from .keymap import KeymapError, load_keymap
 from .messages import ModelReady, ReplayDone, StepDone, WorkFailed
 from .panes.charts import ChartsPane
 from .panes.history import HistoryPane
-from .panes.interventions import Entry, InterventionScreen, InterventionsPane
+from .panes.interventions import Entry, InterventionScreen, InterventionsPane, entry_for
 from .panes.lens import LensPane
 from .panes.model_tree import ModelPane
 from .panes.patching import PatchingPane
@@ -187,7 +187,9 @@ class WorkbenchApp(App):
     def _model_ready(self, message: ModelReady) -> None:
         self.model, self.session = message.model, message.session
         self.model_name = self.session.model_ref
-        self.entries, self.baselines, self.last_lens = [], {}, None
+        # a reopened session's active interventions apply, so they are listed too
+        self.entries = [entry_for(name, fn) for name, fn in self.session.interventions.items()]
+        self.baselines, self.last_lens = {}, None
         self.query_one(InterventionsPane).show(self.entries)
         self.query_one(ModelPane).show_model(self.model, Path(self.model_name).name)
         self.query_one(PromptBar).show_tokens(self.model)

@@ -442,3 +442,20 @@ async def test_save_to_bad_path_notifies(model_dir, manager, tmp_path):
         await pilot.pause()
         assert any(n.title == "save failed" for n in app._notifications)
         assert app.is_running
+
+
+async def test_reopened_session_lists_its_active_interventions(model_dir, manager, tmp_path):
+    import mlx.core as mx
+
+    from mlxterp import interventions as iv
+
+    path = tmp_path / "active.toml"
+    session = Session.new(model_dir, path, manager)
+    session.set_intervention("layers.1.mlp", iv.scale(0.5, positions=-1))
+    session.set_intervention("layers.0", iv.add_vector(mx.ones((64,))))
+    app = WorkbenchApp(model_dir, session=Session.load(path, manager=manager), manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(app, pilot)
+        listed = {(e.module, e.kind, e.positions) for e in app.entries}
+        assert listed == {("model.layers.1.mlp", "scale", "-1"), ("model.layers.0", "add_vector", "")}
+        assert app.query_one("#iv-table", DataTable).row_count == 2

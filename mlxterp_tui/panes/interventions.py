@@ -77,6 +77,15 @@ class Entry:
     on: bool = True
 
 
+def entry_for(module: str, fn: iv.Intervention) -> Entry:
+    """A list row for an intervention already active in the session (e.g. a reopened one)."""
+    shown = ", ".join(
+        f"{k}=array{tuple(v.shape)}" if hasattr(v, "shape") else f"{k}={v}"
+        for k, v in fn.params.items() if v is not None and k != "steps")
+    positions = ",".join(map(str, fn.positions)) if fn.positions is not None else ""
+    return Entry(module, fn.kind, shown, positions, fn)
+
+
 class InterventionScreen(ModalScreen[Optional[Entry]]):
     """Form for a new or edited intervention; ``check`` returns an error text or ``None``."""
 
