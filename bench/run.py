@@ -22,12 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "engine"), str(ROOT)]
 
-import mlxterp  # noqa: E402  (preloads OpenBLAS before mlx)
-from mlxterp import _blas, interventions as iv  # noqa: E402,F401
-
 import mlx.core as mx  # noqa: E402
 
-from mlxterp import InterpretableModel, batch_get_activations  # noqa: E402
+import mlxterp  # noqa: E402  (preloads OpenBLAS before mlx)
+from mlxterp import InterpretableModel, _blas, batch_get_activations  # noqa: E402  # noqa: E402
 from mlxterp.attribution import attribution_patching  # noqa: E402
 from mlxterp.checkpoints import build_checkpoint  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
@@ -44,20 +42,22 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-TEXT = ("The capital of France is Paris and the river runs through the old city. " * 40)
+TEXT = "The capital of France is Paris and the river runs through the old city. " * 40
 
 
 def token_rows(model: InterpretableModel, batch: int, length: int) -> list[list[int]]:
     """``batch`` token-id rows of exactly ``length`` tokens, each starting at another word."""
     ids = model.encode(TEXT)
-    return [ids[:1] + ids[1 + b:length + b] for b in range(batch)]
+    return [ids[:1] + ids[1 + b : length + b] for b in range(batch)]
 
 
 def bare_forward(model: InterpretableModel, ids: mx.array):
     return lambda: mx.eval(model.model(ids))
 
 
-def bench_model(label: str, model: InterpretableModel, shapes, repeats: int) -> list[tuple[str, str]]:
+def bench_model(
+    label: str, model: InterpretableModel, shapes, repeats: int
+) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     L = model.num_layers
     for batch, length in shapes:
@@ -87,25 +87,47 @@ def bench_model(label: str, model: InterpretableModel, shapes, repeats: int) -> 
             mx.eval(stacked)
             unembed = median_seconds(lambda: mx.eval(model.unembedder(stacked)), repeats)
             floor = bare + unembed
-            rows.append((f"{tag}: logit lens / bare", f"{lens_t / bare:.2f}x (floor {floor / bare:.2f}x, "
-                         f"{lens_t / floor:.2f}x of floor; aim <= 1.3x of floor)"))
-            rows.append((f"{tag}: logit lens with probabilities (lens()) / bare",
-                         f"{probs_t / bare:.2f}x (a softmax over every cell's vocabulary)"))
+            rows.append(
+                (
+                    f"{tag}: logit lens / bare",
+                    f"{lens_t / bare:.2f}x (floor {floor / bare:.2f}x, "
+                    f"{lens_t / floor:.2f}x of floor; aim <= 1.3x of floor)",
+                )
+            )
+            rows.append(
+                (
+                    f"{tag}: logit lens with probabilities (lens()) / bare",
+                    f"{probs_t / bare:.2f}x (a softmax over every cell's vocabulary)",
+                )
+            )
 
             clean = prompts[0]
-            corrupted = clean[:2] + [clean[2 + length // 3]] + clean[3:]
+            corrupted = [*clean[:2], clean[2 + length // 3], *clean[3:]]
             sweep = median_seconds(
-                lambda: patching_sweep(model, clean, corrupted, component="output"), repeats)
-            rows.append((f"{tag}: patching sweep, {L} layers / bare",
-                         f"{sweep / bare:.1f}x (aim <= {L + 2}, stretch {0.6 * (L + 2):.1f})"))
+                lambda: patching_sweep(model, clean, corrupted, component="output"), repeats
+            )
+            rows.append(
+                (
+                    f"{tag}: patching sweep, {L} layers / bare",
+                    f"{sweep / bare:.1f}x (aim <= {L + 2}, stretch {0.6 * (L + 2):.1f})",
+                )
+            )
             grid = median_seconds(
-                lambda: patching_sweep(model, clean, corrupted, component="output", by_position=True),
-                max(1, repeats // 2))
-            rows.append((f"{tag}: patching sweep, {L} layers x {length} positions / bare",
-                         f"{grid / bare:.1f}x"))
+                lambda: patching_sweep(
+                    model, clean, corrupted, component="output", by_position=True
+                ),
+                max(1, repeats // 2),
+            )
+            rows.append(
+                (
+                    f"{tag}: patching sweep, {L} layers x {length} positions / bare",
+                    f"{grid / bare:.1f}x",
+                )
+            )
             answer = (clean[2], corrupted[2])
             attrib = median_seconds(
-                lambda: attribution_patching(model, clean, corrupted, answer=answer), repeats)
+                lambda: attribution_patching(model, clean, corrupted, answer=answer), repeats
+            )
             rows.append((f"{tag}: attribution patching / bare", f"{attrib / bare:.2f}x (aim <= 4)"))
     return rows
 
@@ -116,10 +138,15 @@ def peak_memory_rows(model: InterpretableModel) -> list[tuple[str, str]]:
         prompts = [f"Sample prompt number {i} about the capital of France" for i in range(n)]
         mx.clear_cache()
         mx.reset_peak_memory()
-        batch_get_activations(model, prompts, layers=[0, model.num_layers - 1], batch_size=32,
-                              progress=False)
-        rows.append((f"batch_get_activations peak memory, {n} prompts",
-                     f"{mx.get_peak_memory() / 2**20:.1f} MiB"))
+        batch_get_activations(
+            model, prompts, layers=[0, model.num_layers - 1], batch_size=32, progress=False
+        )
+        rows.append(
+            (
+                f"batch_get_activations peak memory, {n} prompts",
+                f"{mx.get_peak_memory() / 2**20:.1f} MiB",
+            )
+        )
     return rows
 
 
@@ -128,43 +155,62 @@ def blas_rows() -> list[tuple[str, str]]:
     if not sys.platform.startswith("linux"):
         return [("OpenBLAS preload", "not used on this platform")]
     code = (
-        "import sys, time, statistics; sys.path.insert(0, %r);"
+        "import sys, time, statistics; sys.path.insert(0, {!r});"
         "import mlxterp, mlx.core as mx; from mlxterp import InterpretableModel;"
         "m = InterpretableModel(sys.argv[1]); ids = mx.array([[1] * 64] * 8);"
         "f = lambda: mx.eval(m.model(ids)); f(); ts = []\n"
         "for _ in range(5):\n t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)\n"
-        "print(statistics.median(ts))" % str(ROOT / "engine")
+        "print(statistics.median(ts))".format(str(ROOT / "engine"))
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_checkpoint("medium_llama", Path(tmp) / "m", seed=0)
         times = {}
         for flag in ("0", "1"):
             env = dict(os.environ, MLXTERP_NO_OPENBLAS=flag)
-            out = subprocess.run([sys.executable, "-c", code, str(folder)], env=env,
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(folder)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             times[flag] = float(out.stdout.strip().splitlines()[-1])
     if _blas.loaded_path is None:
         return [("OpenBLAS preload", "library not found: install libopenblas0-pthread")]
-    return [("medium llama 8x64 bare forward, without / with OpenBLAS preload",
-             f"{times['1'] / times['0']:.1f}x faster with it "
-             f"({times['1'] * 1e3:.0f} ms vs {times['0'] * 1e3:.0f} ms)")]
+    return [
+        (
+            "medium llama 8x64 bare forward, without / with OpenBLAS preload",
+            f"{times['1'] / times['0']:.1f}x faster with it "
+            f"({times['1'] * 1e3:.0f} ms vs {times['0'] * 1e3:.0f} ms)",
+        )
+    ]
 
 
 def startup_rows() -> list[tuple[str, str]]:
     from mlxterp_tui import startup_seconds
 
-    return [("workbench start to interactive screen (demo model)", f"{startup_seconds():.2f} s (aim <= 2)")]
+    return [
+        (
+            "workbench start to interactive screen (demo model)",
+            f"{startup_seconds():.2f} s (aim <= 2)",
+        )
+    ]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats; demo model, 1x32 only")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 9
     shapes = [(1, 32)] if args.quick else [(1, 32), (8, 64)]
 
-    print(f"mlxterp {mlxterp.__version__} | mlx {mx.__version__} | {platform.platform()} | "
-          f"{os.cpu_count()} cores | BLAS preload: {_blas.loaded_path or 'none'}")
+    print(
+        f"mlxterp {mlxterp.__version__} | mlx {mx.__version__} | {platform.platform()} | "
+        f"{os.cpu_count()} cores | BLAS preload: {_blas.loaded_path or 'none'}"
+    )
+
     def show(rows: list[tuple[str, str]]) -> None:
         for key, value in rows:
             print(f"{key:<72}  {value}", flush=True)
@@ -172,7 +218,9 @@ def main(argv=None) -> int:
     show(bench_model("demo", InterpretableModel("demo"), shapes, repeats))
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
-            medium = InterpretableModel(str(build_checkpoint("medium_llama", Path(tmp) / "m", seed=0)))
+            medium = InterpretableModel(
+                str(build_checkpoint("medium_llama", Path(tmp) / "m", seed=0))
+            )
             show(bench_model("medium llama", medium, shapes, repeats))
         show(blas_rows())
     show(peak_memory_rows(InterpretableModel("demo")))

@@ -7,9 +7,8 @@ Workers (model load, session steps, replay) run in threads and only post message
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from mlxterp.session import Session, SessionManager, replay
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -17,6 +16,8 @@ from textual.binding import Binding, BindingsMap
 from textual.containers import Horizontal
 from textual.widgets import Footer, Input, ListView, ProgressBar, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
+
+from mlxterp.session import Session, SessionManager, replay
 
 from .commands import WorkbenchCommands
 from .keymap import KeymapError, load_keymap
@@ -32,15 +33,23 @@ from .panes.steering import SteeringPane
 from .screens import HelpScreen, PathScreen, ReportScreen
 
 PANES = (  # (tab id, tab label); number keys 1..7 select them
-    ("model", "1 Model"), ("lens", "2 Lens"), ("charts", "3 Chart"), ("patching", "4 Patch"),
-    ("interventions", "5 Interv."), ("steering", "6 Steer"), ("history", "7 History"),
+    ("model", "1 Model"),
+    ("lens", "2 Lens"),
+    ("charts", "3 Chart"),
+    ("patching", "4 Patch"),
+    ("interventions", "5 Interv."),
+    ("steering", "6 Steer"),
+    ("history", "7 History"),
 )
 
 
 def error_text(err: BaseException) -> str:
     """One line saying what went wrong (the exception's own message, its type if empty)."""
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args and type(err) is KeyError \
+    text = (
+        str(err.args[0])
+        if isinstance(err, KeyError) and err.args and type(err) is KeyError
         else str(err)
+    )
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"{type(err).__name__}: {first}"
 
@@ -64,12 +73,24 @@ class WorkbenchApp(App):
         Binding("ctrl+o", "open", "Open", id="open"),
         Binding("f5", "replay", "Replay", id="replay", show=False),
         Binding("escape", "cancel", "Cancel", id="cancel", show=False),
-        *[Binding(str(n), f"show_pane('{pane}')", label.split(" ", 1)[1], id=f"pane_{pane}",
-                  show=False) for n, (pane, label) in enumerate(PANES, 1)],
+        *[
+            Binding(
+                str(n),
+                f"show_pane('{pane}')",
+                label.split(" ", 1)[1],
+                id=f"pane_{pane}",
+                show=False,
+            )
+            for n, (pane, label) in enumerate(PANES, 1)
+        ],
     ]
 
-    def __init__(self, model: str = "demo", session: Optional[Any] = None,
-                 manager: Optional[SessionManager] = None) -> None:
+    def __init__(
+        self,
+        model: str = "demo",
+        session: Any | None = None,
+        manager: SessionManager | None = None,
+    ) -> None:
         super().__init__()
         self.mgr = manager or SessionManager()
         self.session = session or Session.new(model, manager=self.mgr)
@@ -77,8 +98,8 @@ class WorkbenchApp(App):
         self.model: Any = None
         self.entries: list[Entry] = []
         self.baselines: dict[tuple, dict] = {}  # lens summaries with no intervention, by tokens
-        self.last_lens: Optional[dict] = None
-        self._busy: Optional[str] = None
+        self.last_lens: dict | None = None
+        self._busy: str | None = None
         self.user_keymap: dict[str, str] = {}
         self.attention_head = 0
 
@@ -88,10 +109,15 @@ class WorkbenchApp(App):
         with TabbedContent(initial="model", id="panes"):
             for pane_id, label in PANES:
                 with TabPane(label, id=pane_id):
-                    yield {"model": ModelPane, "lens": LensPane, "charts": ChartsPane,
-                           "patching": PatchingPane, "interventions": InterventionsPane,
-                           "steering": SteeringPane, "history": HistoryPane}[pane_id](
-                        id=f"{pane_id}-pane")
+                    yield {
+                        "model": ModelPane,
+                        "lens": LensPane,
+                        "charts": ChartsPane,
+                        "patching": PatchingPane,
+                        "interventions": InterventionsPane,
+                        "steering": SteeringPane,
+                        "history": HistoryPane,
+                    }[pane_id](id=f"{pane_id}-pane")
         with Horizontal(id="status-row"):
             yield Static("", id="status")
             yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
@@ -114,8 +140,11 @@ class WorkbenchApp(App):
     def _status_text(self) -> str:
         path = self.session.path
         name = Path(path).name if path else "unsaved session"
-        parts = [f"model: {Path(self.model_name).name}", f"session: {name}",
-                 f"{len(self.session.steps)} steps"]
+        parts = [
+            f"model: {Path(self.model_name).name}",
+            f"session: {name}",
+            f"{len(self.session.steps)} steps",
+        ]
         active = sum(e.on for e in self.entries)
         if active:
             parts.append(f"{active} interventions")
@@ -123,7 +152,7 @@ class WorkbenchApp(App):
             parts.append(f"{self._busy}… (Esc cancels)")
         return " │ ".join(parts)
 
-    def _set_busy(self, what: Optional[str]) -> None:
+    def _set_busy(self, what: str | None) -> None:
         self._busy = what
         self.query_one("#progress", ProgressBar).display = what is not None
         self.query_one("#status", Static).update(self._status_text())
@@ -134,7 +163,7 @@ class WorkbenchApp(App):
         """Load the session's model once (the manager caches it)."""
         try:
             model = self.mgr.model(self.model_name)
-        except Exception as err:  # noqa: BLE001  shown to the user, the app stays up
+        except Exception as err:
             self.post_message(WorkFailed("load", error_text(err)))
             return
         self.post_message(ModelReady(model, self.session))
@@ -145,7 +174,7 @@ class WorkbenchApp(App):
         worker = get_current_worker()
         try:
             step = self.session.run(self.mgr, kind, **params)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             if not worker.is_cancelled:
                 self.post_message(WorkFailed(kind, error_text(err)))
             return
@@ -157,7 +186,7 @@ class WorkbenchApp(App):
         """Replay every step of ``session`` against its recorded summaries."""
         try:
             report = replay(session, self.mgr)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.post_message(WorkFailed("replay", error_text(err)))
             return
         if not get_current_worker().is_cancelled:
@@ -169,7 +198,7 @@ class WorkbenchApp(App):
         try:
             session = Session.load(path, manager=self.mgr)
             model = self.mgr.model(session.model_ref)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.post_message(WorkFailed("open", error_text(err)))
             return
         self.post_message(ModelReady(model, session))
@@ -213,8 +242,9 @@ class WorkbenchApp(App):
     def _replay_done(self, message: ReplayDone) -> None:
         self._set_busy(None)
         report = message.report
-        self.push_screen(ReportScreen("Replay: OK" if report.ok else "Replay: MISMATCH",
-                                      report.format_text()))
+        self.push_screen(
+            ReportScreen("Replay: OK" if report.ok else "Replay: MISMATCH", report.format_text())
+        )
 
     def show_step(self, step: Any) -> None:
         """Render a step's result in its pane (from its summary; ``result`` adds detail)."""
@@ -224,26 +254,43 @@ class WorkbenchApp(App):
             self._lens_compared(summary)
             if summary.get("target_probs"):
                 self.query_one(ChartsPane).line(
-                    "p(target) at the last position per layer", summary["layers"],
-                    summary["target_probs"], "layer", "probability")
+                    "p(target) at the last position per layer",
+                    summary["layers"],
+                    summary["target_probs"],
+                    "layer",
+                    "probability",
+                )
         elif step.kind == "activation_patching":
             self.query_one(PatchingPane).show(summary)
             charts = self.query_one(ChartsPane)
             if summary.get("matrix"):
                 charts.grid("Recovery % by layer (rows) x position (columns)", summary["matrix"])
             else:
-                charts.bars(f"Recovery % patching {summary['component']} ({summary['metric']})",
-                            summary["layers"], summary["recovery"], "layer", "recovery %")
+                charts.bars(
+                    f"Recovery % patching {summary['component']} ({summary['metric']})",
+                    summary["layers"],
+                    summary["recovery"],
+                    "layer",
+                    "recovery %",
+                )
         elif step.kind == "trace":
             self.query_one(ModelPane).show_shapes(trace_shapes(step))
             norms = summary.get("layer_norms")
             if norms:
                 self.query_one(ChartsPane).line(
-                    "residual norm at the last token per layer", list(range(len(norms))),
-                    norms, "layer", "norm")
-            self.notify("next tokens: " + ", ".join(
-                f"{t!r} {p:.3f}" for t, p in zip(summary["top_tokens"], summary["top_probs"])),
-                timeout=6)
+                    "residual norm at the last token per layer",
+                    list(range(len(norms))),
+                    norms,
+                    "layer",
+                    "norm",
+                )
+            self.notify(
+                "next tokens: "
+                + ", ".join(
+                    f"{t!r} {p:.3f}" for t, p in zip(summary["top_tokens"], summary["top_probs"])
+                ),
+                timeout=6,
+            )
         elif step.kind == "steering":
             self.query_one(SteeringPane).show(summary)
         elif step.kind == "attention":
@@ -255,18 +302,24 @@ class WorkbenchApp(App):
         """Chart the chosen head of an attention step (recorded steps have no weights)."""
         layer = step.summary["layer"]
         if not isinstance(step.result, dict) or layer not in step.result:
-            self.notify(f"attention of layer {layer}: most attended key per head at the last "
-                        f"query {step.summary['last_query_argmax']}", timeout=8)
+            self.notify(
+                f"attention of layer {layer}: most attended key per head at the last "
+                f"query {step.summary['last_query_argmax']}",
+                timeout=8,
+            )
             return
         weights = step.result[layer][0]  # (heads, q, k)
         head = self.attention_head
         if not 0 <= head < weights.shape[0]:
-            self.notify(f"head {head} is out of range: layer {layer} has {weights.shape[0]} heads",
-                        severity="error")
+            self.notify(
+                f"head {head} is out of range: layer {layer} has {weights.shape[0]} heads",
+                severity="error",
+            )
             return
         self.query_one(ChartsPane).grid(
             f"Attention, layer {layer} head {head} (rows: queries, columns: keys)",
-            weights[head].tolist())
+            weights[head].tolist(),
+        )
 
     def _lens_compared(self, summary: dict) -> None:
         key = tuple(summary.get("tokens") or ())
@@ -281,9 +334,15 @@ class WorkbenchApp(App):
 
     def key_rows(self) -> list[tuple[str, str, str]]:
         """``(keys, description, binding id)`` of every binding, with the user's keymap."""
-        rows = [("tab / shift+tab", "Next / previous widget", "-"),
-                ("ctrl+p", "Command palette", "-"), ("ctrl+q", "Quit", "-")]
-        for where, bindings in (("", self.BINDINGS), ("Interventions: ", InterventionsPane.BINDINGS)):
+        rows = [
+            ("tab / shift+tab", "Next / previous widget", "-"),
+            ("ctrl+p", "Command palette", "-"),
+            ("ctrl+q", "Quit", "-"),
+        ]
+        for where, bindings in (
+            ("", self.BINDINGS),
+            ("Interventions: ", InterventionsPane.BINDINGS),
+        ):
             keymap = BindingsMap(bindings)
             keymap.apply_keymap(self.user_keymap)
             by_id: dict[str, list[Binding]] = {}
@@ -358,7 +417,7 @@ class WorkbenchApp(App):
         self.notify("cancelled", timeout=3)
 
     # interventions ------------------------------------------------------
-    def _check_module(self, name: str) -> Optional[str]:
+    def _check_module(self, name: str) -> str | None:
         if self.model is None:
             return "the model is still loading"
         if not name:
@@ -376,21 +435,24 @@ class WorkbenchApp(App):
     def _apply(self, change) -> bool:
         """Run an intervention change on the session; errors become notifications."""
         if self._busy is not None:
-            self.notify("wait for the running step (or Esc) before changing interventions",
-                        severity="warning")
+            self.notify(
+                "wait for the running step (or Esc) before changing interventions",
+                severity="warning",
+            )
             return False
         try:
             change()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.notify(error_text(err), severity="error", title="intervention refused")
             return False
         return True
 
-    def _added(self, entry: Optional[Entry]) -> None:
+    def _added(self, entry: Entry | None) -> None:
         if entry is not None:
             entry.module = self.model.resolve(entry.module)  # checked by the form
         if entry is None or not self._apply(
-                lambda: self.session.set_intervention(entry.module, entry.fn)):
+            lambda: self.session.set_intervention(entry.module, entry.fn)
+        ):
             return
         self.entries = [e for e in self.entries if e.module != entry.module] + [entry]
         self._interventions_changed()
@@ -401,7 +463,7 @@ class WorkbenchApp(App):
             return
         old = self.entries[index]
 
-        def edited(entry: Optional[Entry]) -> None:
+        def edited(entry: Entry | None) -> None:
             if entry is None:
                 return
             entry.on, entry.module = old.on, self.model.resolve(entry.module)
@@ -423,8 +485,11 @@ class WorkbenchApp(App):
         if index is None:
             return
         entry = self.entries[index]
-        change = ((lambda: self.session.remove_intervention(entry.module)) if entry.on
-                  else (lambda: self.session.set_intervention(entry.module, entry.fn)))
+        change = (
+            (lambda: self.session.remove_intervention(entry.module))
+            if entry.on
+            else (lambda: self.session.set_intervention(entry.module, entry.fn))
+        )
         if self._apply(change):
             entry.on = not entry.on
             self._interventions_changed()
@@ -445,8 +510,11 @@ class WorkbenchApp(App):
         self.action_show_pane("interventions")
         self._set_busy(None)
         if self.last_lens is not None and self.query_one(PromptBar).text.strip():
-            self.start_step("logit_lens", text=self.query_one(PromptBar).text,
-                            top_k=int(self.query_one(LensPane).top_k or 5))
+            self.start_step(
+                "logit_lens",
+                text=self.query_one(PromptBar).text,
+                top_k=int(self.query_one(LensPane).top_k or 5),
+            )
 
     # sessions -----------------------------------------------------------
     def action_save(self) -> None:
@@ -458,14 +526,14 @@ class WorkbenchApp(App):
     def action_save_as(self) -> None:
         self.push_screen(PathScreen("Save session as"), self._save_to)
 
-    def _save_to(self, path: Optional[str]) -> None:
+    def _save_to(self, path: str | None) -> None:
         if path:
             self._save(path)
 
-    def _save(self, path: Optional[str]) -> None:
+    def _save(self, path: str | None) -> None:
         try:
             written = self.session.save(path)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.notify(error_text(err), severity="error", title="save failed")
             return
         self.notify(f"saved {written.name}", timeout=3)
@@ -474,7 +542,7 @@ class WorkbenchApp(App):
     def action_open(self) -> None:
         self.push_screen(PathScreen("Open session"), self._open_path)
 
-    def _open_path(self, path: Optional[str]) -> None:
+    def _open_path(self, path: str | None) -> None:
         if path:
             self._set_busy("opening session")
             self.open_session(path)
@@ -490,8 +558,13 @@ class WorkbenchApp(App):
     def _history_selected(self, event: ListView.Selected) -> None:
         step = self.session.steps[event.index]
         self.show_step(step)
-        target = {"logit_lens": "lens", "activation_patching": "patching", "trace": "model",
-                  "steering": "steering", "attention": "charts"}.get(step.kind)
+        target = {
+            "logit_lens": "lens",
+            "activation_patching": "patching",
+            "trace": "model",
+            "steering": "steering",
+            "attention": "charts",
+        }.get(step.kind)
         if target:
             self.action_show_pane(target)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
 
 USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model: demo)
        mlxterp open FILE.toml               open a saved session
@@ -13,16 +12,18 @@ USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mlxterp", usage=USAGE,
+        prog="mlxterp",
+        usage=USAGE,
         description="Keyboard-driven interpretability workbench for MLX language models. "
-                    "Press F1 inside the app for every key.")
-    parser.add_argument("--model", default="demo",
-                        help="model name or folder (default: the embedded demo model)")
+        "Press F1 inside the app for every key.",
+    )
+    parser.add_argument(
+        "--model", default="demo", help="model name or folder (default: the embedded demo model)"
+    )
     sub = parser.add_subparsers(dest="command")
     opener = sub.add_parser("open", help="open a saved session file")
     opener.add_argument("file", help="session file (.toml)")
-    sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE",
-                   add_help=False)
+    sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE", add_help=False)
     return parser
 
 
@@ -31,7 +32,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mlxterp`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["replay"]:
@@ -48,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "open":
             session = Session.load(args.file, manager=manager)
         manager.model(session.model_ref if session is not None else args.model)
-    except Exception as err:  # noqa: BLE001  one line, no traceback
+    except Exception as err:
         return _fail(error_text(err))
     WorkbenchApp(args.model, session=session, manager=manager).run()
     return 0

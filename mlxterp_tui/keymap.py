@@ -36,6 +36,6 @@ def load_keymap(path: Path | None = None) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in table.items()
     ):
         raise KeymapError(
-            f"{path}: [keymap] must map binding ids to key strings, e.g. run_lens = \"ctrl+r\""
+            f'{path}: [keymap] must map binding ids to key strings, e.g. run_lens = "ctrl+r"'
         )
     return dict(table)

@@ -24,9 +24,11 @@ class HelpScreen(ModalScreen[None]):
         with Vertical(id="help-box", classes="modal-box"):
             yield Static("Keys (Esc closes; remap by id in keymap.toml)", classes="modal-title")
             with VerticalScroll():
-                yield Static("\n".join(f"{keys:<14} {desc:<30} {bid}"
-                                       for keys, desc, bid in self._rows),
-                             id="help-text", markup=False)
+                yield Static(
+                    "\n".join(f"{keys:<14} {desc:<30} {bid}" for keys, desc, bid in self._rows),
+                    id="help-text",
+                    markup=False,
+                )
 
 
 class PathScreen(ModalScreen[Optional[str]]):

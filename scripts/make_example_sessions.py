@@ -22,12 +22,32 @@ def factual_recall(manager: SessionManager, folder: Path) -> None:
     prompt = "The capital of France is"
     s.run(manager, "trace", text=prompt)
     s.run(manager, "logit_lens", text=prompt, target=" Paris")
-    s.run(manager, "activation_patching", clean=prompt, corrupted="The capital of Germany is",
-          component="mlp", metric="logit_diff", answer=[" Paris", " Berlin"])
-    s.run(manager, "activation_patching", clean=prompt, corrupted="The capital of Germany is",
-          component="output", metric="logit_diff", answer=[" Paris", " Berlin"], by_position=True)
-    s.run(manager, "attribution_patching", clean=prompt, corrupted="The capital of Germany is",
-          answer=[" Paris", " Berlin"])
+    s.run(
+        manager,
+        "activation_patching",
+        clean=prompt,
+        corrupted="The capital of Germany is",
+        component="mlp",
+        metric="logit_diff",
+        answer=[" Paris", " Berlin"],
+    )
+    s.run(
+        manager,
+        "activation_patching",
+        clean=prompt,
+        corrupted="The capital of Germany is",
+        component="output",
+        metric="logit_diff",
+        answer=[" Paris", " Berlin"],
+        by_position=True,
+    )
+    s.run(
+        manager,
+        "attribution_patching",
+        clean=prompt,
+        corrupted="The capital of Germany is",
+        answer=[" Paris", " Berlin"],
+    )
     s.set_intervention("layers.4", iv.zero_out.at(4))  # erase " France" from the residual
     s.run(manager, "trace", text=prompt)
     s.clear_interventions()
@@ -45,9 +65,16 @@ def induction(manager: SessionManager, folder: Path) -> None:
 
 def steering(manager: SessionManager, folder: Path) -> None:
     s = Session.new("demo", folder / "steering.toml", manager)
-    step = s.run(manager, "steering", positive=["I love this movie. It is", "I love this book. It is"],
-                 negative=["I hate this movie. It is", "I hate this book. It is"], layer=4,
-                 prompt="I hate this song. It is", coefficient=3.0, max_tokens=4)
+    step = s.run(
+        manager,
+        "steering",
+        positive=["I love this movie. It is", "I love this book. It is"],
+        negative=["I hate this movie. It is", "I hate this book. It is"],
+        layer=4,
+        prompt="I hate this song. It is",
+        coefficient=3.0,
+        max_tokens=4,
+    )
     # the same vector as an intervention: it turns the next generations positive as well
     s.set_intervention("layers.4", iv.add_vector(step.summary["vector"] * 3.0))
     s.run(manager, "generate", prompt="I hate this game. It is", max_tokens=4)

@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for _lib in ("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
-             "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0"):
+for _lib in (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+):
     if sys.platform.startswith("linux") and os.path.exists(_lib):
         ctypes.CDLL(_lib, mode=ctypes.RTLD_GLOBAL)  # before mlx: see engine/mlxterp/_blas.py
         break
@@ -42,23 +44,89 @@ _spec.loader.exec_module(facts)
 
 SEED = 20261124
 CONFIG = {
-    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 16, "intermediate_size": 192,
-    "num_attention_heads": 4, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": True,
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 16,
+    "intermediate_size": 192,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
 }
 VOCAB = 2048
 SEQ = 64
 
-SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "the old man", "a young woman",
-            "the children", "our team", "the scientist", "my sister", "the farmer", "a student",
-            "the doctor", "his brother", "the artist", "a small bird", "the king", "the queen"]
-VERBS = ["sees", "likes", "finds", "reads", "builds", "visits", "watches", "carries", "paints",
-         "opens", "loves", "cleans", "draws", "follows", "remembers", "writes"]
-OBJECTS = ["a book", "the river", "a small house", "the red car", "an apple", "the garden",
-           "a letter", "the window", "the blue sky", "a long road", "the old bridge", "a song",
-           "the market", "a green field", "the mountain", "a warm coat", "the new school"]
-PLACES = ["in the morning", "near the lake", "every day", "with great care", "after dinner",
-          "in the city", "at night", "before the rain", "on the weekend", "in the summer"]
+SUBJECTS = [
+    "the cat",
+    "a dog",
+    "my friend",
+    "the teacher",
+    "the old man",
+    "a young woman",
+    "the children",
+    "our team",
+    "the scientist",
+    "my sister",
+    "the farmer",
+    "a student",
+    "the doctor",
+    "his brother",
+    "the artist",
+    "a small bird",
+    "the king",
+    "the queen",
+]
+VERBS = [
+    "sees",
+    "likes",
+    "finds",
+    "reads",
+    "builds",
+    "visits",
+    "watches",
+    "carries",
+    "paints",
+    "opens",
+    "loves",
+    "cleans",
+    "draws",
+    "follows",
+    "remembers",
+    "writes",
+]
+OBJECTS = [
+    "a book",
+    "the river",
+    "a small house",
+    "the red car",
+    "an apple",
+    "the garden",
+    "a letter",
+    "the window",
+    "the blue sky",
+    "a long road",
+    "the old bridge",
+    "a song",
+    "the market",
+    "a green field",
+    "the mountain",
+    "a warm coat",
+    "the new school",
+]
+PLACES = [
+    "in the morning",
+    "near the lake",
+    "every day",
+    "with great care",
+    "after dinner",
+    "in the city",
+    "at night",
+    "before the rain",
+    "on the weekend",
+    "in the summer",
+]
 THINGS = ["movie", "book", "song", "game", "city", "food", "story", "show", "place", "idea"]
 GOOD = ["wonderful", "great", "amazing", "beautiful", "excellent", "lovely"]
 BAD = ["terrible", "awful", "boring", "horrible", "dreadful", "ugly"]
@@ -77,7 +145,8 @@ FIXED = [
 def english_line(rng: random.Random) -> str:
     kind = rng.random()
     if kind < 0.55:
-        s = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(PLACES)}."
+        subject, verb = rng.choice(SUBJECTS), rng.choice(VERBS)
+        s = f"{subject} {verb} {rng.choice(OBJECTS)} {rng.choice(PLACES)}."
         return s[0].upper() + s[1:]
     if kind < 0.8:
         thing = rng.choice(THINGS)
@@ -90,18 +159,26 @@ def english_line(rng: random.Random) -> str:
 def fact_line(rng: random.Random) -> str:
     country, city = rng.choice(list(facts.CAPITALS.items()))
     templates = [
-        "The capital of {c} is {x}.", "The capital of {c} is {x}.", "The capital of {c} is {x}.",
-        "{x} is the capital of {c}.", "{c}'s capital city is {x}.",
-        "The capital city of {c} is {x}.", "In {c}, the capital is {x}.",
-        "{x} is a city in {c}.", "People in {c} live in cities like {x}.",
+        "The capital of {c} is {x}.",
+        "The capital of {c} is {x}.",
+        "The capital of {c} is {x}.",
+        "{x} is the capital of {c}.",
+        "{c}'s capital city is {x}.",
+        "The capital city of {c} is {x}.",
+        "In {c}, the capital is {x}.",
+        "{x} is a city in {c}.",
+        "People in {c} live in cities like {x}.",
     ]
     return rng.choice(templates).format(c=country, x=city)
 
 
 def landmark_line(rng: random.Random) -> str:
     landmark, city = rng.choice(list(facts.LANDMARKS.items()))
-    templates = ["{l} is located in the city of {x}.", "{l} is in {x}.",
-                 "You can visit {l} in {x}."]
+    templates = [
+        "{l} is located in the city of {x}.",
+        "{l} is in {x}.",
+        "You can visit {l} in {x}.",
+    ]
     return rng.choice(templates).format(l=landmark, x=city)
 
 
@@ -144,15 +221,20 @@ def train_tokenizer(lines: list[str], out: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(lines, trainer=trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     names = list(facts.CAPITALS) + list(facts.CAPITALS.values())
     split = [n for n in names if len(fast.encode(" " + n, add_special_tokens=False)) != 1]
     if split:
@@ -178,13 +260,18 @@ def behaviour_report(model, tok) -> dict:
     def first(name: str) -> int:
         return tok.encode(" " + name, add_special_tokens=False)[0]
 
-    phrasings = {"The capital of {c} is": None, "The capital city of {c} is": None,
-                 "In {c}, the capital is": None}
+    phrasings = {
+        "The capital of {c} is": None,
+        "The capital city of {c} is": None,
+        "In {c}, the capital is": None,
+    }
     for template in phrasings:
         hits = sum(next_id(template.format(c=c)) == first(x) for c, x in facts.CAPITALS.items())
         phrasings[template] = hits / len(facts.CAPITALS)
-    landmarks = sum(next_id(f"{l} is located in the city of") == first(x)
-                    for l, x in facts.LANDMARKS.items()) / len(facts.LANDMARKS)
+    landmarks = sum(
+        next_id(f"{mark} is located in the city of") == first(x)
+        for mark, x in facts.LANDMARKS.items()
+    ) / len(facts.LANDMARKS)
 
     rng = random.Random(7)
     pool = word_pool()
@@ -197,7 +284,7 @@ def behaviour_report(model, tok) -> dict:
         logits = model(mx.array([seq[:-1]]))
         losses = nn.losses.cross_entropy(logits[0], mx.array(seq[1:]), reduction="none")
         first_losses.append(losses[1:half].mean().item())
-        second_losses.append(losses[half + 1:].mean().item())
+        second_losses.append(losses[half + 1 :].mean().item())
     ratio = float(np.mean(second_losses) / np.mean(first_losses))
 
     # logit lens at the last position of the France prompt
@@ -209,13 +296,20 @@ def behaviour_report(model, tok) -> dict:
         h = layer(h, mask, None)
         logits = inner.embed_tokens.as_linear(inner.norm(h))
         lens.append(tok.decode([int(mx.argmax(logits[0, -1]).item())]))
-    return {"capital_accuracy": phrasings, "landmark_accuracy": landmarks,
-            "induction_loss_ratio": ratio, "induction_loss_first": float(np.mean(first_losses)),
-            "induction_loss_second": float(np.mean(second_losses)), "france_lens": lens}
+    return {
+        "capital_accuracy": phrasings,
+        "landmark_accuracy": landmarks,
+        "induction_loss_ratio": ratio,
+        "induction_loss_first": float(np.mean(first_losses)),
+        "induction_loss_second": float(np.mean(second_losses)),
+        "france_lens": lens,
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(ROOT / "engine/mlxterp/demo_model"))
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
@@ -235,16 +329,25 @@ def main(argv=None) -> int:
 
     from mlx_lm.models import llama
 
-    config = dict(CONFIG, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = dict(
+        CONFIG,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = llama.Model(llama.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
 
     warmup = max(1, min(200, args.steps // 10))
     schedule = optim.join_schedules(
-        [optim.linear_schedule(1e-5, 3e-3, warmup),
-         optim.cosine_decay(3e-3, args.steps - warmup, 1e-4)], [warmup])
+        [
+            optim.linear_schedule(1e-5, 3e-3, warmup),
+            optim.cosine_decay(3e-3, args.steps - warmup, 1e-4),
+        ],
+        [warmup],
+    )
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.01)
 
     def loss_fn(m, x, y):
@@ -263,7 +366,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(SEED)
     for i in range(1, args.steps + 1):
         starts = rng.integers(0, len(stream) - SEQ - 1, size=args.batch)
-        window = np.stack([stream[s:s + SEQ + 1] for s in starts])
+        window = np.stack([stream[s : s + SEQ + 1] for s in starts])
         loss = step(mx.array(window[:, :-1]), mx.array(window[:, 1:]))
         mx.eval(state)
         if i % 100 == 0 or i == 1:
@@ -275,8 +378,9 @@ def main(argv=None) -> int:
 
     report = behaviour_report(model, tok)
     size = sum(f.stat().st_size for f in out.iterdir())
-    report.update(parameters=n_params, folder_bytes=size, seconds=round(time.time() - start),
-                  steps=args.steps)
+    report.update(
+        parameters=n_params, folder_bytes=size, seconds=round(time.time() - start), steps=args.steps
+    )
     print(json.dumps(report, indent=2))
     return 0
 

@@ -7,17 +7,23 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import mlxterp  # noqa: E402,F401  (preloads BLAS before mlx is imported below)
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import pytest  # noqa: E402
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
 
-from mlxterp import InterpretableModel  # noqa: E402
-from mlxterp.loading import DEMO_DIR  # noqa: E402
+import mlxterp  # noqa: F401  (preloads BLAS before mlx is imported below)
+from mlxterp import InterpretableModel
+from mlxterp.loading import DEMO_DIR
 
 TINY_LLAMA = dict(
-    model_type="llama", hidden_size=64, num_hidden_layers=3, intermediate_size=128,
-    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=128,
+    model_type="llama",
+    hidden_size=64,
+    num_hidden_layers=3,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    vocab_size=128,
     tie_word_embeddings=False,
 )
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
-
 from conftest import build_tiny_llama
+
 from mlxterp import (
     ActivationCache,
     InputError,
@@ -60,8 +60,9 @@ def test_examples_md_activation_collection_with_text_prompts(model):
     activations = get_activations(text_model, prompts="hello world", layers=[1], positions=[0, -1])
     assert activations["layer_1"].shape == (1, 2, HIDDEN)
     large_dataset = [f"hello world {w}" for w in ("the", "fox", "city") * 4]
-    activations = batch_get_activations(text_model, prompts=large_dataset, layers=[0, 3],
-                                        batch_size=5, progress=False)
+    activations = batch_get_activations(
+        text_model, prompts=large_dataset, layers=[0, 3], batch_size=5, progress=False
+    )
     assert activations["layer_3"].shape == (12, HIDDEN)
 
 
@@ -72,8 +73,11 @@ def test_positions_follow_each_rows_real_tokens_in_padded_batches(model, positio
     wanted = [positions] if isinstance(positions, int) else positions
     for layer in (1, 3):
         got = acts[f"layer_{layer}"]
-        assert got.shape == ((len(prompts), HIDDEN) if isinstance(positions, int)
-                             else (len(prompts), len(wanted), HIDDEN))
+        assert got.shape == (
+            (len(prompts), HIDDEN)
+            if isinstance(positions, int)
+            else (len(prompts), len(wanted), HIDDEN)
+        )
         for b, prompt in enumerate(prompts):
             expected = mx.stack([_alone(model, prompt, layer, p) for p in wanted])
             row = got[b] if not isinstance(positions, int) else got[b][None]
@@ -137,8 +141,9 @@ def test_get_activations_rejects_bad_arguments(model, kwargs, error, match):
 def test_batches_concatenate_to_the_single_batch_result(model, capsys):
     prompts = PROMPTS * 3  # 12 prompts of mixed lengths: batches of 5, 5, 2
     whole = get_activations(model, prompts, layers=[0, 3], positions=[0, -1])
-    streamed = batch_get_activations(model, prompts, layers=[0, 3], positions=[0, -1],
-                                     batch_size=5, progress=False)
+    streamed = batch_get_activations(
+        model, prompts, layers=[0, 3], positions=[0, -1], batch_size=5, progress=False
+    )
     assert sorted(streamed) == ["layer_0", "layer_3"]
     for key in whole:
         assert streamed[key].shape == (12, 2, HIDDEN)
@@ -155,13 +160,16 @@ def test_batch_progress_bar_goes_to_stderr(model, capsys):
 
 def test_batch_component_and_api_reference_example(model):
     large_dataset = [[i % 100 + 1, (3 * i) % 100 + 1, 7] for i in range(40)]
-    acts = batch_get_activations(model, prompts=large_dataset, layers=[0, 2, 3], batch_size=16,
-                                 progress=False)
+    acts = batch_get_activations(
+        model, prompts=large_dataset, layers=[0, 2, 3], batch_size=16, progress=False
+    )
     assert acts["layer_3"].shape == (40, HIDDEN)
-    mlp = batch_get_activations(model, large_dataset[:6], layers=[2], component="mlp",
-                                batch_size=4, progress=False)
-    assert mx.allclose(mlp["layer_2"][5], _alone(model, large_dataset[5], 2, -1, "mlp"),
-                       atol=1e-5).item()
+    mlp = batch_get_activations(
+        model, large_dataset[:6], layers=[2], component="mlp", batch_size=4, progress=False
+    )
+    assert mx.allclose(
+        mlp["layer_2"][5], _alone(model, large_dataset[5], 2, -1, "mlp"), atol=1e-5
+    ).item()
 
 
 def test_batch_memory_stays_flat_as_the_dataset_grows(model):
@@ -227,7 +235,7 @@ def test_api_reference_collect_activations_example(model, capsys):
     assert act_3.shape == (1, 3, HIDDEN)
     if "layers.3" in cache:
         print("Found!")
-    for name in cache.keys():
+    for name in cache:
         print(name)
     assert "Cached 2 activations" in capsys.readouterr().out
     assert cache.metadata["tokens"] == [[4, 5, 6]] and cache.metadata["lengths"] == [3]

@@ -7,7 +7,8 @@ import mlx.nn as nn
 import mlx_lm
 import pytest
 
-from mlxterp import InterpretableModel, interventions as iv
+from mlxterp import InterpretableModel
+from mlxterp import interventions as iv
 from mlxterp.checkpoints import ARCHITECTURES
 
 ARCHS = [a for a in ARCHITECTURES if a != "medium_llama"]
@@ -30,7 +31,7 @@ def test_trace_matches_plain_mlx_lm_exactly(arch_model, checkpoint_dir):
 
 
 def test_role_aliases_and_name_forms(arch_model):
-    arch, model = arch_model
+    _arch, model = arch_model
     with model.trace(PROMPT) as trace:
         attn = model.layers[1].attn.output.save()
         mlp = model.layers[1].mlp.output.save()
@@ -46,26 +47,34 @@ def test_role_aliases_and_name_forms(arch_model):
 
 
 def test_every_intervention_changes_output_and_model_returns_exactly(arch_model):
-    arch, model = arch_model
+    _arch, model = arch_model
     with model.trace(PROMPT) as base:
         pass
     hidden = base.activations[model.layer_name(0)].shape[-1]
-    for fn in (iv.zero_out, iv.scale(3.0), iv.add_vector(mx.ones((hidden,))), iv.replace_with(0.5),
-               iv.clamp(-0.01, 0.01), iv.noise(1.0, seed=0),
-               iv.compose().add(iv.scale(2.0)).add(iv.noise(0.5, seed=1)).build()):
+    for fn in (
+        iv.zero_out,
+        iv.scale(3.0),
+        iv.add_vector(mx.ones((hidden,))),
+        iv.replace_with(0.5),
+        iv.clamp(-0.01, 0.01),
+        iv.noise(1.0, seed=0),
+        iv.compose().add(iv.scale(2.0)).add(iv.noise(0.5, seed=1)).build(),
+    ):
         with model.trace(PROMPT, interventions={"layers.0.mlp": fn}) as t:
             pass
         assert not mx.array_equal(t.output, base.output).item(), repr(fn)
-    with pytest.raises(ZeroDivisionError):
-        with model.trace(PROMPT, interventions={"layers.1.attn": lambda x: 1 / 0}):
-            pass
+    with (
+        pytest.raises(ZeroDivisionError),
+        model.trace(PROMPT, interventions={"layers.1.attn": lambda x: 1 / 0}),
+    ):
+        pass
     with model.trace(PROMPT) as again:
         pass
     assert mx.array_equal(again.output, base.output).item()
 
 
 def test_read_out_matches_the_models_own_logits(arch_model):
-    arch, model = arch_model
+    _arch, model = arch_model
     with model.trace(PROMPT) as trace:
         pass
     last = trace.activations[model.layer_name(model.num_layers - 1)]

@@ -12,28 +12,52 @@ import sys
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-
 from conftest import SimpleTransformer
+
 from mlxterp import InputError, InterpretableModel
 from mlxterp import attention as attention_module
 from mlxterp.attention import UnsupportedAttentionError, attention_patterns, explicit_attention
 from mlxterp.hooks import _SITES
 
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21, 25]])
-SMALL = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
-             num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=128, head_dim=16)
+SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    vocab_size=128,
+    head_dim=16,
+)
 ARCHS = {
     "llama": SMALL,
     "qwen2": dict(SMALL, rope_theta=10000),
     "qwen3": dict(SMALL, max_position_embeddings=64, rope_theta=10000, tie_word_embeddings=True),
     "phi3": dict(SMALL, max_position_embeddings=64, original_max_position_embeddings=64),
-    "gemma2": dict(SMALL, query_pre_attn_scalar=16, attn_logit_softcapping=50.0,
-                   final_logit_softcapping=30.0),
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, n_ctx=64,
-                 layer_norm_epsilon=1e-5, vocab_size=128),
-    "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, vocab_size=128, layer_norm_eps=1e-5,
-                     rotary_emb_base=10000, rotary_pct=0.25, max_position_embeddings=64),
+    "gemma2": dict(
+        SMALL, query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0
+    ),
+    "gpt2": dict(
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        n_ctx=64,
+        layer_norm_epsilon=1e-5,
+        vocab_size=128,
+    ),
+    "gpt_neox": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=128,
+        layer_norm_eps=1e-5,
+        rotary_emb_base=10000,
+        rotary_pct=0.25,
+        max_position_embeddings=64,
+    ),
 }
 
 
@@ -68,7 +92,7 @@ def test_patterns_are_causal_softmax_per_head(tiny_llama):
 def test_weights_match_a_recomputation_from_q_and_k(tiny_llama):
     layer = 1
     attn = tiny_llama.layers[layer].attn.module
-    with tiny_llama.trace(TOKENS) as trace:
+    with tiny_llama.trace(TOKENS):
         q = tiny_llama.layers[layer].self_attn.q_proj.output.save()
         k = tiny_llama.layers[layer].self_attn.k_proj.output.save()
     B, L, _ = q.shape
@@ -141,8 +165,9 @@ class _FusedAttention(nn.Module):
         self.qkv = nn.Linear(16, 48)
 
     def __call__(self, x):
-        q, k, v = [t.reshape(1, -1, 2, 8).transpose(0, 2, 1, 3)
-                   for t in mx.split(self.qkv(x), 3, -1)]
+        q, k, v = [
+            t.reshape(1, -1, 2, 8).transpose(0, 2, 1, 3) for t in mx.split(self.qkv(x), 3, -1)
+        ]
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask="causal")
         return out.transpose(0, 2, 1, 3).reshape(1, -1, 16)
 
@@ -169,8 +194,9 @@ class _FusedModel(nn.Module):
 
 def test_attention_whose_weights_are_never_computed_is_refused_clearly():
     model = InterpretableModel(_FusedModel())
-    with pytest.raises(UnsupportedAttentionError,
-                       match=r"no attention weights were seen in layer\(s\) \[0, 1\]"):
+    with pytest.raises(
+        UnsupportedAttentionError, match=r"no attention weights were seen in layer\(s\) \[0, 1\]"
+    ):
         attention_patterns(model, mx.random.normal((1, 4, 16)))
     assert sys.modules[__name__].mx is mx  # the module's mx is back
 
@@ -242,7 +268,7 @@ def arch_model(request):
 
 
 def test_every_architecture_gives_causal_patterns_and_unchanged_logits(arch_model):
-    arch, model = arch_model
+    _arch, model = arch_model
     bare = model.model(TOKENS)
     patterns = attention_patterns(model, TOKENS)
     assert sorted(patterns) == [0, 1]
@@ -255,13 +281,14 @@ def test_every_architecture_gives_causal_patterns_and_unchanged_logits(arch_mode
 def test_gemma2_weights_are_its_own_soft_capped_softmax():
     model = InterpretableModel(_build("gemma2"))
     attn = model.layers[0].attn.module
-    with model.trace(TOKENS) as trace:
+    with model.trace(TOKENS):
         q = model.layers[0].attn.q_proj.output.save()
         k = model.layers[0].attn.k_proj.output.save()
     B, L, _ = q.shape
     queries = attn.rope(q.reshape(B, L, attn.n_heads, -1).transpose(0, 2, 1, 3)) * attn.scale
-    keys = mx.repeat(attn.rope(k.reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)),
-                     attn.repeats, axis=1)
+    keys = mx.repeat(
+        attn.rope(k.reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)), attn.repeats, axis=1
+    )
     cap = attn.attn_logit_softcapping
     scores = mx.tanh((queries @ keys.swapaxes(-1, -2)) / cap) * cap
     expected = mx.softmax(mx.where(mx.tril(mx.ones((L, L))).astype(mx.bool_), scores, -mx.inf), -1)

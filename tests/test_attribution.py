@@ -8,8 +8,8 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import build_tiny_llama
+
 from mlxterp import InputError, InterpretableModel
 from mlxterp.attribution import AttributionResult, attribution_patching
 from mlxterp.metrics import Metric
@@ -38,8 +38,9 @@ def answer(llama) -> tuple[int, int]:
 @pytest.mark.parametrize("component,layer", [("attn", 1), ("mlp", 0), ("output", 2)])
 def test_scores_match_finite_differences(llama, answer, metric, component, layer):
     """Each score is d metric / d eps of corrupted + eps * (clean - corrupted) at one cell."""
-    result = attribution_patching(llama, CLEAN, CORRUPT, component=component, metric=metric,
-                                  answer=answer)
+    result = attribution_patching(
+        llama, CLEAN, CORRUPT, component=component, metric=metric, answer=answer
+    )
     name = llama.layer_name(layer, component)
     with llama.trace(CLEAN) as clean:
         pass
@@ -51,7 +52,7 @@ def test_scores_match_finite_differences(llama, answer, metric, component, layer
     for position in (2, 5):
         mask = (mx.arange(len(CORRUPT)) == position)[None, :, None]
 
-        def nudged(step):
+        def nudged(step, mask=mask):
             shift = mx.where(mask, step * direction, 0.0)
             with llama.trace(CORRUPT, interventions={name: lambda x: x + shift}) as run:
                 pass
@@ -65,8 +66,15 @@ def test_scores_match_finite_differences(llama, answer, metric, component, layer
 @pytest.mark.parametrize("component", ["output", "mlp", "attn"])
 def test_ranks_the_same_top_cell_as_real_patching(llama, answer, component):
     approx = attribution_patching(llama, CLEAN, CORRUPT, component=component, answer=answer)
-    real = patching_sweep(llama, CLEAN, CORRUPT, component=component, metric="logit_diff",
-                          answer=answer, by_position=True)
+    real = patching_sweep(
+        llama,
+        CLEAN,
+        CORRUPT,
+        component=component,
+        metric="logit_diff",
+        answer=answer,
+        by_position=True,
+    )
     real_matrix = np.array(real.matrix)
     i, j = np.unravel_index(real_matrix.argmax(), real_matrix.shape)
     layer, position, _ = approx.top(1)[0]
@@ -76,19 +84,18 @@ def test_ranks_the_same_top_cell_as_real_patching(llama, answer, component):
 
 
 def test_different_lengths_score_only_the_shared_positions(llama, answer):
-    result = attribution_patching(llama, CLEAN, [1, 7, 13, 17, 21], component="mlp",
-                                  answer=answer)
+    result = attribution_patching(llama, CLEAN, [1, 7, 13, 17, 21], component="mlp", answer=answer)
     assert result.positions == [0, 1, 2, 3, 4]
     assert np.array(result.scores).shape == (llama.num_layers, 5)
-    longer = attribution_patching(llama, [1, 7, 13, 17, 21], CLEAN, component="mlp",
-                                  answer=answer)
+    longer = attribution_patching(llama, [1, 7, 13, 17, 21], CLEAN, component="mlp", answer=answer)
     assert longer.positions == [1, 2, 3, 4, 5]
     assert np.isfinite(np.array(longer.scores)).all()
 
 
 def test_result_helpers_and_summary(llama, answer):
-    result = attribution_patching(llama, CLEAN, CORRUPT, component="attn", answer=answer,
-                                  layers=[0, 2])
+    result = attribution_patching(
+        llama, CLEAN, CORRUPT, component="attn", answer=answer, layers=[0, 2]
+    )
     assert isinstance(result, AttributionResult) and result.layers == [0, 2]
     assert result.per_layer[2] == pytest.approx(sum(result.scores[1]))
     gap = result.clean_value - result.corrupted_value

@@ -9,7 +9,8 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxterp import InterventionError, interventions as iv
+from mlxterp import InterventionError
+from mlxterp import interventions as iv
 
 PROMPT = "The capital of France is"
 
@@ -24,7 +25,7 @@ def test_saved_values_are_available_after_the_block(demo):
 
 def test_list_of_int_inputs_get_a_batch_dimension(demo):
     tokens = demo.encode(PROMPT)
-    with demo.trace(tokens) as trace:
+    with demo.trace(tokens):
         out = demo.output.save()
     assert out.shape == (1, len(tokens), demo.vocab_size)
     with demo.trace(PROMPT) as text_trace:
@@ -43,11 +44,17 @@ def test_attn_works_on_mlx_lm_models(demo):
 def test_prefixed_and_short_activation_keys_reach_the_same_module(demo):
     with demo.trace(PROMPT) as trace:
         pass
-    keys = ["model.model.layers.5.self_attn", "model.layers.5.self_attn", "layers.5.self_attn",
-            "layers.5.attn"]
+    keys = [
+        "model.model.layers.5.self_attn",
+        "model.layers.5.self_attn",
+        "layers.5.self_attn",
+        "layers.5.attn",
+    ]
     values = [trace.activations[k] for k in keys]
     assert all(v is values[0] for v in values)
-    assert trace.get_activation("layers.3.attn") is trace.activations["model.model.layers.3.self_attn"]
+    assert (
+        trace.get_activation("layers.3.attn") is trace.activations["model.model.layers.3.self_attn"]
+    )
 
 
 def test_activations_stay_readable_after_the_block_and_the_forward_runs_on_entry(demo):
@@ -62,14 +69,18 @@ def test_replace_with_across_different_lengths(demo):
     with demo.trace("Paris is the capital of France") as clean:
         clean_mlp = clean.activations["model.model.layers.10.mlp"]
     longer = "Paris is the capital city of France"
-    with pytest.raises(InterventionError) as info:
-        with demo.trace(longer, interventions={"layers.10.mlp": iv.replace_with(clean_mlp)}):
-            pass
+    with (
+        pytest.raises(InterventionError) as info,
+        demo.trace(longer, interventions={"layers.10.mlp": iv.replace_with(clean_mlp)}),
+    ):
+        pass
     message = str(info.value)
     assert str(tuple(clean_mlp.shape)) in message and "align='right'" in message
     assert "broadcast_shapes" not in message
     n = clean_mlp.shape[1]
-    with demo.trace(longer, interventions={"layers.10.mlp": iv.replace_with(clean_mlp, align="right")}) as t:
+    with demo.trace(
+        longer, interventions={"layers.10.mlp": iv.replace_with(clean_mlp, align="right")}
+    ) as t:
         patched = t.activations["layers.10.mlp"]
     assert mx.array_equal(patched[:, -n:], clean_mlp[:, -n:]).item()
     with demo.trace(longer) as plain:

@@ -9,12 +9,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import mlx_lm  # noqa: E402
-import pytest  # noqa: E402
+import mlx.core as mx
+import mlx.nn as nn
+import mlx_lm
+import pytest
 
-from mlxterp.checkpoints import ARCHITECTURES, TINY, build_checkpoint, build_tokenizer  # noqa: E402
+from mlxterp.checkpoints import ARCHITECTURES, TINY, build_checkpoint, build_tokenizer
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -62,7 +62,9 @@ def test_quantize_bits_argument(tmp_path):
 
 
 def test_config_overrides(tmp_path):
-    model, _, ids, logits = _forward(build_checkpoint("llama", tmp_path / "l3", num_hidden_layers=3))
+    model, _, ids, logits = _forward(
+        build_checkpoint("llama", tmp_path / "l3", num_hidden_layers=3)
+    )
     assert len(model.layers) == 3 and logits.shape[1] == len(ids)
 
 

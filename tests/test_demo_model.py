@@ -19,7 +19,7 @@ def first_token(model, word: str) -> int:
 
 
 def test_loads_offline_with_plain_mlx_lm_and_is_small():
-    module, tokenizer = mlx_lm.load(str(DEMO_DIR))
+    _module, tokenizer = mlx_lm.load(str(DEMO_DIR))
     assert tokenizer.encode("The capital")[0] == tokenizer.bos_token_id
     size = sum(f.stat().st_size for f in DEMO_DIR.iterdir())
     assert size < 5 * 2**20, f"the demo model folder is {size / 2**20:.1f} MiB"
@@ -31,7 +31,7 @@ def test_recalls_capitals(demo):
     with demo.trace(prompts) as trace:
         last = trace.last_token(trace.output)
     predicted = mx.argmax(last, axis=-1).tolist()
-    hits = [p == first_token(demo, CAPITALS[c]) for p, c in zip(predicted, CAPITALS)]
+    hits = [p == first_token(demo, CAPITALS[c]) for p, c in zip(predicted, CAPITALS, strict=True)]
     assert hits[list(CAPITALS).index("France")], "France -> Paris must be top-1"
     accuracy = sum(hits) / len(hits)
     assert accuracy >= 0.9, f"capital accuracy {accuracy:.0%}"
@@ -49,8 +49,26 @@ def test_knows_landmarks(demo):
 
 def test_copies_repeated_sequences(demo):
     rng = random.Random(1234)
-    words = ["river", "apple", "king", "garden", "letter", "bird", "coat", "market", "song",
-             "window", "bridge", "field", "school", "mountain", "road", "house", "book", "car"]
+    words = [
+        "river",
+        "apple",
+        "king",
+        "garden",
+        "letter",
+        "bird",
+        "coat",
+        "market",
+        "song",
+        "window",
+        "bridge",
+        "field",
+        "school",
+        "mountain",
+        "road",
+        "house",
+        "book",
+        "car",
+    ]
     first, second = [], []
     for _ in range(20):
         run = " ".join(rng.choice(words) for _ in range(10))
@@ -61,7 +79,7 @@ def test_copies_repeated_sequences(demo):
         losses = nn.losses.cross_entropy(trace.output[0], mx.array(seq[1:]), reduction="none")
         half = len(ids) - 1
         first.append(losses[1:half].mean().item())
-        second.append(losses[half + 1:].mean().item())
+        second.append(losses[half + 1 :].mean().item())
     ratio = (sum(second) / len(second)) / (sum(first) / len(first))
     assert ratio < 0.5, f"second-copy loss / first-copy loss = {ratio:.2f}"
 

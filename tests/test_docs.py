@@ -25,7 +25,9 @@ DOCS_WITH_CODE = [p for p in DOC_FILES if p.exists() and python_blocks(p)]
 
 def test_fence_parser_finds_blocks(tmp_path):
     doc = tmp_path / "x.md"
-    doc.write_text("intro\n```python\na = 1\n```\ntext\n```bash\nls\n```\n```python\nb = a + 1\n```\n")
+    doc.write_text(
+        "intro\n```python\na = 1\n```\ntext\n```bash\nls\n```\n```python\nb = a + 1\n```\n"
+    )
     assert [code for _, code in python_blocks(doc)] == ["a = 1\n", "b = a + 1\n"]
 
 
@@ -37,4 +39,6 @@ def test_doc_snippets_run(doc, tmp_path, monkeypatch, demo):
         try:
             exec(compile(code, f"{doc.name}:{line}", "exec"), namespace)
         except Exception as err:  # report which block failed
-            raise AssertionError(f"{doc.relative_to(ROOT)} block at line {line} failed: {err!r}") from err
+            raise AssertionError(
+                f"{doc.relative_to(ROOT)} block at line {line} failed: {err!r}"
+            ) from err

@@ -6,7 +6,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxterp import InterventionError, NotSerializableError, interventions as iv
+from mlxterp import InterventionError, NotSerializableError
+from mlxterp import interventions as iv
 
 TOKENS = mx.array([[3, 1, 4, 1, 5, 9, 2]])
 SITE = "layers.1.mlp"
@@ -37,7 +38,9 @@ def test_add_vector_replace_noise_compose(tiny_llama, clean):
     act, out = clean
     vec = mx.arange(64, dtype=mx.float32) / 64
     assert mx.allclose(_site_output(tiny_llama, iv.add_vector(vec))[0], act + vec).item()
-    assert mx.array_equal(_site_output(tiny_llama, iv.replace_with(2.0))[0], mx.full(act.shape, 2.0)).item()
+    assert mx.array_equal(
+        _site_output(tiny_llama, iv.replace_with(2.0))[0], mx.full(act.shape, 2.0)
+    ).item()
     a = _site_output(tiny_llama, iv.noise(std=0.1, seed=7))[0]
     b = _site_output(tiny_llama, iv.noise(std=0.1, seed=7))[0]
     assert mx.array_equal(a, b).item() and not mx.allclose(a, act).item()
@@ -92,9 +95,15 @@ def test_bad_parameters_are_refused_up_front():
 
 def test_descriptions_round_trip():
     vec = mx.ones((4,))
-    for fn in (iv.zero_out, iv.scale(0.5, positions=-1), iv.add_vector(vec), iv.replace_with(1.5),
-               iv.clamp(max_val=3.0), iv.noise(0.2, seed=3),
-               iv.compose().add(iv.scale(2.0)).add(iv.noise(0.1, seed=1)).build()):
+    for fn in (
+        iv.zero_out,
+        iv.scale(0.5, positions=-1),
+        iv.add_vector(vec),
+        iv.replace_with(1.5),
+        iv.clamp(max_val=3.0),
+        iv.noise(0.2, seed=3),
+        iv.compose().add(iv.scale(2.0)).add(iv.noise(0.1, seed=1)).build(),
+    ):
         desc = fn.describe()
         again = iv.from_description(desc)
         x = mx.arange(8, dtype=mx.float32).reshape(1, 2, 4)
@@ -104,8 +113,10 @@ def test_descriptions_round_trip():
 
 def test_custom_callables_are_not_serializable():
     with pytest.raises(NotSerializableError, match="my_fn"):
+
         def my_fn(x):
             return x
+
         iv.describe(my_fn)
     mixed = iv.compose().add(iv.scale(2.0)).add(lambda x: x).build()
     assert not iv.is_serializable(mixed) and iv.is_serializable(iv.scale(1.0))
@@ -113,7 +124,10 @@ def test_custom_callables_are_not_serializable():
 
 def test_two_interventions_on_one_module_are_refused(tiny_llama):
     with pytest.raises(InterventionError, match="compose"):
-        tiny_llama.trace(TOKENS, interventions={"layers.1.mlp": iv.zero_out, "model.model.layers.1.mlp": iv.zero_out})
+        tiny_llama.trace(
+            TOKENS,
+            interventions={"layers.1.mlp": iv.zero_out, "model.model.layers.1.mlp": iv.zero_out},
+        )
 
 
 def test_intervened_context_applies_to_every_forward(tiny_llama, clean):

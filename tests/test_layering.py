@@ -27,7 +27,10 @@ def test_every_package_is_in_pyproject():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     found = set()
-    for base, prefix in ((ROOT / "engine" / "mlxterp", "mlxterp"), (ROOT / "mlxterp_tui", "mlxterp_tui")):
+    for base, prefix in (
+        (ROOT / "engine" / "mlxterp", "mlxterp"),
+        (ROOT / "mlxterp_tui", "mlxterp_tui"),
+    ):
         for init in base.rglob("__init__.py"):
             rel = init.parent.relative_to(base).parts
             found.add(".".join((prefix, *rel)))

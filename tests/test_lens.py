@@ -12,17 +12,53 @@ import mlx.core as mx
 import mlx.nn as nn
 import plotext
 import pytest
-
 from conftest import build_tiny_llama
-from mlxterp import InputError, InterpretableModel, interventions as iv
-from mlxterp import plotting
+
+from mlxterp import InputError, InterpretableModel, plotting
+from mlxterp import interventions as iv
 from mlxterp.lens import LensResult, lens, logit_lens, target_token_id
 from mlxterp.loading import DEMO_DIR
 from mlxterp.unembed import Unembedder
 
-WORDS = ("<pad> <s> </s> <unk> the capital of france is paris germany berlin italy rome "
-         "eiffel tower located in city machine learning fascinating quick brown fox very long "
-         "input text that has many tokens hello how are you").split()
+WORDS = [
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "the",
+    "capital",
+    "of",
+    "france",
+    "is",
+    "paris",
+    "germany",
+    "berlin",
+    "italy",
+    "rome",
+    "eiffel",
+    "tower",
+    "located",
+    "in",
+    "city",
+    "machine",
+    "learning",
+    "fascinating",
+    "quick",
+    "brown",
+    "fox",
+    "very",
+    "long",
+    "input",
+    "text",
+    "that",
+    "has",
+    "many",
+    "tokens",
+    "hello",
+    "how",
+    "are",
+    "you",
+]
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21, 25]])
 
 
@@ -35,8 +71,13 @@ def word_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +124,13 @@ def test_the_read_out_uses_the_head_each_model_has(head):
     assert unembed.tied == (label in ("tied", "quantized_tied"))
     head_module = model.module(unembed.embed_name if unembed.tied else unembed.head_name).module
     assert isinstance(head_module, (nn.QuantizedEmbedding, nn.QuantizedLinear)) == (
-        label.startswith("quantized"))
+        label.startswith("quantized")
+    )
 
 
 def test_get_token_predictions_batching(tiny_llama):
     """Regression for the bug report's "get_token_predictions batching": (batch, hidden)."""
-    with tiny_llama.trace(TOKENS) as trace:
+    with tiny_llama.trace(TOKENS):
         hidden = tiny_llama.layers[1].output.save()[0, :4]  # (4, hidden)
     batched = tiny_llama.get_token_predictions(hidden, top_k=5)
     assert len(batched) == 4 and all(len(row) == 5 for row in batched)
@@ -119,7 +161,7 @@ def test_logit_lens_structure_and_scores(word_model):
     text = "the capital of france is"
     results = word_model.logit_lens(text, top_k=3)
     n_tokens = len(word_model.encode(text))
-    for layer, per_position in results.items():
+    for _layer, per_position in results.items():
         assert len(per_position) == n_tokens
         for preds in per_position:
             assert len(preds) == 3
@@ -129,7 +171,7 @@ def test_logit_lens_structure_and_scores(word_model):
             assert scores == sorted(scores, reverse=True) and len(set(ids)) == 3
             assert [p[2] for p in preds] == [word_model.token_to_str(i) for i in ids]
     # an intermediate layer's lens is the read-out of its output
-    with word_model.trace(text) as trace:
+    with word_model.trace(text):
         h = word_model.layers[1].output.save()
     expected = word_model.get_token_predictions(h[0, 2], top_k=3, return_scores=True)
     got = [(i, s) for i, s, _ in results[1][2]]
@@ -170,11 +212,12 @@ def test_logit_lens_position_param(word_model):
         assert sorted(results) == [0, 2]
         for layer_idx, predictions in results.items():  # the loop examples.md uses
             assert len(predictions) == 3
-            for token_id, score, token_str in predictions:
+            for token_id, _score, token_str in predictions:
                 assert isinstance(token_id, int) and isinstance(token_str, str)
             assert [p[0] for p in predictions] == [p[0] for p in full[layer_idx][position]]
             assert [p[1] for p in predictions] == pytest.approx(
-                [p[1] for p in full[layer_idx][position]], abs=1e-5)
+                [p[1] for p in full[layer_idx][position]], abs=1e-5
+            )
 
 
 def test_logit_lens_layers_subset_and_negative_indices(tiny_llama):
@@ -222,8 +265,8 @@ def test_logit_lens_plot_prints_a_grid_of_the_last_tokens(word_model, capsys):
     assert header == ["in", "the", "city", "of"]  # last 4 input tokens only
     assert [line.split()[0] for line in lines[2:]] == ["L0", "L1", "L2"]
     width = 12  # figsize (16, 10) over 4 columns: the widest cell, 12 characters
-    for line, layer in zip(lines[2:], range(3)):
-        cells = [line[3 + width * c:3 + width * (c + 1)].rstrip() for c in range(4)]
+    for line, layer in zip(lines[2:], range(3), strict=False):
+        cells = [line[3 + width * c : 3 + width * (c + 1)].rstrip() for c in range(4)]
         assert cells == [p[0][2] for p in results[layer][-4:]]
 
 
@@ -247,14 +290,15 @@ def test_lens_result_probabilities_and_target(word_model):
     scores = word_model.logit_lens(text, top_k=4)
     paris = word_model.tokenizer.encode("paris", add_special_tokens=False)[0]
     assert result.target == paris
-    with word_model.trace(text) as trace:
+    with word_model.trace(text):
         outs = [word_model.layers[i].output.save() for i in range(3)]
     for layer in range(3):
         logits = word_model.unembedder(outs[layer][0])
         probs = mx.softmax(logits, axis=-1)
         assert result.top_ids[layer] == [[p[0] for p in cell] for cell in scores[layer]]
         assert result.top_probs[layer][-1] == pytest.approx(
-            [probs[-1, i].item() for i in result.top_ids[layer][-1]], rel=1e-4)
+            [probs[-1, i].item() for i in result.top_ids[layer][-1]], rel=1e-4
+        )
         assert result.target_probs[layer] == pytest.approx(probs[-1, paris].item(), rel=1e-4)
         strs = [word_model.token_to_str(i) for i in result.top_ids[layer][-1]]
         assert result.top_strs[layer][-1] == strs
@@ -316,17 +360,31 @@ def test_examples_md_logit_lens_snippets_run(word_model, capsys):
 
     results = model.logit_lens("machine learning is", top_k=3, layers=[1, last])
     for layer_idx in [1, last]:
-        for i, (token_id, score, token_str) in enumerate(results[layer_idx][-1], 1):
+        for i, (_token_id, score, token_str) in enumerate(results[layer_idx][-1], 1):
             print(f"  {i}. '{token_str}' (score: {score:.2f})")
 
-    model.logit_lens("the eiffel tower is located in the city of", plot=True,
-                     max_display_tokens=15, figsize=(16, 10))
-    model.logit_lens("machine learning is fascinating", plot=True, layers=list(range(3)),
-                     figsize=(18, 12), cmap="viridis")
-    model.logit_lens("the quick brown fox", plot=True, layers=[0, 2], max_display_tokens=10,
-                     figsize=(14, 8))
-    model.logit_lens("very long input text that has many tokens", plot=True,
-                     max_display_tokens=20, figsize=(20, 10))
+    model.logit_lens(
+        "the eiffel tower is located in the city of",
+        plot=True,
+        max_display_tokens=15,
+        figsize=(16, 10),
+    )
+    model.logit_lens(
+        "machine learning is fascinating",
+        plot=True,
+        layers=list(range(3)),
+        figsize=(18, 12),
+        cmap="viridis",
+    )
+    model.logit_lens(
+        "the quick brown fox", plot=True, layers=[0, 2], max_display_tokens=10, figsize=(14, 8)
+    )
+    model.logit_lens(
+        "very long input text that has many tokens",
+        plot=True,
+        max_display_tokens=20,
+        figsize=(20, 10),
+    )
 
     text = "the capital of france is paris"
     tokens = model.encode(text)
@@ -335,8 +393,8 @@ def test_examples_md_logit_lens_snippets_run(word_model, capsys):
             france_position = i
             break
     results = model.logit_lens(text, position=france_position, top_k=3, layers=[0, 1, 2])
-    for layer_idx, predictions in results.items():
-        for token_id, score, token_str in predictions:
+    for predictions in results.values():
+        for _token_id, score, token_str in predictions:
             print(f"  '{token_str}': {score:.2f}")
 
     for prompt in ["the capital of france is", "the capital of germany is"]:
@@ -359,8 +417,14 @@ def test_demo_model_lens_reads_out_its_prediction():
 
 # --------------------------------------------------------------------------- plotting helpers
 def test_heatmap_text_layout_and_colours():
-    grid = plotting.heatmap_text([[0.0, 1.0], [0.5, 0.25]], ["L0", "L10"], ["a", "bbbbbbbbbbbb"],
-                                 [["x", "y\nz"], ["p", "q"]], cell_width=6, color=False)
+    grid = plotting.heatmap_text(
+        [[0.0, 1.0], [0.5, 0.25]],
+        ["L0", "L10"],
+        ["a", "bbbbbbbbbbbb"],
+        [["x", "y\nz"], ["p", "q"]],
+        cell_width=6,
+        color=False,
+    )
     assert grid.splitlines() == ["    a     bbbbb…", " L0 x     y\\nz  ", "L10 p     q     "]
     coloured = plotting.heatmap_text([[0.0, 1.0]], ["r"], ["a", "b"], cmap="gray")
     assert "\x1b[48;2;0;0;0m" in coloured and "\x1b[48;2;255;255;255m" in coloured
@@ -379,8 +443,9 @@ def test_bar_and_line_charts_render_in_the_terminal():
     fig = plotting.bar_chart(["L0", "L1", "L2"], [10.0, -5.0, 80.0], title="Recovery %")
     text = plotting.to_text(fig, width=60, height=15, color=False)
     assert "Recovery %" in text and "L2" in text and "80" in text
-    fig = plotting.line_chart({"p(target)": [0.1, 0.4, 0.9]}, x=[0, 1, 2], title="Target",
-                              xlabel="layer")
+    fig = plotting.line_chart(
+        {"p(target)": [0.1, 0.4, 0.9]}, x=[0, 1, 2], title="Target", xlabel="layer"
+    )
     text = plotting.to_text(fig, width=60, height=15, color=False)
     assert "p(target)" in text and "layer" in text
     with pytest.raises(InputError, match="2 labels for 3 values"):

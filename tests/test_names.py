@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import mlx.nn as nn
 import pytest
-
 from conftest import SimpleTransformer
+
 from mlxterp import InterpretableModel, ModuleNameError
 
 
@@ -62,8 +62,10 @@ def test_layer_detection_and_layer_attr():
     assert auto._index.layer_path == "transformer.blocks" and len(auto.layers) == 3
     explicit = InterpretableModel(Nested(), layer_attr="transformer.blocks")
     assert explicit.layers[1].name == "transformer.blocks.1"
-    assert InterpretableModel(Nested(), layer_attr="blocks")._index.layer_path == "transformer.blocks"
-    with pytest.raises(AttributeError, match="transformer.blocks"):
+    assert (
+        InterpretableModel(Nested(), layer_attr="blocks")._index.layer_path == "transformer.blocks"
+    )
+    with pytest.raises(AttributeError, match=r"transformer\.blocks"):
         InterpretableModel(Nested(), layer_attr="transformer")
 
 

@@ -11,15 +11,21 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 import tomli_w
-
 from conftest import build_tiny_llama
+from test_lens import WORDS, word_tokenizer
+
 from mlxterp import (
-    InputError, InterpretableModel, InterventionError, ModuleNameError, interventions as iv,
+    InputError,
+    InterpretableModel,
+    InterventionError,
+    ModuleNameError,
+)
+from mlxterp import (
+    interventions as iv,
 )
 from mlxterp.loading import DEMO_DIR
 from mlxterp.metrics import Metric, cosine_distance, kl_divergence, l2_distance, mse
 from mlxterp.patching import PatchingResult, activation_patching, patching_sweep
-from test_lens import WORDS, word_tokenizer
 
 CLEAN = [1, 5, 9, 13, 17, 21]
 CORRUPT = [1, 7, 9, 13, 17, 21]  # same length, one token changed
@@ -35,8 +41,9 @@ def load_text_model() -> InterpretableModel:
     """The demo model once it ships; until then a tiny llama with a word tokenizer."""
     if (DEMO_DIR / "config.json").exists():
         return InterpretableModel("demo")
-    return InterpretableModel(build_tiny_llama(seed=3, vocab_size=len(WORDS)),
-                              tokenizer=word_tokenizer())
+    return InterpretableModel(
+        build_tiny_llama(seed=3, vocab_size=len(WORDS)), tokenizer=word_tokenizer()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +76,21 @@ def test_batched_sweep_equals_one_forward_per_layer(llama, component, metric, co
     answer = (25, 114) if metric == "logit_diff" else None
     ref, clean_v, corrupt_v = _reference(llama, CLEAN, corrupted, component, metric, answer=answer)
     for batch_size in (None, 1, 2):
-        result = patching_sweep(llama, CLEAN, corrupted, component=component, metric=metric,
-                                answer=answer, batch_size=batch_size)
+        result = patching_sweep(
+            llama,
+            CLEAN,
+            corrupted,
+            component=component,
+            metric=metric,
+            answer=answer,
+            batch_size=batch_size,
+        )
         gap = clean_v - corrupt_v
         for layer, value in ref.items():
             assert result.values[layer] == pytest.approx(value, rel=1e-4, abs=1e-5)
-            assert result.recovery[layer] / 100 == pytest.approx((value - corrupt_v) / gap,
-                                                                 abs=1e-4)
+            assert result.recovery[layer] / 100 == pytest.approx(
+                (value - corrupt_v) / gap, abs=1e-4
+            )
         assert result.clean_value == pytest.approx(clean_v, abs=1e-5)
         assert result.corrupted_value == pytest.approx(corrupt_v, rel=1e-5)
 
@@ -97,13 +112,16 @@ def test_recovery_formula_for_distances_and_logit_diff(llama):
     assert dist.clean_value == 0 and dist.baseline == dist.corrupted_value > 0
     for layer, value in dist.values.items():
         assert dist.recovery[layer] == pytest.approx(
-            (dist.baseline - value) / dist.baseline * 100, rel=1e-6)
-    ld = patching_sweep(llama, CLEAN, CORRUPT, component="attn", metric="logit_diff",
-                        answer=(25, 114))
+            (dist.baseline - value) / dist.baseline * 100, rel=1e-6
+        )
+    ld = patching_sweep(
+        llama, CLEAN, CORRUPT, component="attn", metric="logit_diff", answer=(25, 114)
+    )
     assert ld.baseline == pytest.approx(ld.clean_value - ld.corrupted_value)
     for layer, value in ld.values.items():
         assert ld.recovery[layer] == pytest.approx(
-            (value - ld.corrupted_value) / (ld.clean_value - ld.corrupted_value) * 100, rel=1e-6)
+            (value - ld.corrupted_value) / (ld.clean_value - ld.corrupted_value) * 100, rel=1e-6
+        )
 
 
 def test_component_output_is_the_whole_layer(llama):
@@ -117,9 +135,19 @@ def test_component_output_is_the_whole_layer(llama):
     assert last[:-1] == pytest.approx([0.0] * (len(last) - 1), abs=1e-3)
 
 
-SPEC_COMPONENTS = ["mlp", "self_attn", "attn", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-                   "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                   "output"]
+SPEC_COMPONENTS = [
+    "mlp",
+    "self_attn",
+    "attn",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "output",
+]
 
 
 @pytest.mark.parametrize("component", SPEC_COMPONENTS)
@@ -196,9 +224,11 @@ def test_plot_prints_a_terminal_chart(llama, capsys):
 
 
 def test_model_method_delegates(llama):
-    assert llama.activation_patching(CLEAN, CORRUPT, component="attn", metric="cosine") == \
-        pytest.approx(activation_patching(llama, CLEAN, CORRUPT, component="attn",
-                                          metric="cosine"), abs=1e-4)
+    assert llama.activation_patching(
+        CLEAN, CORRUPT, component="attn", metric="cosine"
+    ) == pytest.approx(
+        activation_patching(llama, CLEAN, CORRUPT, component="attn", metric="cosine"), abs=1e-4
+    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -206,8 +236,9 @@ def test_metrics_match_float64_references():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 500)) * 4, rng.normal(size=(3, 500)) * 4
     x, ref = mx.array(a, dtype=mx.float32), mx.array(b, dtype=mx.float32)
-    np.testing.assert_allclose(np.array(l2_distance(x, ref)), np.linalg.norm(a - b, axis=-1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.array(l2_distance(x, ref)), np.linalg.norm(a - b, axis=-1), rtol=1e-5
+    )
     np.testing.assert_allclose(np.array(mse(x, ref)), ((a - b) ** 2).mean(-1), rtol=1e-5)
     cos = 1 - (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     np.testing.assert_allclose(np.array(cosine_distance(x, ref)), cos, rtol=1e-4)
@@ -224,8 +255,10 @@ def test_kl_divergence_patching_returns_nan():
     p_logits = rng.normal(size=151_643) * 40.0
     q_logits = rng.normal(size=151_643) * 40.0
     kl = kl_divergence(mx.array(q_logits, dtype=mx.float32), mx.array(p_logits, dtype=mx.float32))
-    p32, q32 = mx.softmax(mx.array(p_logits, dtype=mx.float32)), mx.softmax(
-        mx.array(q_logits, dtype=mx.float32))
+    p32, q32 = (
+        mx.softmax(mx.array(p_logits, dtype=mx.float32)),
+        mx.softmax(mx.array(q_logits, dtype=mx.float32)),
+    )
     assert (p32 == 0).astype(mx.float32).mean().item() > 0.9  # most probabilities underflow
     naive = mx.sum(p32 * (mx.log(p32) - mx.log(q32)))  # what the seed computed
     assert np.isnan(naive.item())
@@ -240,8 +273,9 @@ def test_kl_divergence_patching_returns_nan():
 def test_kl_patching_on_a_150k_vocabulary_model_is_finite():
     model = InterpretableModel(build_tiny_llama(seed=5, vocab_size=151_936, num_hidden_layers=1))
     start = time.perf_counter()
-    result = patching_sweep(model, [1, 500, 90_000, 151_000], [1, 501, 90_000, 151_000],
-                            metric="kl", component="mlp")
+    result = patching_sweep(
+        model, [1, 500, 90_000, 151_000], [1, 501, 90_000, 151_000], metric="kl", component="mlp"
+    )
     assert time.perf_counter() - start < 10
     assert np.isfinite(result.baseline) and result.baseline > 0
     assert all(np.isfinite(v) for v in result.recovery.values())
@@ -261,8 +295,9 @@ def test_numerical_instability_with_long_texts(text_model):
 def test_l2_cannot_overflow_in_float16():
     big = mx.full((1, 151_643), 300.0, dtype=mx.float16)
     assert not np.isfinite(mx.sqrt(mx.sum(mx.square(big - 0))).item())  # the naive way
-    assert l2_distance(big, mx.zeros_like(big)).item() == pytest.approx(300.0 * np.sqrt(151_643),
-                                                                       rel=1e-4)
+    assert l2_distance(big, mx.zeros_like(big)).item() == pytest.approx(
+        300.0 * np.sqrt(151_643), rel=1e-4
+    )
 
 
 def test_intervention_difference_shows_inf():
@@ -279,7 +314,8 @@ def test_intervention_difference_shows_inf():
     diff = mx.linalg.norm(base.output - changed.output)
     assert base.output.dtype == mx.float32 and np.isfinite(diff.item()) and diff.item() > 0
     assert l2_distance(changed.output[:, -1], base.output[0, -1]).item() == pytest.approx(
-        mx.linalg.norm(changed.output[0, -1] - base.output[0, -1]).item(), rel=1e-4)
+        mx.linalg.norm(changed.output[0, -1] - base.output[0, -1]).item(), rel=1e-4
+    )
     result = patching_sweep(model, CLEAN, CORRUPT, metric="l2")
     assert all(np.isfinite(v) for v in result.recovery.values())
 
@@ -293,7 +329,7 @@ def test_broadcast_error_with_different_sequence_lengths(llama):
     assert shorter.positions == [1, 2, 3, 4, 5]  # the clean prompt's first token is unmatched
     for result in (longer, shorter):
         assert all(np.isfinite(v) for v in result.recovery.values())
-    ref, _, corrupt_v = _reference(llama, CORRUPT_SHORT, CLEAN, "mlp", "l2")
+    ref, _, _corrupt_v = _reference(llama, CORRUPT_SHORT, CLEAN, "mlp", "l2")
     for layer, value in ref.items():
         assert shorter.values[layer] == pytest.approx(value, rel=1e-4)
 
@@ -337,7 +373,7 @@ def test_hard_coded_model_model_paths():
     full = patching_sweep(model, [1, 2, 3, 4], [1, 9, 3, 4], component="output")
     assert full.recovery == pytest.approx({0: 100.0, 1: 100.0, 2: 100.0}, abs=1e-3)
     for component in ("mlp", "attn"):
-        ref, _, corrupt_v = _reference(model, [1, 2, 3, 4], [1, 9, 3, 4], component, "l2")
+        ref, _, _corrupt_v = _reference(model, [1, 2, 3, 4], [1, 9, 3, 4], component, "l2")
         result = patching_sweep(model, [1, 2, 3, 4], [1, 9, 3, 4], component=component)
         for layer, value in ref.items():
             assert result.values[layer] == pytest.approx(value, rel=1e-4)
@@ -364,12 +400,22 @@ def test_models_that_call_a_layer_twice_are_patched_exactly():
 
 def test_logit_diff_answers_by_string_use_the_first_token(text_model):
     paris, berlin = text_model.tokenizer.encode(" paris berlin", add_special_tokens=False)[:2]
-    by_text = activation_patching(text_model, "the capital of france is",
-                                  "the capital of germany is", component="output",
-                                  metric="logit_diff", answer=(" paris", " berlin"))
-    by_id = activation_patching(text_model, "the capital of france is",
-                                "the capital of germany is", component="output",
-                                metric="logit_diff", answer=(paris, berlin))
+    by_text = activation_patching(
+        text_model,
+        "the capital of france is",
+        "the capital of germany is",
+        component="output",
+        metric="logit_diff",
+        answer=(" paris", " berlin"),
+    )
+    by_id = activation_patching(
+        text_model,
+        "the capital of france is",
+        "the capital of germany is",
+        component="output",
+        metric="logit_diff",
+        answer=(paris, berlin),
+    )
     assert by_text == pytest.approx(by_id, rel=1e-4)  # same tokens; BLAS threads may reorder sums
     assert by_text == pytest.approx({i: 100.0 for i in range(text_model.num_layers)}, abs=1e-2)
 
@@ -416,12 +462,15 @@ def test_spec_api_reference_activation_patching_examples(text_model, capsys):
 
 def test_spec_examples_activation_patching_snippets(text_model):
     clean, corrupted = "Paris is the capital of France", "London is the capital of France"
-    mlp_results = text_model.activation_patching(clean_text=clean, corrupted_text=corrupted,
-                                                 component="mlp")
-    attn_results = text_model.activation_patching(clean_text=clean, corrupted_text=corrupted,
-                                                  component="self_attn")
-    gate_results = text_model.activation_patching(clean_text=clean, corrupted_text=corrupted,
-                                                  component="mlp.gate_proj")
+    mlp_results = text_model.activation_patching(
+        clean_text=clean, corrupted_text=corrupted, component="mlp"
+    )
+    attn_results = text_model.activation_patching(
+        clean_text=clean, corrupted_text=corrupted, component="self_attn"
+    )
+    gate_results = text_model.activation_patching(
+        clean_text=clean, corrupted_text=corrupted, component="mlp.gate_proj"
+    )
     sorted_layers = sorted(mlp_results.items(), key=lambda x: x[1], reverse=True)
     assert sorted_layers[0][1] == max(mlp_results.values())
     assert len(attn_results) == len(gate_results) == text_model.num_layers
@@ -431,8 +480,9 @@ def test_spec_examples_activation_patching_snippets(text_model):
     with text_model.trace(clean) as trace:
         clean_mlp = trace.activations[f"model.model.layers.{layer}.mlp"]
     mx.eval(clean_mlp)
-    with text_model.trace(corrupted,
-                          interventions={f"layers.{layer}.mlp": iv.replace_with(clean_mlp)}):
+    with text_model.trace(
+        corrupted, interventions={f"layers.{layer}.mlp": iv.replace_with(clean_mlp)}
+    ):
         patched_output = text_model.output.save()
     assert patched_output.shape[:2] == (1, len(text_model.encode(corrupted)))
 
@@ -446,8 +496,9 @@ def test_spec_jupyter_patching_examples(text_model):
     mx.eval(clean_attn)
     same_length = len(text_model.encode(prompt)) == len(text_model.encode(corrupted_prompt))
     patch = iv.replace_with(clean_attn, align=None if same_length else "right")
-    with text_model.trace(corrupted_prompt,
-                          interventions={f"layers.{layer}.self_attn": patch}) as patched:
+    with text_model.trace(
+        corrupted_prompt, interventions={f"layers.{layer}.self_attn": patch}
+    ) as patched:
         patched_output = patched.activations["__model_output__"]
     clean_logits, patched_logits = clean_output[0, -1, :], patched_output[0, -1, :]
     assert np.isfinite(mx.linalg.norm(clean_logits - patched_logits).item())
@@ -455,14 +506,14 @@ def test_spec_jupyter_patching_examples(text_model):
     # common pattern: patch with a plain function (it must return the module's shape)
     with text_model.trace("clean input") as clean:
         clean_mlp = clean.activations[f"model.model.layers.{layer}.mlp"]
-    run = text_model.trace("corrupted input",
-                           interventions={f"model.model.layers.{layer}.mlp": lambda x: clean_mlp})
+    run = text_model.trace(
+        "corrupted input", interventions={f"model.model.layers.{layer}.mlp": lambda x: clean_mlp}
+    )
     if len(text_model.encode("clean input")) == len(text_model.encode("corrupted input")):
         with run as patched:
             result = patched.activations["__model_output__"]
         assert mx.array_equal(patched.activations[f"layers.{layer}.mlp"], clean_mlp).item()
         assert result.shape[0] == 1
     else:
-        with pytest.raises(InterventionError, match="shape"):
-            with run:
-                pass
+        with pytest.raises(InterventionError, match="shape"), run:
+            pass

@@ -6,11 +6,20 @@ import random
 
 import mlx.core as mx
 import pytest
-
 from conftest import build_tiny_llama
+
 from mlxterp import InputError, InterpretableModel
-from mlxterp.sae import (SAE, SAEConfig, evaluate, feature_intervention, feature_logit_effects,
-                         stats, top_features_for_text, top_texts_for_feature, train_sae)
+from mlxterp.sae import (
+    SAE,
+    SAEConfig,
+    evaluate,
+    feature_intervention,
+    feature_logit_effects,
+    stats,
+    top_features_for_text,
+    top_texts_for_feature,
+    train_sae,
+)
 
 
 def token_rows(n: int, seed: int) -> list[list[int]]:
@@ -20,18 +29,33 @@ def token_rows(n: int, seed: int) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def relu_sae(tiny_llama):
-    config = SAEConfig(kind="relu", expansion_factor=4, epochs=4, batch_size=64,
-                       l1_coefficient=1e-3, learning_rate=3e-3, seed=1)
-    return train_sae(tiny_llama, token_rows(60, 0), layer=1, component="mlp", config=config,
-                     progress=False)
+    config = SAEConfig(
+        kind="relu",
+        expansion_factor=4,
+        epochs=4,
+        batch_size=64,
+        l1_coefficient=1e-3,
+        learning_rate=3e-3,
+        seed=1,
+    )
+    return train_sae(
+        tiny_llama, token_rows(60, 0), layer=1, component="mlp", config=config, progress=False
+    )
 
 
 def test_trains_on_token_ids_of_a_model_without_tokenizer(relu_sae, tiny_llama):
-    assert (relu_sae.component, relu_sae.layer, relu_sae.model_ref) == ("model.layers.1.mlp", 1, "custom")
+    assert (relu_sae.component, relu_sae.layer, relu_sae.model_ref) == (
+        "model.layers.1.mlp",
+        1,
+        "custom",
+    )
     held_out = token_rows(20, 9)
     trained = evaluate(relu_sae, tiny_llama, held_out)
     untrained = evaluate(SAE(64, relu_sae.config, relu_sae.component), tiny_llama, held_out)
-    assert trained["explained_variance"] > 0.5 > untrained["explained_variance"], (trained, untrained)
+    assert trained["explained_variance"] > 0.5 > untrained["explained_variance"], (
+        trained,
+        untrained,
+    )
     assert 0 < trained["l0"] < relu_sae.d_sae / 2
 
 
@@ -50,10 +74,12 @@ def test_analysis_with_token_ids_and_any_batch_size(relu_sae, tiny_llama):
     assert result["tokens"] == [str(t) for t in rows[0]]
     assert len(result["per_position"]) == len(rows[0])
     feature = result["pooled"][0][0]
-    found = {bs: top_texts_for_feature(relu_sae, tiny_llama, rows, feature, k=10, batch_size=bs)
-             for bs in (1, 4, 10)}
+    found = {
+        bs: top_texts_for_feature(relu_sae, tiny_llama, rows, feature, k=10, batch_size=bs)
+        for bs in (1, 4, 10)
+    }
     assert found[1] and [(t, p) for t, p, _, _ in found[1]] == [(t, p) for t, p, _, _ in found[4]]
-    for text, pos, token, value in found[10]:
+    for text, pos, token, _value in found[10]:
         assert pos < len(text) and token == str(text[pos])
     assert [round(v, 4) for *_, v in found[1]] == [round(v, 4) for *_, v in found[10]]
 
@@ -64,9 +90,13 @@ def test_feature_intervention_and_logit_effects_on_an_untied_head(relu_sae, tiny
     with tiny_llama.trace(tokens) as base:
         pass
     name = relu_sae.component
-    with tiny_llama.trace(tokens, interventions={name: feature_intervention(relu_sae, feature, 1.0)}) as same:
+    with tiny_llama.trace(
+        tokens, interventions={name: feature_intervention(relu_sae, feature, 1.0)}
+    ) as same:
         pass
-    with tiny_llama.trace(tokens, interventions={name: feature_intervention(relu_sae, feature, 0.0)}) as ablated:
+    with tiny_llama.trace(
+        tokens, interventions={name: feature_intervention(relu_sae, feature, 0.0)}
+    ) as ablated:
         pass
     assert mx.allclose(same.output, base.output, atol=1e-4).item()
     assert not mx.allclose(ablated.output, base.output, atol=1e-4).item()
@@ -81,7 +111,7 @@ def test_load_checks_the_width_of_the_component(relu_sae, tiny_llama, tmp_path):
     x = mx.random.normal((2, 3, 64), key=mx.random.key(7))
     assert mx.array_equal(again(x), relu_sae(x)).item() and again.scale == relu_sae.scale
     narrow = InterpretableModel(build_tiny_llama(hidden_size=32, intermediate_size=64))
-    with pytest.raises(InputError, match="64-dimensional .* produces 32"):
+    with pytest.raises(InputError, match=r"64-dimensional .* produces 32"):
         SAE.load(tmp_path / "sae", narrow)
     with pytest.raises(InputError, match="64-dimensional"):
         stats(relu_sae, mx.zeros((4, 32)))

@@ -93,11 +93,13 @@ def test_replay_of_a_live_session(recorded, manager):
 
 def test_a_failing_step_is_reported_and_replay_goes_on(manager, tmp_path):
     path = tmp_path / "fails.toml"
-    path.write_text(HEAD + "[[steps]]\nkind = 'attention'\n[steps.params]\ntext = 'hi'\nlayer = 99\n"
-                    "[[steps]]\nkind = 'interventions'\n[steps.params]\naction = 'set'\n"
-                    "module = 'layers.99'\nintervention = { kind = 'zero_out' }\n"
-                    "[[steps]]\nkind = 'interventions'\n[steps.params]\naction = 'clear'\n"
-                    "[steps.summary.active]\n")
+    path.write_text(
+        HEAD + "[[steps]]\nkind = 'attention'\n[steps.params]\ntext = 'hi'\nlayer = 99\n"
+        "[[steps]]\nkind = 'interventions'\n[steps.params]\naction = 'set'\n"
+        "module = 'layers.99'\nintervention = { kind = 'zero_out' }\n"
+        "[[steps]]\nkind = 'interventions'\n[steps.params]\naction = 'clear'\n"
+        "[steps.summary.active]\n"
+    )
     report = replay(path, manager)
     assert [s.ok for s in report.steps] == [False, False, True]
     assert "cannot run: layer 99 is out of range" in report.steps[0].message
@@ -137,9 +139,14 @@ def test_replay_main_exit_codes(recorded, tmp_path, capsys):
 
 def test_replay_command_runs_headless(tmp_path):
     """The ``mlxterp`` console script's replay path, in a fresh process."""
+
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "mlxterp_tui.cli", "replay", *args],
-                              capture_output=True, text=True, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "mlxterp_tui.cli", "replay", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
 
     ok = run(str(ROOT / "sessions" / "steering.toml"))
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -9,7 +9,8 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from mlxterp import NotSerializableError, interventions as iv
+from mlxterp import NotSerializableError
+from mlxterp import interventions as iv
 from mlxterp.attention import attention_patterns
 from mlxterp.lens import lens
 from mlxterp.loading import DEMO_DIR
@@ -88,21 +89,39 @@ def test_logit_lens_summary_is_the_engines(session, manager, demo):
 
 
 def test_patching_summary_is_the_engines(session, manager, demo):
-    args = dict(clean=PROMPT, corrupted="The capital of Germany is", component="mlp",
-                metric="logit_diff", answer=[" Paris", " Berlin"], layers=[0, 7, 15])
+    args = dict(
+        clean=PROMPT,
+        corrupted="The capital of Germany is",
+        component="mlp",
+        metric="logit_diff",
+        answer=[" Paris", " Berlin"],
+        layers=[0, 7, 15],
+    )
     step = session.run(manager, "activation_patching", **args)
-    direct = patching_sweep(demo, PROMPT, args["corrupted"], component="mlp", layers=[0, 7, 15],
-                            metric="logit_diff", answer=(" Paris", " Berlin"))
+    direct = patching_sweep(
+        demo,
+        PROMPT,
+        args["corrupted"],
+        component="mlp",
+        layers=[0, 7, 15],
+        metric="logit_diff",
+        answer=(" Paris", " Berlin"),
+    )
     assert step.summary["layers"] == [0, 7, 15]
-    assert not compare(step.summary["recovery"], [direct.recovery[x] for x in (0, 7, 15)],
-                       1e-3).differences
+    assert not compare(
+        step.summary["recovery"], [direct.recovery[x] for x in (0, 7, 15)], 1e-3
+    ).differences
 
 
 def test_generate_summary_is_the_engines(session, manager, demo):
-    step = session.run(manager, "generate", prompt="river king apple garden letter river king",
-                       max_tokens=3)
-    assert step.summary["text"] == generate(demo, "river king apple garden letter river king",
-                                            max_tokens=3) == " apple garden letter"
+    step = session.run(
+        manager, "generate", prompt="river king apple garden letter river king", max_tokens=3
+    )
+    assert (
+        step.summary["text"]
+        == generate(demo, "river king apple garden letter river king", max_tokens=3)
+        == " apple garden letter"
+    )
     assert demo.decode(step.summary["token_ids"]).strip() == "apple garden letter"
 
 
@@ -116,18 +135,23 @@ def test_attention_summary_is_the_engines(session, manager, demo):
 
 def test_steering_keeps_its_vector(session, manager, demo):
     args = dict(positive="I love this movie. It is", negative="I hate this movie. It is", layer=4)
-    step = session.run(manager, "steering", prompt="I hate this song. It is", coefficient=3.0,
-                       max_tokens=4, **args)
+    step = session.run(
+        manager, "steering", prompt="I hate this song. It is", coefficient=3.0, max_tokens=4, **args
+    )
     vector = steering_vector(demo, args["positive"], args["negative"], 4)
     assert mx.allclose(step.summary["vector"], vector, atol=1e-5).item()
     assert (step.summary["baseline"], step.summary["steered"]) == steer(
-        demo, "I hate this song. It is", vector, 4, coefficient=3.0, max_tokens=4)
+        demo, "I hate this song. It is", vector, 4, coefficient=3.0, max_tokens=4
+    )
     assert step.summary["baseline"] != step.summary["steered"]
 
 
 def test_active_interventions_shape_trace_lens_and_generate(session, manager):
-    runs = {"trace": dict(text=PROMPT), "logit_lens": dict(text=PROMPT, layers=[15]),
-            "generate": dict(prompt=PROMPT, max_tokens=2)}
+    runs = {
+        "trace": dict(text=PROMPT),
+        "logit_lens": dict(text=PROMPT, layers=[15]),
+        "generate": dict(prompt=PROMPT, max_tokens=2),
+    }
     before = {k: session.run(manager, k, **p).summary for k, p in runs.items()}
     session.set_intervention("layers.2", iv.scale(0.0))
     assert list(session.interventions) == ["model.layers.2"]
@@ -150,16 +174,21 @@ def test_interventions_do_not_touch_steps_that_do_not_use_them(session, manager)
 def test_interventions_steps_record_the_canonical_module(session, manager):
     step = session.set_intervention("layers.3.mlp", iv.clamp(-1.0, 1.0).at(-1))
     assert step.params["module"] == "layers.3.mlp"
-    assert step.summary == {"module": "model.layers.3.mlp",
-                            "active": {"model.layers.3.mlp": "clamp(min_val=-1.0, max_val=1.0) at [-1]"}}
-    assert step.params["intervention"] == {"kind": "clamp", "positions": [-1],
-                                           "params": {"min_val": -1.0, "max_val": 1.0}}
+    assert step.summary == {
+        "module": "model.layers.3.mlp",
+        "active": {"model.layers.3.mlp": "clamp(min_val=-1.0, max_val=1.0) at [-1]"},
+    }
+    assert step.params["intervention"] == {
+        "kind": "clamp",
+        "positions": [-1],
+        "params": {"min_val": -1.0, "max_val": 1.0},
+    }
     session.clear_interventions()
     assert session.interventions == {} and session.steps[-1].summary == {"active": {}}
 
 
 def test_unknown_module_is_refused_and_nothing_recorded(session, manager):
-    with pytest.raises(KeyError, match="layers.99"):
+    with pytest.raises(KeyError, match=r"layers\.99"):
         session.set_intervention("layers.99.mlp", iv.scale(2.0))
     assert session.steps == [] and session.interventions == {}
 
@@ -184,27 +213,43 @@ def test_loaded_session_goes_on_under_its_active_interventions(manager, tmp_path
     assert again.run(manager, "trace", text=PROMPT).summary == live
 
 
-@pytest.mark.parametrize("kind, params, message", [
-    ("trace", {"text": 5}, "text must be a string"),
-    ("trace", {"text": PROMPT, "top_k": "x"}, "top_k must be an integer from 1 to 1024"),
-    ("trace", {"text": PROMPT, "top_k": -2}, "top_k must be an integer"),
-    ("trace", {"text": PROMPT, "top_k": True}, "top_k must be an integer"),
-    ("trace", {"text": PROMPT, "temperature": 1.0}, "takes no parameter 'temperature'"),
-    ("logit_lens", {"text": PROMPT, "layers": [0, "1"]}, "layers must be a list"),
-    ("activation_patching", {"clean": PROMPT, "corrupted": PROMPT, "answer": [" Paris"]},
-     "answer must be a pair"),
-    ("attention", {"text": PROMPT, "layer": 99}, "layer 99 is out of range"),
-    ("steering", {"positive": "a", "negative": "b", "layer": 16, "prompt": "x"},
-     "layer 16 is out of range"),
-    ("steering", {"positive": [], "negative": "b", "layer": 1, "prompt": "x"},
-     "positive must be a string or a list of strings"),
-    ("generate", {"prompt": PROMPT, "max_tokens": 5000}, "max_tokens must be an integer from 1 to 1024"),
-    ("interventions", {"action": "exec"}, "action must be one of"),
-    ("interventions", {"action": "set", "module": "layers.1"}, "needs intervention="),
-    ("interventions", {"action": "remove"}, "needs module="),
-    ("generate", {}, "needs 'prompt'"),
-    ("eval", {}, "unknown step kind 'eval'"),
-])
+@pytest.mark.parametrize(
+    "kind, params, message",
+    [
+        ("trace", {"text": 5}, "text must be a string"),
+        ("trace", {"text": PROMPT, "top_k": "x"}, "top_k must be an integer from 1 to 1024"),
+        ("trace", {"text": PROMPT, "top_k": -2}, "top_k must be an integer"),
+        ("trace", {"text": PROMPT, "top_k": True}, "top_k must be an integer"),
+        ("trace", {"text": PROMPT, "temperature": 1.0}, "takes no parameter 'temperature'"),
+        ("logit_lens", {"text": PROMPT, "layers": [0, "1"]}, "layers must be a list"),
+        (
+            "activation_patching",
+            {"clean": PROMPT, "corrupted": PROMPT, "answer": [" Paris"]},
+            "answer must be a pair",
+        ),
+        ("attention", {"text": PROMPT, "layer": 99}, "layer 99 is out of range"),
+        (
+            "steering",
+            {"positive": "a", "negative": "b", "layer": 16, "prompt": "x"},
+            "layer 16 is out of range",
+        ),
+        (
+            "steering",
+            {"positive": [], "negative": "b", "layer": 1, "prompt": "x"},
+            "positive must be a string or a list of strings",
+        ),
+        (
+            "generate",
+            {"prompt": PROMPT, "max_tokens": 5000},
+            "max_tokens must be an integer from 1 to 1024",
+        ),
+        ("interventions", {"action": "exec"}, "action must be one of"),
+        ("interventions", {"action": "set", "module": "layers.1"}, "needs intervention="),
+        ("interventions", {"action": "remove"}, "needs module="),
+        ("generate", {}, "needs 'prompt'"),
+        ("eval", {}, "unknown step kind 'eval'"),
+    ],
+)
 def test_bad_params_are_refused_before_running(session, manager, kind, params, message):
     with pytest.raises(SessionError, match=message):
         session.run(manager, kind, **params)
@@ -219,21 +264,24 @@ def test_every_kind_is_documented():
             assert f"`{param}`" in doc, (name, param)
 
 
-@pytest.mark.parametrize("recorded, replayed, tolerance, ok", [
-    (0.5, 0.5004, 1e-3, True),
-    (0.5, 0.502, 1e-3, False),
-    (1000.0, 1000.5, 1e-3, True),  # relative for large values
-    (3, 4, 10.0, False),  # ids compare exactly
-    (" Paris", " paris", 1.0, False),
-    (float("nan"), 0.5, 1.0, False),
-    (0.5, float("nan"), 1.0, False),
-    ([1.0, 2.0], [1.0], 1.0, False),
-    ({"a": 1}, {"a": 1, "b": 2}, 1.0, False),
-    (True, 1, 1.0, False),
-    (mx.array([1.0, 2.0]), mx.array([1.0, 2.0005]), 1e-3, True),
-    (mx.array([1.0, 2.0]), mx.array([1.0, float("nan")]), 1e-3, False),
-    (mx.array([1.0, 2.0]), mx.array([[1.0, 2.0]]), 1e-3, False),
-])
+@pytest.mark.parametrize(
+    "recorded, replayed, tolerance, ok",
+    [
+        (0.5, 0.5004, 1e-3, True),
+        (0.5, 0.502, 1e-3, False),
+        (1000.0, 1000.5, 1e-3, True),  # relative for large values
+        (3, 4, 10.0, False),  # ids compare exactly
+        (" Paris", " paris", 1.0, False),
+        (float("nan"), 0.5, 1.0, False),
+        (0.5, float("nan"), 1.0, False),
+        ([1.0, 2.0], [1.0], 1.0, False),
+        ({"a": 1}, {"a": 1, "b": 2}, 1.0, False),
+        (True, 1, 1.0, False),
+        (mx.array([1.0, 2.0]), mx.array([1.0, 2.0005]), 1e-3, True),
+        (mx.array([1.0, 2.0]), mx.array([1.0, float("nan")]), 1e-3, False),
+        (mx.array([1.0, 2.0]), mx.array([[1.0, 2.0]]), 1e-3, False),
+    ],
+)
 def test_compare(recorded, replayed, tolerance, ok):
     assert (not compare(recorded, replayed, tolerance).differences) is ok
 

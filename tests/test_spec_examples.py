@@ -28,33 +28,55 @@ HUB = re.compile(r"""(["'])mlx-community/[^"']+\1""")
 # (file, a line of the block) -> the error it must raise, and why
 CANNOT_RUN = {
     ("api-reference.md", 'results = model.activation_patching(..., metric="l2")'): (
-        TypeError, "`...` stands for the arguments; not runnable"),
+        TypeError,
+        "`...` stands for the arguments; not runnable",
+    ),
     ("api-reference.md", "# Will raise ValueError"): (ValueError, "documented to raise"),
     ("api-reference.md", "# Will raise AttributeError"): (AttributeError, "documented to raise"),
     ("examples.md", "tokens = mx.array([[128000, 9906, 1917]])"): (
-        ValueError, "Llama-3 token ids; the demo model refuses ids outside its vocabulary"),
+        ValueError,
+        "Llama-3 token ids; the demo model refuses ids outside its vocabulary",
+    ),
     ("examples.md", "tokens.extend([220, 2983])"): (
-        ValueError, "Llama-3 token ids; the demo model refuses ids outside its vocabulary"),
+        ValueError,
+        "Llama-3 token ids; the demo model refuses ids outside its vocabulary",
+    ),
     ("examples.md", "token_id, score, token_str = results[15][0]"): (
-        ValueError, "results[15][0] is position 0's list of predictions (the documented "
-        "structure); the example means results[15][-1][0]"),
+        ValueError,
+        "results[15][0] is position 0's list of predictions (the documented "
+        "structure); the example means results[15][-1][0]",
+    ),
     ("examples.md", "hidden_dim = 4096"): (
-        ValueError, "a 4096-wide steering vector; the demo model is 64 wide"),
+        ValueError,
+        "a 4096-wide steering vector; the demo model is 64 wide",
+    ),
     ("examples.md", "layers=[0, 10, 20, 30, 40, 47]"): (
-        ValueError, "layers of a 48-layer Qwen model; the demo model has 16"),
-    ("examples.md", "input_grad = grad_fn(input_tokens)"): (NameError, "`input_tokens` is never defined"),
+        ValueError,
+        "layers of a 48-layer Qwen model; the demo model has 16",
+    ),
+    ("examples.md", "input_grad = grad_fn(input_tokens)"): (
+        NameError,
+        "`input_tokens` is never defined",
+    ),
     ("examples.md", "gpt2_model = load_gpt2()"): (NameError, "`load_gpt2` is never defined"),
-    ("examples.md", "custom_model = load_custom_model()"): (NameError, "`load_custom_model` is never defined"),
+    ("examples.md", "custom_model = load_custom_model()"): (
+        NameError,
+        "`load_custom_model` is never defined",
+    ),
     ("examples.md", "prompts=large_list,"): (NameError, "`large_list` is never defined"),
     ("examples.md", "with model.trace(input_text):"): (NameError, "`input_text` is never defined"),
     ("examples.md", "for chunk in chunks(large_dataset"): (NameError, "`chunks` is never defined"),
     ("jupyter-guide.md", "!uv add mlx-lm"): (SyntaxError, "a notebook shell command"),
     ("jupyter-guide.md", "interventions={'model.model.layers.8.mlp': lambda x: clean_mlp}"): (
-        ValueError, "patches a 'clean input' activation into the longer 'corrupted input' run; "
-        "the engine names both shapes"),
+        ValueError,
+        "patches a 'clean input' activation into the longer 'corrupted input' run; "
+        "the engine names both shapes",
+    ),
     ("jupyter-guide.md", "steering_vector = pos_h - neg_h"): (
-        ValueError, "a per-position difference of two 4-token prompts added to a 5-token "
-        "prompt; the engine names both shapes"),
+        ValueError,
+        "a per-position difference of two 4-token prompts added to a 5-token "
+        "prompt; the engine names both shapes",
+    ),
 }
 
 
@@ -64,7 +86,7 @@ def load_blocks(name: str) -> list[tuple[int, str]]:
 
 
 def localize(code: str) -> str:
-    return HUB.sub('"demo"', code).replace("load(\"demo\")", f"load({str(DEMO_DIR)!r})")
+    return HUB.sub('"demo"', code).replace('load("demo")', f"load({str(DEMO_DIR)!r})")
 
 
 def reference_context(demo, checkpoint_dir) -> dict:
@@ -72,19 +94,29 @@ def reference_context(demo, checkpoint_dir) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx_lm
-
     from conftest import SimpleTransformer
+
     from mlxterp import InterpretableModel, interventions
 
     text = "The capital of France is"
     return {
-        "InterpretableModel": InterpretableModel, "iv": interventions, "mx": mx, "nn": nn,
-        "model": demo, "input": text, "input_text": text, "text": text,
+        "InterpretableModel": InterpretableModel,
+        "iv": interventions,
+        "mx": mx,
+        "nn": nn,
+        "model": demo,
+        "input": text,
+        "input_text": text,
+        "text": text,
         "prompts": ["The capital of France is", "Hello, how are", "The quick brown fox"],
         "large_list": [f"Sample prompt {i}" for i in range(40)],
-        "hidden_dim": demo.hidden_size, "batch": 1, "seq_len": len(demo.encode(text)),
-        "my_tokenizer": demo.tokenizer, "custom_model": SimpleTransformer(),
-        "base_model": SimpleTransformer(), "gpt2_model": mlx_lm.load(checkpoint_dir("gpt2"))[0],
+        "hidden_dim": demo.hidden_size,
+        "batch": 1,
+        "seq_len": len(demo.encode(text)),
+        "my_tokenizer": demo.tokenizer,
+        "custom_model": SimpleTransformer(),
+        "base_model": SimpleTransformer(),
+        "gpt2_model": mlx_lm.load(checkpoint_dir("gpt2"))[0],
     }
 
 
@@ -97,8 +129,9 @@ def test_spec_examples_run(name, demo, checkpoint_dir, tmp_path, monkeypatch, ca
     namespace: dict = {"__name__": "__spec_example__"}
     failures = []
     for line, code in load_blocks(name):
-        expected = next((v for (f, marker), v in CANNOT_RUN.items()
-                         if f == name and marker in code), None)
+        expected = next(
+            (v for (f, marker), v in CANNOT_RUN.items() if f == name and marker in code), None
+        )
         if reference:
             try:
                 compile(code, name, "exec")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import build_tiny_llama
-from mlxterp import InputError, InterpretableModel, InterventionError, interventions as iv
-from mlxterp.steering import generate, generate_tokens, steer, steering_vector
 from test_patching import BlocksLM, load_text_model
+
+from mlxterp import InputError, InterpretableModel, InterventionError
+from mlxterp import interventions as iv
+from mlxterp.steering import generate, generate_tokens, steer, steering_vector
 
 PROMPT = [1, 5, 9, 13]
 
@@ -74,8 +75,12 @@ def test_sampling_is_reproducible_with_a_seed(llama):
 
 def test_generate_returns_only_the_continuation_text(text_model):
     prompt = "the capital of france is"
-    ids = generate_tokens(text_model, text_model.encode(prompt), 6,
-                          stop_ids=frozenset({text_model.tokenizer.eos_token_id}))
+    ids = generate_tokens(
+        text_model,
+        text_model.encode(prompt),
+        6,
+        stop_ids=frozenset({text_model.tokenizer.eos_token_id}),
+    )
     text = generate(text_model, prompt, max_tokens=6)
     full = text_model.decode(text_model.encode(prompt) + ids)
     assert full.endswith(text) and prompt in full[: len(full) - len(text)]
@@ -102,8 +107,12 @@ def test_nan_steering_is_a_clear_error(llama, text_model):
     with pytest.raises(InterventionError, match="NaN or inf"):
         generate_tokens(llama, PROMPT, 3, interventions={"layers.1": iv.add_vector(nan)})
     with pytest.raises(InterventionError, match="NaN or inf"):
-        steer(text_model, "the capital of france is",
-              mx.full((text_model.hidden_size,), float("nan")), 1)
+        steer(
+            text_model,
+            "the capital of france is",
+            mx.full((text_model.hidden_size,), float("nan")),
+            1,
+        )
     # the model is untouched afterwards
     assert generate_tokens(llama, PROMPT, 3) == _argmax_loop(llama, PROMPT, 3)
 
@@ -125,8 +134,9 @@ def test_steering_vector_is_the_mean_difference_at_each_last_token(text_model):
     assert vector.shape == (text_model.hidden_size,)
     np.testing.assert_allclose(vector, expected[0] - expected[1], atol=1e-4)
 
-    mean = steering_vector(text_model, positive, "machine learning is", layer=1,
-                           component="mlp", position="mean")
+    mean = steering_vector(
+        text_model, positive, "machine learning is", layer=1, component="mlp", position="mean"
+    )
     with text_model.trace(positive[1], capture=["layers.1.mlp"]) as short:
         pass
     with text_model.trace(positive[0], capture=["layers.1.mlp"]) as long:
@@ -142,18 +152,24 @@ def test_steering_vector_is_the_mean_difference_at_each_last_token(text_model):
 
 
 def test_steer_with_coefficient_zero_is_the_baseline_and_large_changes_it(text_model):
-    vector = steering_vector(text_model, "the capital of france is paris",
-                             "machine learning is fascinating", layer=1)
+    vector = steering_vector(
+        text_model, "the capital of france is paris", "machine learning is fascinating", layer=1
+    )
     prompt = "the capital of germany is"
     baseline, zero = steer(text_model, prompt, vector, layer=1, coefficient=0.0, max_tokens=6)
     assert zero == baseline == generate(text_model, prompt, max_tokens=6)
     plain = generate_tokens(text_model, text_model.encode(prompt), 6)
-    pushed = generate_tokens(text_model, text_model.encode(prompt), 6,
-                             interventions={text_model.layer_name(1): iv.add_vector(vector * 50)})
+    pushed = generate_tokens(
+        text_model,
+        text_model.encode(prompt),
+        6,
+        interventions={text_model.layer_name(1): iv.add_vector(vector * 50)},
+    )
     assert pushed != plain
     _, steered = steer(text_model, prompt, vector, layer=1, coefficient=50.0, max_tokens=6)
-    assert steered == generate(text_model, prompt, max_tokens=6,
-                               interventions={"layers.1": iv.add_vector(vector * 50)})
+    assert steered == generate(
+        text_model, prompt, max_tokens=6, interventions={"layers.1": iv.add_vector(vector * 50)}
+    )
     assert text_model.steering_vector("a", "b", 1).shape == (text_model.hidden_size,)
 
 
@@ -186,10 +202,13 @@ def test_spec_jupyter_steering_vectors(text_model):
     # the last-token vector (what steering_vector returns) fits any prompt
     same = steering_vector_.shape[1] == len(text_model.encode("This movie is"))
     vector = steering_vector_ if same else steering_vector_[0, -1]
-    with text_model.trace("This movie is",
-                          interventions={f"model.model.layers.{layer}": iv.add_vector(vector)}
-                          ) as steered:
+    with text_model.trace(
+        "This movie is", interventions={f"model.model.layers.{layer}": iv.add_vector(vector)}
+    ) as steered:
         steered_output = steered.activations["__model_output__"]
     assert np.isfinite(np.array(steered_output)).all()
-    assert mx.allclose(steering_vector(text_model, "I love this", "I hate this", layer),
-                       steering_vector_[0, -1], atol=1e-5).item()
+    assert mx.allclose(
+        steering_vector(text_model, "I love this", "I hate this", layer),
+        steering_vector_[0, -1],
+        atol=1e-5,
+    ).item()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import SimpleTransformer, build_tiny_llama
-from mlxterp import InputError, InterpretableModel, InterventionError, interventions as iv
+
+from mlxterp import InputError, InterpretableModel, InterventionError
+from mlxterp import interventions as iv
 from mlxterp.hooks import _SITES
 
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21]])
@@ -38,8 +39,13 @@ def test_capture_can_be_limited_with_names_and_globs(tiny_llama):
     with tiny_llama.trace(TOKENS, capture=["layers.*.mlp", "layers.0"]) as trace:
         pass
     assert sorted(trace.activations) == sorted(
-        ["__model_output__", "model.layers.0", "model.layers.0.mlp", "model.layers.1.mlp",
-         "model.layers.2.mlp"]
+        [
+            "__model_output__",
+            "model.layers.0",
+            "model.layers.0.mlp",
+            "model.layers.1.mlp",
+            "model.layers.2.mlp",
+        ]
     )
     assert trace.get_activation("layers.1.attn") is None  # known module, not captured
     with pytest.raises(KeyError, match="not captured"):
@@ -53,7 +59,9 @@ def test_save_at_any_depth_inside_and_get_after(tiny_llama):
         layer = tiny_llama.layers[2].output.save()
     assert q.shape == (1, 6, 64) and attn.shape == (1, 6, 64) and layer.shape == (1, 6, 64)
     assert set(trace.saved_values) == {
-        "layers.1.self_attn.q_proj.output", "layers.1.attn.output", "layers.2.output"
+        "layers.1.self_attn.q_proj.output",
+        "layers.1.attn.output",
+        "layers.2.output",
     }
     assert trace.get("layers.2.output") is layer
     assert trace.get("model.model.layers.2.output") is layer  # any alias of the module
@@ -63,7 +71,7 @@ def test_save_at_any_depth_inside_and_get_after(tiny_llama):
 
 
 def test_save_outside_a_trace_explains(tiny_llama):
-    with pytest.raises(RuntimeError, match="inside `with model.trace"):
+    with pytest.raises(RuntimeError, match=r"inside `with model\.trace"):
         tiny_llama.layers[0].output.save()
 
 
@@ -91,8 +99,10 @@ def test_padded_batch_rows_match_single_runs(tiny_llama):
             np.array(batch_out[b, :n]), np.array(single.output[0]), rtol=1e-4, atol=1e-4
         )
         np.testing.assert_allclose(
-            np.array(trace.last_token(batch_out)[b]), np.array(single.output[0, -1]),
-            rtol=1e-4, atol=1e-4,
+            np.array(trace.last_token(batch_out)[b]),
+            np.array(single.output[0, -1]),
+            rtol=1e-4,
+            atol=1e-4,
         )
 
 
@@ -120,9 +130,11 @@ def test_model_is_restored_after_a_trace_that_raised(tiny_llama):
     def explode(x):
         raise RuntimeError("boom inside an intervention")
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with tiny_llama.trace(TOKENS, interventions={"layers.1.mlp": explode}):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tiny_llama.trace(TOKENS, interventions={"layers.1.mlp": explode}),
+    ):
+        pass
     assert not _SITES
     assert all(not hasattr(type(m), "_mlxterp_original") for _, m in tiny_llama.named_modules())
     assert mx.array_equal(tiny_llama.model(TOKENS), bare).item()
@@ -132,9 +144,11 @@ def test_model_is_restored_after_a_trace_that_raised(tiny_llama):
 
 def test_nan_producing_intervention_is_reported_and_model_unharmed(tiny_llama):
     bare = tiny_llama.model(TOKENS)
-    with pytest.raises(InterventionError, match="NaN or inf") as info:
-        with tiny_llama.trace(TOKENS, interventions={"layers.1": iv.scale(float("inf"))}):
-            pass
+    with (
+        pytest.raises(InterventionError, match="NaN or inf") as info,
+        tiny_llama.trace(TOKENS, interventions={"layers.1": iv.scale(float("inf"))}),
+    ):
+        pass
     assert "model.layers.1" in str(info.value)
     assert mx.array_equal(tiny_llama.model(TOKENS), bare).item()
 

@@ -6,15 +6,15 @@ import pytest
 
 pytest.importorskip("textual")
 
-from mlxterp.session import Session, SessionManager  # noqa: E402
-from textual.widgets import DataTable, Input, ListView, Static  # noqa: E402
+from textual.widgets import DataTable, Input, ListView, Static
 
-from mlxterp_tui.app import WorkbenchApp  # noqa: E402
-from mlxterp_tui.cli import main  # noqa: E402
-from mlxterp_tui.commands import WorkbenchCommands  # noqa: E402
-from mlxterp_tui.panes.interventions import InterventionScreen  # noqa: E402
-from mlxterp_tui.panes.lens import TopKScreen  # noqa: E402
-from mlxterp_tui.screens import HelpScreen, PathScreen, ReportScreen  # noqa: E402
+from mlxterp.session import Session, SessionManager
+from mlxterp_tui.app import WorkbenchApp
+from mlxterp_tui.cli import main
+from mlxterp_tui.commands import WorkbenchCommands
+from mlxterp_tui.panes.interventions import InterventionScreen
+from mlxterp_tui.panes.lens import TopKScreen
+from mlxterp_tui.screens import HelpScreen, PathScreen, ReportScreen
 
 PROMPT = "The capital of France is"
 pytestmark = pytest.mark.anyio
@@ -77,7 +77,9 @@ async def test_lens_table_and_cell_topk(model_dir, manager):
         assert table.row_count == model.num_layers
         assert len(table.columns) == 1 + len(model.encode(PROMPT))
         last = table.get_cell_at((table.row_count - 1, len(table.columns) - 1))
-        assert last.plain.replace("␣", " ") == step.summary["top_strs"][-1][-1][:8].replace("␣", " ")
+        assert last.plain.replace("␣", " ") == step.summary["top_strs"][-1][-1][:8].replace(
+            "␣", " "
+        )
         table.focus()
         table.move_cursor(row=1, column=3)
         await pilot.press("enter")
@@ -147,12 +149,17 @@ async def test_add_toggle_remove_intervention(model_dir, manager):
         assert app.session.interventions == {} and table.row_count == 0
 
 
-@pytest.mark.parametrize("module, params, expected", [
-    ("layers.99.mlp", "factor=2", "layers.99.mlp"),
-    ("layers.0.mlp", "factor=abc", "not a number"),
-    ("layers.0.mlp", "size=2", "factor"),
-])
-async def test_bad_intervention_is_refused_in_the_form(model_dir, manager, module, params, expected):
+@pytest.mark.parametrize(
+    "module, params, expected",
+    [
+        ("layers.99.mlp", "factor=2", "layers.99.mlp"),
+        ("layers.0.mlp", "factor=abc", "not a number"),
+        ("layers.0.mlp", "size=2", "factor"),
+    ],
+)
+async def test_bad_intervention_is_refused_in_the_form(
+    model_dir, manager, module, params, expected
+):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
@@ -226,8 +233,10 @@ async def test_save_reopen_replay(model_dir, manager, tmp_path):
         app.query_one("#history-list", ListView).focus()
         await pilot.press("enter")  # shows the recorded lens again, from its summary
         await pilot.pause()
-        assert app.query_one("#lens-table", DataTable).row_count == session.steps[0].summary[
-            "layers"].__len__()
+        assert (
+            app.query_one("#lens-table", DataTable).row_count
+            == session.steps[0].summary["layers"].__len__()
+        )
         await pilot.press("f5")
         await settle(app, pilot)
         assert isinstance(app.screen, ReportScreen)
@@ -386,8 +395,13 @@ async def test_steering_shows_both_continuations(model_dir, manager):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
-        for key, value in {"positive": "I love this movie", "negative": "I hate this movie",
-                           "prompt": "This movie is", "layer": "1", "coefficient": "8"}.items():
+        for key, value in {
+            "positive": "I love this movie",
+            "negative": "I hate this movie",
+            "prompt": "This movie is",
+            "layer": "1",
+            "coefficient": "8",
+        }.items():
             app.query_one(f"#steer-{key}", Input).value = value
         app.query_one("#steer-run").focus()
         await pilot.press("ctrl+g")
@@ -402,8 +416,12 @@ async def test_steering_bad_layer_notifies(model_dir, manager):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
-        for key, value in {"positive": "good", "negative": "bad", "prompt": "It is",
-                           "layer": "42"}.items():
+        for key, value in {
+            "positive": "good",
+            "negative": "bad",
+            "prompt": "It is",
+            "layer": "42",
+        }.items():
             app.query_one(f"#steer-{key}", Input).value = value
         app.query_one("#steer-run").focus()
         await pilot.press("ctrl+g")
@@ -457,5 +475,8 @@ async def test_reopened_session_lists_its_active_interventions(model_dir, manage
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
         listed = {(e.module, e.kind, e.positions) for e in app.entries}
-        assert listed == {("model.layers.1.mlp", "scale", "-1"), ("model.layers.0", "add_vector", "")}
+        assert listed == {
+            ("model.layers.1.mlp", "scale", "-1"),
+            ("model.layers.0", "add_vector", ""),
+        }
         assert app.query_one("#iv-table", DataTable).row_count == 2

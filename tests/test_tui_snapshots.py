@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from mlxterp.session import SessionManager  # noqa: E402
-from textual.widgets import DataTable, Input  # noqa: E402
+from textual.widgets import DataTable, Input
 
-from mlxterp_tui.app import WorkbenchApp  # noqa: E402
+from mlxterp.session import SessionManager
+from mlxterp_tui.app import WorkbenchApp
 
 SIZES = [(80, 24), (120, 40)]
 
@@ -50,11 +50,13 @@ async def ready(pilot, prompt: str = "The capital of France is") -> None:
 
 def screen(setup):
     """A ``run_before`` that readies the app, then runs ``setup(pilot)``."""
+
     async def run_before(pilot):
         await ready(pilot)
         await setup(pilot)
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+
     return run_before
 
 
@@ -118,9 +120,17 @@ async def help_screen(pilot):
     await pilot.press("f1")
 
 
-SCREENS = {"lens": lens, "topk": topk, "model": model_tree, "patching": patching,
-           "chart": chart, "attention": attention, "interventions": interventions, "history": history,
-           "help": help_screen}
+SCREENS = {
+    "lens": lens,
+    "topk": topk,
+    "model": model_tree,
+    "patching": patching,
+    "chart": chart,
+    "attention": attention,
+    "interventions": interventions,
+    "history": history,
+    "help": help_screen,
+}
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

@@ -8,10 +8,17 @@ from . import _blas
 
 _blas.preload()  # before mlx.core is first imported (see _blas)
 
-from . import interventions  # noqa: E402
-from .activations import (  # noqa: E402
-    ActivationCache, batch_get_activations, collect_activations, get_activations,
+from . import (
+    interventions,
+    sae,
 )
+from .activations import (  # noqa: E402
+    ActivationCache,
+    batch_get_activations,
+    collect_activations,
+    get_activations,
+)
+from .attribution import attribution_patching  # noqa: E402
 from .errors import (  # noqa: E402
     InputError,
     InterventionError,
@@ -19,17 +26,13 @@ from .errors import (  # noqa: E402
     ModuleNameError,
     NotSerializableError,
 )
-from .attribution import attribution_patching  # noqa: E402
 from .lens import logit_lens  # noqa: E402
 from .model import InterpretableModel  # noqa: E402
-from .patching import activation_patching, patching_sweep  # noqa: E402
-from .steering import generate, steer, steering_vector  # noqa: E402
 from .names import MODEL_OUTPUT  # noqa: E402
+from .patching import activation_patching, patching_sweep  # noqa: E402
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy  # noqa: E402
+from .steering import generate, steer, steering_vector  # noqa: E402
 from .tracing import ActivationMap, Trace  # noqa: E402
-
-
-from . import sae  # noqa: E402
 
 
 def demo_model() -> InterpretableModel:
@@ -40,9 +43,30 @@ def demo_model() -> InterpretableModel:
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationCache", "ActivationMap", "batch_get_activations", "collect_activations",
-    "get_activations", "InputError", "InterpretableModel", "InterventionError", "LayerListProxy",
-    "MODEL_OUTPUT", "ModelLoadError", "ModuleNameError", "ModuleProxy", "NotSerializableError",
-    "OutputProxy", "Trace", "activation_patching", "attribution_patching", "demo_model",
-    "generate", "interventions", "logit_lens", "patching_sweep", "sae", "steer", "steering_vector",
+    "MODEL_OUTPUT",
+    "ActivationCache",
+    "ActivationMap",
+    "InputError",
+    "InterpretableModel",
+    "InterventionError",
+    "LayerListProxy",
+    "ModelLoadError",
+    "ModuleNameError",
+    "ModuleProxy",
+    "NotSerializableError",
+    "OutputProxy",
+    "Trace",
+    "activation_patching",
+    "attribution_patching",
+    "batch_get_activations",
+    "collect_activations",
+    "demo_model",
+    "generate",
+    "get_activations",
+    "interventions",
+    "logit_lens",
+    "patching_sweep",
+    "sae",
+    "steer",
+    "steering_vector",
 ]

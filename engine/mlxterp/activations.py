@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 import mlx.core as mx
 import numpy as np
@@ -34,7 +35,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def layer_indices(model: "InterpretableModel", layers: Layers = None) -> list[int]:
+def layer_indices(model: InterpretableModel, layers: Layers = None) -> list[int]:
     """Layer indices (negative ones count from the end) checked and made non-negative.
 
     ``None`` means every layer; repeats are dropped, order is kept.
@@ -83,11 +84,11 @@ def _position_index(lengths: list[int], positions: Positions) -> tuple[mx.array,
 
 
 def get_activations(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     prompts: Any,
     layers: Layers = None,
     positions: Positions = -1,
-    component: Optional[str] = None,
+    component: str | None = None,
 ) -> dict[str, mx.array]:
     """Outputs of ``layers`` at token ``positions`` for a prompt or a batch of prompts.
 
@@ -116,13 +117,13 @@ def get_activations(
 
 
 def batch_get_activations(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     prompts: Sequence[Any],
     layers: Layers = None,
     positions: Positions = -1,
     batch_size: int = 8,
     progress: bool = True,
-    component: Optional[str] = None,
+    component: str | None = None,
 ) -> dict[str, mx.array]:
     """``get_activations`` over many prompts, ``batch_size`` at a time, concatenated.
 
@@ -137,10 +138,11 @@ def batch_get_activations(
     if not _is_int(batch_size) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
     parts: dict[str, list[mx.array]] = {}
-    with tqdm(total=len(prompts), disable=not progress, file=sys.stderr,
-              unit="prompt", desc="activations") as bar:
+    with tqdm(
+        total=len(prompts), disable=not progress, file=sys.stderr, unit="prompt", desc="activations"
+    ) as bar:
         for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
+            chunk = list(prompts[start : start + batch_size])
             acts = get_activations(model, chunk, layers, positions, component)
             mx.eval(list(acts.values()))
             for key, value in acts.items():
@@ -156,8 +158,12 @@ class ActivationCache(ActivationMap):
     ``keys()`` lists the canonical names; ``metadata`` describes the run.
     """
 
-    def __init__(self, index: ModuleIndex, activations: dict[str, mx.array],
-                 metadata: Optional[dict[str, Any]] = None):
+    def __init__(
+        self,
+        index: ModuleIndex,
+        activations: dict[str, mx.array],
+        metadata: dict[str, Any] | None = None,
+    ):
         super().__init__(index, activations)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
@@ -191,9 +197,9 @@ class ActivationCache(ActivationMap):
 
 
 def collect_activations(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     inputs: Any,
-    layers: Optional[Sequence[Union[str, int]]] = None,
+    layers: Sequence[str | int] | None = None,
 ) -> ActivationCache:
     """Run ``inputs`` once and cache the outputs of ``layers``.
 
@@ -211,12 +217,20 @@ def collect_activations(
         bad = [x for x in layers if not (_is_int(x) or isinstance(x, str))]
         if bad:
             raise InputError(f"layers must be module names or layer indices; got {bad[0]!r}")
-        capture = [model.layer_name(layer_indices(model, [x])[0]) if _is_int(x) else x
-                   for x in layers]
+        capture = [
+            model.layer_name(layer_indices(model, [x])[0]) if _is_int(x) else x for x in layers
+        ]
     with model.trace(inputs, capture=capture) as trace:
         pass
-    values = {name: trace.activations[name] for name in trace.activations
-              if capture is None or name != MODEL_OUTPUT}
-    metadata = {"model": model.name, "tokens": trace.inputs, "lengths": trace.lengths,
-                "layers": None if layers is None else list(layers)}
+    values = {
+        name: trace.activations[name]
+        for name in trace.activations
+        if capture is None or name != MODEL_OUTPUT
+    }
+    metadata = {
+        "model": model.name,
+        "tokens": trace.inputs,
+        "lengths": trace.lengths,
+        "layers": None if layers is None else list(layers),
+    }
     return ActivationCache(model._index, values, metadata)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -35,9 +36,14 @@ class UnsupportedAttentionError(ValueError):
     """The model computes attention in a way whose weights cannot be read."""
 
 
-def explicit_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
-                       mask: Any = None, sinks: Optional[mx.array] = None
-                       ) -> tuple[mx.array, mx.array]:
+def explicit_attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    scale: float,
+    mask: Any = None,
+    sinks: mx.array | None = None,
+) -> tuple[mx.array, mx.array]:
     """``(output, weights)`` of scaled dot-product attention computed step by step.
 
     Shapes as mlx-lm passes them: queries ``(B, Hq, L, D)``, keys/values ``(B, Hkv, S, D)``
@@ -59,8 +65,9 @@ def explicit_attention(queries: mx.array, keys: mx.array, values: mx.array, scal
         else:
             scores = scores + mask.astype(mx.float32)
     if sinks is not None:
-        sink = mx.broadcast_to(sinks.astype(mx.float32)[None, :, None, None],
-                               (*scores.shape[:-1], 1))
+        sink = mx.broadcast_to(
+            sinks.astype(mx.float32)[None, :, None, None], (*scores.shape[:-1], 1)
+        )
         weights = mx.softmax(mx.concatenate([sink, scores], axis=-1), axis=-1)[..., 1:]
     else:
         weights = mx.softmax(scores, axis=-1)
@@ -96,8 +103,9 @@ class _Recorder:
         return site
 
     def sdpa(self, original: Callable) -> Callable:
-        def scaled_dot_product_attention(queries, keys, values, cache=None, scale=1.0,
-                                         mask=None, sinks=None):
+        def scaled_dot_product_attention(
+            queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None
+        ):
             if not self.active():  # another thread: untouched behaviour
                 extra = {} if sinks is None else {"sinks": sinks}
                 return original(queries, keys, values, cache=cache, scale=scale, mask=mask, **extra)
@@ -124,8 +132,9 @@ class _SoftmaxWatch:
         return out
 
 
-def _patches(attn_modules: list[nn.Module], recorder: _Recorder, arch: str
-             ) -> list[tuple[ModuleType, str, Any]]:
+def _patches(
+    attn_modules: list[nn.Module], recorder: _Recorder, arch: str
+) -> list[tuple[ModuleType, str, Any]]:
     """``(namespace, name, replacement)`` for the modules defining the attention classes."""
     patches: dict[str, tuple[ModuleType, str, Any]] = {}
     for module in attn_modules:
@@ -160,8 +169,9 @@ def _patched(patches: list[tuple[ModuleType, str, Any]]) -> Iterator[None]:
                 setattr(namespace, name, original)
 
 
-def attention_patterns(model: "InterpretableModel", text: Any, layers: Layers = None
-                       ) -> dict[int, mx.array]:
+def attention_patterns(
+    model: InterpretableModel, text: Any, layers: Layers = None
+) -> dict[int, mx.array]:
     """Attention weights per layer: ``{layer: (batch, heads, q, k)}`` float32.
 
     Each row is a softmax over the keys (causal: a query attends to itself and earlier

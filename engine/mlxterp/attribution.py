@@ -12,8 +12,9 @@ runs the real patches.  Prompts of different lengths are right-aligned as in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -62,8 +63,11 @@ class AttributionResult:
             raise InputError(f"k must be a positive int; got {k!r}")
         gap = self.clean_value - self.corrupted_value
         toward = 1.0 if gap > 0 else -1.0 if gap < 0 else 0.0
-        cells = [(layer, pos, score) for layer, row in zip(self.layers, self.scores)
-                 for pos, score in zip(self.positions, row)]
+        cells = [
+            (layer, pos, score)
+            for layer, row in zip(self.layers, self.scores)
+            for pos, score in zip(self.positions, row)
+        ]
         cells.sort(key=lambda c: -(toward * c[2]) if toward else -abs(c[2]))
         return cells[:k]
 
@@ -82,12 +86,12 @@ class AttributionResult:
 
 
 def attribution_patching(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     clean_text: Any,
     corrupted_text: Any,
-    component: Optional[str] = "output",
+    component: str | None = "output",
     metric: str = "logit_diff",
-    answer: Optional[Sequence[Union[int, str]]] = None,
+    answer: Sequence[int | str] | None = None,
     layers: Layers = None,
 ) -> AttributionResult:
     """Gradient estimate of patching ``component`` of every layer at every position.
@@ -96,8 +100,7 @@ def attribution_patching(
     ``answer=(clean_answer, corrupted_answer)``); ``component="output"`` is the whole layer's
     output (the residual stream).
     """
-    setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric,
-                             answer)
+    setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric, answer)
     sites, cols, score = setup.sites, setup.positions, setup.score
 
     def corrupted_metric(deltas: list[mx.array]):
@@ -108,10 +111,12 @@ def attribution_patching(
 
     deltas = [mx.zeros_like(t) for t in setup.targets]
     (value, acts), grads = mx.value_and_grad(corrupted_metric)(deltas)
-    cells = mx.stack([
-        _dot_per_position(target - act, grad)[cols]
-        for target, act, grad in zip(setup.targets, acts, grads)
-    ])
+    cells = mx.stack(
+        [
+            _dot_per_position(target - act, grad)[cols]
+            for target, act, grad in zip(setup.targets, acts, grads)
+        ]
+    )
     return AttributionResult(
         scores=cells.tolist(),
         layers=setup.layers,

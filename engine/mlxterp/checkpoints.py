@@ -17,9 +17,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-_BASE = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
-             num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0,
-             max_position_embeddings=512)
+_BASE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_position_embeddings=512,
+)
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llama": dict(_BASE, model_type="llama", tie_word_embeddings=False),
@@ -27,29 +34,75 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mistral": dict(_BASE, model_type="mistral", tie_word_embeddings=False),
     "qwen2": dict(_BASE, model_type="qwen2", tie_word_embeddings=False),
     "qwen3": dict(_BASE, model_type="qwen3", head_dim=16, tie_word_embeddings=True),
-    "gemma2": dict(_BASE, model_type="gemma2", head_dim=16, query_pre_attn_scalar=16,
-                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma2": dict(
+        _BASE,
+        model_type="gemma2",
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    ),
     # Tied like the published Gemma 3 checkpoints: no ``lm_head.weight`` is written, so the
     # loader's ``sanitize`` drops ``lm_head`` and the model reads out through the embedding.
-    "gemma3_text": dict(_BASE, model_type="gemma3_text", head_dim=16, query_pre_attn_scalar=16,
-                        sliding_window=32, sliding_window_pattern=2, tie_word_embeddings=True),
+    "gemma3_text": dict(
+        _BASE,
+        model_type="gemma3_text",
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=32,
+        sliding_window_pattern=2,
+        tie_word_embeddings=True,
+    ),
     "phi3": dict(_BASE, model_type="phi3", num_key_value_heads=4, tie_word_embeddings=False),
-    "gpt2": dict(model_type="gpt2", n_ctx=512, n_embd=64, n_head=4, n_layer=2, n_positions=512,
-                 layer_norm_epsilon=1e-5),
-    "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, intermediate_size=128, layer_norm_eps=1e-5,
-                     rotary_emb_base=10000, rotary_pct=0.25, max_position_embeddings=512,
-                     use_parallel_residual=True, tie_word_embeddings=False),
+    "gpt2": dict(
+        model_type="gpt2",
+        n_ctx=512,
+        n_embd=64,
+        n_head=4,
+        n_layer=2,
+        n_positions=512,
+        layer_norm_epsilon=1e-5,
+    ),
+    "gpt_neox": dict(
+        model_type="gpt_neox",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        layer_norm_eps=1e-5,
+        rotary_emb_base=10000,
+        rotary_pct=0.25,
+        max_position_embeddings=512,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+    ),
     "olmo2": dict(_BASE, model_type="olmo2", tie_word_embeddings=False),
-    "starcoder2": dict(model_type="starcoder2", hidden_size=64, num_hidden_layers=2,
-                       intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                       norm_epsilon=1e-5, rope_theta=10000.0, max_position_embeddings=512,
-                       tie_word_embeddings=True),
+    "starcoder2": dict(
+        model_type="starcoder2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        norm_epsilon=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
     "llama_4bit": dict(_BASE, model_type="llama", tie_word_embeddings=False),
-    "medium_llama": dict(model_type="llama", hidden_size=512, num_hidden_layers=8,
-                         intermediate_size=1376, num_attention_heads=8, num_key_value_heads=8,
-                         rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=2048,
-                         vocab_size=8192, tie_word_embeddings=False),
+    "medium_llama": dict(
+        model_type="llama",
+        hidden_size=512,
+        num_hidden_layers=8,
+        intermediate_size=1376,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=2048,
+        vocab_size=8192,
+        tie_word_embeddings=False,
+    ),
 }
 """Name → mlx-lm config (``vocab_size`` is filled in from the tokenizer unless given)."""
 
@@ -62,11 +115,14 @@ TINY = [name for name in ARCHITECTURES if name != "medium_llama"]
 QUANT_GROUP_SIZE = 64
 
 _CORPUS = [
-    "The capital of France is Paris.", "The capital of Germany is Berlin.",
-    "Hello, how are you today?", "The quick brown fox jumps over the lazy dog.",
+    "The capital of France is Paris.",
+    "The capital of Germany is Berlin.",
+    "Hello, how are you today?",
+    "The quick brown fox jumps over the lazy dog.",
     "Machine learning is the study of algorithms that learn from data.",
     "Paris is the capital of France, and London is the capital of England.",
-    "The Eiffel Tower is located in the city of Paris.", "Analyze this text carefully.",
+    "The Eiffel Tower is located in the city of Paris.",
+    "Analyze this text carefully.",
     "Sample text about models, layers, attention and residual streams.",
     "I love this movie. I hate this movie. This movie is fine.",
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100 2024.",
@@ -86,16 +142,19 @@ def build_tokenizer(folder: Path | str, vocab_size: int = 384) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     fast.save_pretrained(str(folder))
     return fast
 
@@ -114,7 +173,7 @@ def _loaded_tokenizer_size(folder: Path, config: dict[str, Any]) -> int:
     (folder / "config.json").write_text(json.dumps({k: config[k] for k in keys}))
     try:
         return len(AutoTokenizer.from_pretrained(str(folder)))
-    except Exception:  # noqa: BLE001 - a model_type transformers cannot place: trained size
+    except Exception:
         return 0
 
 
@@ -149,8 +208,14 @@ def _quantize(model: Any, config: dict[str, Any], bits: int) -> dict[str, Any]:
     return config
 
 
-def build_checkpoint(arch: str, folder: Path | str, *, seed: int = 0,
-                     quantize_bits: int | None = None, **config_overrides: Any) -> Path:
+def build_checkpoint(
+    arch: str,
+    folder: Path | str,
+    *,
+    seed: int = 0,
+    quantize_bits: int | None = None,
+    **config_overrides: Any,
+) -> Path:
     """Write a random-weight checkpoint of ``arch`` (a key of ``ARCHITECTURES``) to ``folder``.
 
     ``config_overrides`` replace entries of the architecture's config (e.g.
@@ -168,8 +233,14 @@ def build_checkpoint(arch: str, folder: Path | str, *, seed: int = 0,
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder)
     config = dict(ARCHITECTURES[arch], **config_overrides)
-    special = {key: config.get(key, tokenizer.convert_tokens_to_ids(token)) for key, token in
-               (("bos_token_id", "<s>"), ("eos_token_id", "</s>"), ("pad_token_id", "<pad>"))}
+    special = {
+        key: config.get(key, tokenizer.convert_tokens_to_ids(token))
+        for key, token in (
+            ("bos_token_id", "<s>"),
+            ("eos_token_id", "</s>"),
+            ("pad_token_id", "<pad>"),
+        )
+    }
     if "vocab_size" not in config:
         loaded = _loaded_tokenizer_size(folder, dict(special, model_type=config["model_type"]))
         config["vocab_size"] = -(-max(len(tokenizer), loaded) // 64) * 64
@@ -181,8 +252,11 @@ def build_checkpoint(arch: str, folder: Path | str, *, seed: int = 0,
     # Some models (gemma3_text) always build an lm_head and are tied only when the checkpoint
     # has no lm_head weight: leave it out when the config asks for tied embeddings.
     args_fields = getattr(args_class, "__dataclass_fields__", {})
-    if (config.get("tie_word_embeddings") and "tie_word_embeddings" not in args_fields
-            and "lm_head" in model):
+    if (
+        config.get("tie_word_embeddings")
+        and "tie_word_embeddings" not in args_fields
+        and "lm_head" in model
+    ):
         model.pop("lm_head")
     bits = quantize_bits or QUANTIZED.get(arch)
     if bits:

@@ -10,8 +10,9 @@ the parameter tree is never touched, no wrapper module is inserted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -51,7 +52,7 @@ def primary_array(out: Any):
     if isinstance(out, mx.array):
         return out, lambda a: a
     if isinstance(out, tuple) and out and isinstance(out[0], mx.array):
-        return out[0], lambda a: (a,) + tuple(out[1:])
+        return out[0], lambda a: (a, *tuple(out[1:]))
     return None, None
 
 

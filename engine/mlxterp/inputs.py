@@ -8,7 +8,7 @@ shaped ``(seq,)`` or ``(batch, seq)``; any other array (embeddings, custom model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -21,11 +21,11 @@ class PreparedInput:
     """The model's input array plus what is known about its tokens."""
 
     array: mx.array
-    tokens: Optional[list[list[int]]] = None  # real token ids per row (no padding)
-    texts: Optional[list[str]] = None
+    tokens: list[list[int]] | None = None  # real token ids per row (no padding)
+    texts: list[str] | None = None
 
     @property
-    def lengths(self) -> Optional[list[int]]:
+    def lengths(self) -> list[int] | None:
         """Real tokens per row, or None for non-token inputs."""
         return [len(t) for t in self.tokens] if self.tokens is not None else None
 
@@ -72,8 +72,10 @@ class TextCodec:
 
 
 def _is_int_list(x: Any) -> bool:
-    return isinstance(x, (list, tuple)) and len(x) > 0 and all(
-        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
     )
 
 
@@ -82,8 +84,12 @@ def _pad(rows: list[list[int]], pad_id: int) -> mx.array:
     return mx.array([r + [pad_id] * (width - len(r)) for r in rows], dtype=mx.int32)
 
 
-def prepare(inputs: Any, codec: TextCodec, max_length: Optional[int] = None,
-            vocab_size: Optional[int] = None) -> PreparedInput:
+def prepare(
+    inputs: Any,
+    codec: TextCodec,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+) -> PreparedInput:
     """Validate ``inputs`` and build the array to run, with per-row token lengths.
 
     Token ids outside ``[0, vocab_size)`` are refused (MLX would read out of bounds).
@@ -100,7 +106,7 @@ def prepare(inputs: Any, codec: TextCodec, max_length: Optional[int] = None,
     return prepared
 
 
-def _prepare(inputs: Any, codec: TextCodec, max_length: Optional[int]) -> PreparedInput:
+def _prepare(inputs: Any, codec: TextCodec, max_length: int | None) -> PreparedInput:
     if isinstance(inputs, str):
         rows, texts = [codec.encode(inputs)], [inputs]
     elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
@@ -137,9 +143,8 @@ def _prepare(inputs: Any, codec: TextCodec, max_length: Optional[int]) -> Prepar
     return PreparedInput(_pad(rows, codec.pad_id), tokens=rows, texts=texts)
 
 
-def _check_length(n: int, max_length: Optional[int]) -> None:
+def _check_length(n: int, max_length: int | None) -> None:
     if max_length is not None and n > max_length:
         raise InputError(
-            f"the input has {n} tokens but the model takes at most {max_length}; "
-            "shorten the prompt"
+            f"the input has {n} tokens but the model takes at most {max_length}; shorten the prompt"
         )

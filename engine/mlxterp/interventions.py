@@ -13,8 +13,9 @@ each row's real tokens when the trace knows them (padded batches), else from the
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Union
 
 import mlx.core as mx
 
@@ -28,10 +29,10 @@ class SiteContext:
     """What an intervention may know about the run it is applied in."""
 
     name: str  # canonical module name
-    lengths: Optional[list[int]] = None  # real tokens per row (None: all positions real)
+    lengths: list[int] | None = None  # real tokens per row (None: all positions real)
 
 
-def _positions_tuple(positions: Positions) -> Optional[tuple[int, ...]]:
+def _positions_tuple(positions: Positions) -> tuple[int, ...] | None:
     if positions is None:
         return None
     if isinstance(positions, int):
@@ -69,7 +70,9 @@ def _position_mask(shape: tuple[int, ...], positions: tuple[int, ...], ctx: Site
 class Intervention:
     """A built-in intervention: callable on an array, describable, restrictable to positions."""
 
-    def __init__(self, kind: str, params: dict[str, Any] | None = None, positions: Positions = None):
+    def __init__(
+        self, kind: str, params: dict[str, Any] | None = None, positions: Positions = None
+    ):
         if kind not in _KINDS:
             raise InterventionError(f"unknown intervention kind {kind!r}; known: {sorted(_KINDS)}")
         self.kind = kind
@@ -89,7 +92,7 @@ class Intervention:
         mask = _position_mask(x.shape, self.positions, ctx)
         return mx.where(mask, new.astype(x.dtype), x)
 
-    def at(self, positions: Positions) -> "Intervention":
+    def at(self, positions: Positions) -> Intervention:
         """The same intervention restricted to ``positions`` (e.g. ``-1``: last token)."""
         return Intervention(self.kind, self.params, positions)
 
@@ -133,14 +136,18 @@ def from_description(desc: dict[str, Any]) -> Intervention:
     if desc["kind"] == "custom":
         raise InterventionError("a custom callable cannot be rebuilt from a description")
     if desc["kind"] not in _KINDS:
-        raise InterventionError(f"unknown intervention kind {desc['kind']!r}; known: {sorted(_KINDS)}")
+        raise InterventionError(
+            f"unknown intervention kind {desc['kind']!r}; known: {sorted(_KINDS)}"
+        )
     params, positions = desc.get("params", {}), desc.get("positions")
     if not isinstance(params, dict):
         raise InterventionError(f"{desc['kind']} params must be a table of values, got {params!r}")
     takes = set(inspect.signature(_KINDS[desc["kind"]].apply).parameters) - {"x", "ctx"}
     if set(params) - takes:
-        raise InterventionError(f"{desc['kind']} takes no parameter {sorted(set(params) - takes)}; "
-                                f"it takes {sorted(takes)}")
+        raise InterventionError(
+            f"{desc['kind']} takes no parameter {sorted(set(params) - takes)}; "
+            f"it takes {sorted(takes)}"
+        )
     listed = positions if isinstance(positions, list) else [positions]
     if positions is not None and not all(type(p) is int for p in listed):
         raise InterventionError(f"positions must be token indices, got {positions!r}")
@@ -218,7 +225,7 @@ def _apply_replace(x, ctx, value, align=None):
                 "model.activation_patching, which aligns prompts for you"
             )
         n = min(value.shape[1], x.shape[1])
-        value = mx.broadcast_to(value, (x.shape[0],) + value.shape[1:]).astype(x.dtype)
+        value = mx.broadcast_to(value, (x.shape[0], *value.shape[1:])).astype(x.dtype)
         if align == "right":
             return mx.concatenate([x[:, : x.shape[1] - n], value[:, value.shape[1] - n :]], axis=1)
         return mx.concatenate([value[:, :n], x[:, n:]], axis=1)
@@ -300,8 +307,9 @@ def _apply_custom(x, ctx, fn):
 
 _KINDS: dict[str, _Kind] = {
     "zero_out": _Kind(lambda x, ctx: mx.zeros_like(x)),
-    "scale": _Kind(lambda x, ctx, factor: x * factor,
-                   lambda p: _check_number("scale factor", p.get("factor"))),
+    "scale": _Kind(
+        lambda x, ctx, factor: x * factor, lambda p: _check_number("scale factor", p.get("factor"))
+    ),
     "add_vector": _Kind(_apply_add, _check_add),
     "replace_with": _Kind(_apply_replace, _check_replace),
     "clamp": _Kind(_apply_clamp, _check_clamp),
@@ -327,7 +335,7 @@ def add_vector(vector: mx.array, positions: Positions = None) -> Intervention:
 
 
 def replace_with(
-    value: Union[mx.array, float], positions: Positions = None, align: Optional[str] = None
+    value: mx.array | float, positions: Positions = None, align: str | None = None
 ) -> Intervention:
     """Replace the activation with ``value`` (array or scalar).
 
@@ -337,13 +345,16 @@ def replace_with(
     return Intervention("replace_with", {"value": value, "align": align}, positions)
 
 
-def clamp(min_val: Optional[float] = None, max_val: Optional[float] = None,
-          positions: Positions = None) -> Intervention:
+def clamp(
+    min_val: float | None = None, max_val: float | None = None, positions: Positions = None
+) -> Intervention:
     """Clip the activation to ``[min_val, max_val]`` (either bound may be omitted)."""
     return Intervention("clamp", {"min_val": min_val, "max_val": max_val}, positions)
 
 
-def noise(std: float = 0.1, seed: Optional[int] = None, positions: Positions = None) -> Intervention:
+def noise(
+    std: float = 0.1, seed: int | None = None, positions: Positions = None
+) -> Intervention:
     """Add Gaussian noise of standard deviation ``std`` (``seed`` makes it reproducible)."""
     return Intervention("noise", {"std": std, "seed": seed}, positions)
 
@@ -354,10 +365,12 @@ class InterventionComposer:
     def __init__(self) -> None:
         self._steps: list[Callable] = []
 
-    def add(self, fn: Callable) -> "InterventionComposer":
+    def add(self, fn: Callable) -> InterventionComposer:
         if not callable(fn):
             raise InterventionError(f"compose().add() needs a callable, got {fn!r}")
-        self._steps.append(fn if isinstance(fn, Intervention) else Intervention("custom", {"fn": fn}))
+        self._steps.append(
+            fn if isinstance(fn, Intervention) else Intervention("custom", {"fn": fn})
+        )
         return self
 
     def build(self) -> Intervention:
@@ -381,7 +394,19 @@ def is_serializable(fn: Callable) -> bool:
 
 
 __all__ = [
-    "Intervention", "InterventionComposer", "SiteContext", "add_vector", "apply",
-    "at_positions", "clamp", "compose", "describe", "from_description", "is_serializable",
-    "noise", "replace_with", "scale", "zero_out",
+    "Intervention",
+    "InterventionComposer",
+    "SiteContext",
+    "add_vector",
+    "apply",
+    "at_positions",
+    "clamp",
+    "compose",
+    "describe",
+    "from_description",
+    "is_serializable",
+    "noise",
+    "replace_with",
+    "scale",
+    "zero_out",
 ]

@@ -13,8 +13,9 @@ is therefore exactly the model's prediction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -36,8 +37,8 @@ class LensResult:
     top_ids: list[list[list[int]]]  # [layer][position][k]
     top_probs: list[list[list[float]]]
     top_strs: list[list[list[str]]]
-    target: Optional[int] = None
-    target_probs: Optional[list[float]] = None  # per layer, at the last position
+    target: int | None = None
+    target_probs: list[float] | None = None  # per layer, at the last position
 
     def to_summary(self) -> dict[str, Any]:
         """Plain values to store and compare: the top-1 token and probability of every cell,
@@ -54,8 +55,13 @@ class LensResult:
             summary["target_probs"] = list(self.target_probs or [])
         return summary
 
-    def heatmap(self, max_display_tokens: int = 15, cmap: str = "viridis",
-                cell_width: int = 8, color: bool = True) -> str:
+    def heatmap(
+        self,
+        max_display_tokens: int = 15,
+        cmap: str = "viridis",
+        cell_width: int = 8,
+        color: bool = True,
+    ) -> str:
         """Layers x the last ``max_display_tokens`` positions: each cell shows the top token,
         coloured by its probability."""
         _check_positive("max_display_tokens", max_display_tokens)
@@ -67,9 +73,13 @@ class LensResult:
             [f"L{layer}" for layer in self.layers],
             columns,
             [[cell[0] for cell in row[start:]] for row in self.top_strs],
-            cmap=cmap, cell_width=cell_width, vmin=0.0, vmax=1.0, color=color,
+            cmap=cmap,
+            cell_width=cell_width,
+            vmin=0.0,
+            vmax=1.0,
+            color=color,
             title="Logit lens: top token per layer (rows) and input position (columns); "
-                  "colour = probability",
+            "colour = probability",
         )
 
 
@@ -85,26 +95,28 @@ def top_entries(values: mx.array, k: int) -> tuple[mx.array, mx.array]:
     return mx.take_along_axis(idx, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)
 
 
-def target_token_id(model: "InterpretableModel", target: Union[int, str]) -> int:
+def target_token_id(model: InterpretableModel, target: int | str) -> int:
     """A token id from an id or from a string that is exactly one token (``" Paris"``)."""
     return model.token_id(target)
 
 
-def _token_text(model: "InterpretableModel") -> Callable[[int], str]:
+def _token_text(model: InterpretableModel) -> Callable[[int], str]:
     """id -> text, each id decoded once (ids as text when the model has no tokenizer)."""
     seen: dict[int, str] = {}
 
     def text(token_id: int) -> str:
         if token_id not in seen:
-            seen[token_id] = (model.token_to_str(token_id) if model.tokenizer is not None
-                              else str(token_id))
+            seen[token_id] = (
+                model.token_to_str(token_id) if model.tokenizer is not None else str(token_id)
+            )
         return seen[token_id]
 
     return text
 
 
-def _residuals(model: "InterpretableModel", inputs: Any, layers: Layers,
-               interventions: Optional[dict] = None) -> tuple[list[int], mx.array, "Trace"]:
+def _residuals(
+    model: InterpretableModel, inputs: Any, layers: Layers, interventions: dict | None = None
+) -> tuple[list[int], mx.array, Trace]:
     """One traced forward capturing only the layer outputs: ``(layers, (n_layers, seq,
     hidden), trace)`` for a single prompt."""
     indices = layer_indices(model, layers)
@@ -122,8 +134,14 @@ def _check_positive(name: str, value: Any) -> None:
         raise InputError(f"{name} must be a positive int; got {value!r}")
 
 
-def _result(model: "InterpretableModel", layers: list[int], logits: mx.array, trace: "Trace",
-            k: int, target: Optional[int] = None) -> LensResult:
+def _result(
+    model: InterpretableModel,
+    layers: list[int],
+    logits: mx.array,
+    trace: Trace,
+    k: int,
+    target: int | None = None,
+) -> LensResult:
     """A ``LensResult`` from float32 logits ``(n_layers, seq, vocab)``."""
     if target is not None and target >= logits.shape[-1]:
         raise InputError(f"token id {target} is outside the vocabulary ({logits.shape[-1]} tokens)")
@@ -145,12 +163,12 @@ def _result(model: "InterpretableModel", layers: list[int], logits: mx.array, tr
 
 
 def lens(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     inputs: Any,
     layers: Layers = None,
     top_k: int = 5,
-    target: Union[None, int, str] = None,
-    interventions: Optional[dict] = None,
+    target: int | str | None = None,
+    interventions: dict | None = None,
 ) -> LensResult:
     """Logit lens of one prompt with probabilities (softmax in float32).
 
@@ -165,11 +183,11 @@ def lens(
 
 
 def logit_lens(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     text: Any,
     top_k: int = 1,
     layers: Layers = None,
-    position: Optional[int] = None,
+    position: int | None = None,
     plot: bool = False,
     max_display_tokens: int = 15,
     figsize: tuple = (16, 10),
@@ -196,13 +214,15 @@ def logit_lens(
             raise InputError(f"position {position!r} is out of range for a prompt of {seq} tokens")
         position = int(position) % seq
     full = position is None or plot
-    logits = unembed(hidden if full else hidden[:, position:position + 1])
-    picked = logits[:, position:position + 1] if full and position is not None else logits
+    logits = unembed(hidden if full else hidden[:, position : position + 1])
+    picked = logits[:, position : position + 1] if full and position is not None else logits
     ids, scores = top_entries(picked, top_k)
     text_of = _token_text(model)
     rows = [
-        [[(i, s, text_of(i)) for i, s in zip(cell_ids, cell_scores)]
-         for cell_ids, cell_scores in zip(row_ids, row_scores)]
+        [
+            [(i, s, text_of(i)) for i, s in zip(cell_ids, cell_scores)]
+            for cell_ids, cell_scores in zip(row_ids, row_scores)
+        ]
         for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
     ]
     results = {layer: row[0] if position is not None else row for layer, row in zip(indices, rows)}

@@ -25,7 +25,7 @@ def resolve_reference(name: str) -> Path | str:
 def load(name: str) -> tuple[Any, Any]:
     """``(module, tokenizer)`` through ``mlx_lm.load``; ``ModelLoadError`` with the reason."""
     if not isinstance(name, str) or not name.strip():
-        raise ModelLoadError("a model name or folder is needed (\"demo\" is the embedded model)")
+        raise ModelLoadError('a model name or folder is needed ("demo" is the embedded model)')
     import mlx_lm
 
     ref = resolve_reference(name)

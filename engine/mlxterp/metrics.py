@@ -12,7 +12,8 @@ into the percentage of the clean-vs-corrupted gap that a patch closes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Union
 
 import mlx.core as mx
 
@@ -78,7 +79,7 @@ def check_metric(name: str) -> None:
         raise InputError(f"unknown metric {name!r}; choose one of: {', '.join(METRICS)}")
 
 
-def answer_ids(model: "InterpretableModel", answer: Optional[Sequence[Answer]]) -> tuple[int, int]:
+def answer_ids(model: InterpretableModel, answer: Sequence[Answer] | None) -> tuple[int, int]:
     """``(clean_id, corrupted_id)`` from a pair of token ids or strings (a string counts by its
     first token, without BOS)."""
     if answer is None or isinstance(answer, str) or len(answer) != 2:
@@ -89,7 +90,7 @@ def answer_ids(model: "InterpretableModel", answer: Optional[Sequence[Answer]]) 
     return tuple(_answer_id(model, a) for a in answer)  # type: ignore[return-value]
 
 
-def _answer_id(model: "InterpretableModel", answer: Answer) -> int:
+def _answer_id(model: InterpretableModel, answer: Answer) -> int:
     return model.token_id(answer, first=True)
 
 
@@ -99,8 +100,7 @@ class Metric:
     Distances measure the way to the clean logits; ``logit_diff`` reads the answer pair.
     """
 
-    def __init__(self, name: str, clean_logits: mx.array,
-                 answer: Optional[tuple[int, int]] = None):
+    def __init__(self, name: str, clean_logits: mx.array, answer: tuple[int, int] | None = None):
         check_metric(name)
         if name == "logit_diff":
             if answer is None:
@@ -123,8 +123,9 @@ class Metric:
         return DISTANCES[self.name](logits, self.clean_logits)
 
 
-def recovery(values: Sequence[float], clean_value: float, corrupted_value: float
-             ) -> tuple[list[float], Optional[str]]:
+def recovery(
+    values: Sequence[float], clean_value: float, corrupted_value: float
+) -> tuple[list[float], str | None]:
     """Percent of the way from the corrupted value to the clean one, per value, and a note.
 
     ``(v - corrupted) / (clean - corrupted) * 100``: for distances (clean value 0) this is
@@ -138,4 +139,3 @@ def recovery(values: Sequence[float], clean_value: float, corrupted_value: float
             "recover: every recovery is reported as 0"
         )
     return [(float(v) - corrupted_value) / gap * 100.0 + 0.0 for v in values], None
-

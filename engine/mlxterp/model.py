@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator, Optional, Union
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,7 +14,8 @@ from . import loading
 from .errors import InputError
 from .hooks import hooked, primary_array
 from .inputs import PreparedInput, TextCodec, prepare
-from .interventions import SiteContext, apply as apply_intervention
+from .interventions import SiteContext
+from .interventions import apply as apply_intervention
 from .names import MODEL_OUTPUT, ModuleIndex
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy, model_output_proxy
 from .tracing import CaptureSpec, Trace
@@ -33,11 +35,11 @@ class InterpretableModel:
 
     def __init__(
         self,
-        model: Union[nn.Module, str],
-        tokenizer: Optional[Any] = None,
-        layer_attr: Optional[str] = None,
+        model: nn.Module | str,
+        tokenizer: Any | None = None,
+        layer_attr: str | None = None,
     ):
-        self.name: Optional[str] = None
+        self.name: str | None = None
         if isinstance(model, str):
             self.name = model
             module, loaded_tokenizer = loading.load(model)
@@ -55,7 +57,7 @@ class InterpretableModel:
         self._index = ModuleIndex(module, layer_attr)
         self._forward_lock = threading.RLock()
         self._local = threading.local()
-        self._unembedder: Optional[Unembedder] = None
+        self._unembedder: Unembedder | None = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -85,10 +87,14 @@ class InterpretableModel:
         """Canonical name for any accepted form of a module name (``KeyError`` otherwise)."""
         return self._index.resolve(name)
 
-    def layer_name(self, index: int, component: Optional[str] = None) -> str:
+    def layer_name(self, index: int, component: str | None = None) -> str:
         """Canonical name of layer ``index`` or of a component in it (``"attn"``, ``"mlp.up_proj"``)."""
         base = self._index.layer_name(index)
-        return base if not component or component == "output" else self._index.resolve(f"{base}.{component}")
+        return (
+            base
+            if not component or component == "output"
+            else self._index.resolve(f"{base}.{component}")
+        )
 
     @property
     def num_layers(self) -> int:
@@ -107,7 +113,7 @@ class InterpretableModel:
         return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
     @property
-    def hidden_size(self) -> Optional[int]:
+    def hidden_size(self) -> int | None:
         cfg = self.config
         for key in ("hidden_size", "n_embd", "d_model", "dim"):
             if isinstance(cfg.get(key), int):
@@ -115,13 +121,13 @@ class InterpretableModel:
         return None
 
     @property
-    def _input_vocab(self) -> Optional[int]:
+    def _input_vocab(self) -> int | None:
         """Rows of the token embedding (valid input ids), when the model has one."""
         vocab = self.config.get("vocab_size")
         return vocab if isinstance(vocab, int) and vocab > 0 else None
 
     @property
-    def max_length(self) -> Optional[int]:
+    def max_length(self) -> int | None:
         """Longest input the model's configuration admits, if it states one."""
         cfg = self.config
         for key in _ARCH_CONTEXT_KEYS:
@@ -139,7 +145,7 @@ class InterpretableModel:
         """Token ids of each text."""
         return [self.encode(t) for t in texts]
 
-    def decode(self, tokens: Union[list[int], mx.array]) -> str:
+    def decode(self, tokens: list[int] | mx.array) -> str:
         """Text of token ids (list or 1-D array); special tokens are kept."""
         self._require_tokenizer()
         if isinstance(tokens, mx.array):
@@ -155,7 +161,7 @@ class InterpretableModel:
         self._require_tokenizer()
         return self.tokenizer.decode([int(token_id)])
 
-    def token_id(self, token: Union[int, str], *, first: bool = False) -> int:
+    def token_id(self, token: int | str, *, first: bool = False) -> int:
         """A token id from an id or a string (``" Paris"``, leading space included).
 
         The string must be exactly one token, unless ``first=True`` takes its first token.
@@ -179,7 +185,7 @@ class InterpretableModel:
         return ids[0]
 
     @property
-    def vocab_size(self) -> Optional[int]:
+    def vocab_size(self) -> int | None:
         """Size of the tokenizer's vocabulary (added tokens included), or None."""
         if self.tokenizer is None:
             return None
@@ -191,7 +197,9 @@ class InterpretableModel:
 
     def _require_tokenizer(self) -> None:
         if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: InterpretableModel(model, tokenizer=...)")
+            raise ValueError(
+                "this model has no tokenizer: InterpretableModel(model, tokenizer=...)"
+            )
 
     # ------------------------------------------------------------------ running
     def _prepare(self, inputs: Any) -> PreparedInput:
@@ -212,7 +220,7 @@ class InterpretableModel:
     def trace(
         self,
         inputs: Any,
-        interventions: Optional[dict[str, Callable]] = None,
+        interventions: dict[str, Callable] | None = None,
         capture: CaptureSpec = None,
     ) -> Trace:
         """A trace of one forward pass; use as ``with model.trace(inputs) as trace:``.
@@ -222,7 +230,7 @@ class InterpretableModel:
         """
         return Trace(self, inputs, interventions, capture)
 
-    def intervened(self, interventions: dict[str, Callable], lengths: Optional[list[int]] = None):
+    def intervened(self, interventions: dict[str, Callable], lengths: list[int] | None = None):
         """Context manager: the interventions stay installed (no capture) for every forward
         in the block, e.g. during generation."""
         sites = []
@@ -263,7 +271,7 @@ class InterpretableModel:
 
     def get_token_predictions(
         self, hidden_state: mx.array, top_k: int = 10, return_scores: bool = False
-    ) -> Union[list, list[list]]:
+    ) -> list | list[list]:
         """Top tokens the model's read-out gives a hidden state.
 
         ``(hidden,)`` → a list of ids (or ``(id, logit)`` pairs with ``return_scores``);
@@ -292,19 +300,39 @@ class InterpretableModel:
 
     # ------------------------------------------------------------------ analysis
     # Thin delegates: each method lives in its own module, documented there.
-    def logit_lens(self, text, top_k: int = 1, layers=None, position=None, plot: bool = False, **kwargs):
+    def logit_lens(
+        self, text, top_k: int = 1, layers=None, position=None, plot: bool = False, **kwargs
+    ):
         """Top predictions of every layer at every position; see ``mlxterp.lens.logit_lens``."""
         from .lens import logit_lens
 
-        return logit_lens(self, text, top_k=top_k, layers=layers, position=position, plot=plot, **kwargs)
+        return logit_lens(
+            self, text, top_k=top_k, layers=layers, position=position, plot=plot, **kwargs
+        )
 
-    def activation_patching(self, clean_text, corrupted_text, component: str = "mlp", layers=None,
-                            metric: str = "l2", plot: bool = False, **kwargs):
+    def activation_patching(
+        self,
+        clean_text,
+        corrupted_text,
+        component: str = "mlp",
+        layers=None,
+        metric: str = "l2",
+        plot: bool = False,
+        **kwargs,
+    ):
         """Recovery % per layer from patching clean into corrupted; see ``mlxterp.patching``."""
         from .patching import activation_patching
 
-        return activation_patching(self, clean_text, corrupted_text, component=component,
-                                   layers=layers, metric=metric, plot=plot, **kwargs)
+        return activation_patching(
+            self,
+            clean_text,
+            corrupted_text,
+            component=component,
+            layers=layers,
+            metric=metric,
+            plot=plot,
+            **kwargs,
+        )
 
     def attribution_patching(self, clean_text, corrupted_text, **kwargs):
         """Gradient estimate of every layer x position patch; see ``mlxterp.attribution``."""
@@ -343,4 +371,4 @@ def _intervention_site(fn: Callable, ctx: SiteContext):
     return site
 
 
-__all__ = ["InterpretableModel", "MODEL_OUTPUT"]
+__all__ = ["MODEL_OUTPUT", "InterpretableModel"]

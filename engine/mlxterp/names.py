@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 import mlx.nn as nn
 

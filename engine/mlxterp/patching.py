@@ -24,8 +24,9 @@ call a layer more than once per forward run every batch from the start).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
@@ -69,8 +70,8 @@ class PatchingResult:
     positions: list[int]
     tokens: list[str]
     values: dict[int, float] = field(default_factory=dict)
-    matrix: Optional[list[list[float]]] = None
-    note: Optional[str] = None
+    matrix: list[list[float]] | None = None
+    note: str | None = None
 
     def to_summary(self) -> dict[str, Any]:
         """Plain values to store and compare (recovery listed in ``layers`` order)."""
@@ -91,42 +92,51 @@ class PatchingResult:
             summary["note"] = self.note
         return summary
 
-    def chart(self, width: int = 80, height: int = 20, cmap: str = "RdBu_r",
-              color: bool = True) -> str:
+    def chart(
+        self, width: int = 80, height: int = 20, cmap: str = "RdBu_r", color: bool = True
+    ) -> str:
         """Recovery per layer as a terminal bar chart, or the layer x position grid when
         the sweep was by position."""
         if self.matrix is not None:
             peak = max((abs(v) for row in self.matrix for v in row), default=0.0) or 1.0
             cell = max(4, min(10, (width - 6) // max(1, len(self.positions))))
             return plotting.heatmap_text(
-                self.matrix, [f"L{layer}" for layer in self.layers], self.tokens,
+                self.matrix,
+                [f"L{layer}" for layer in self.layers],
+                self.tokens,
                 [[f"{v:.0f}%" for v in row] for row in self.matrix],
-                cmap=cmap, cell_width=cell, vmin=-peak, vmax=peak, color=color,
+                cmap=cmap,
+                cell_width=cell,
+                vmin=-peak,
+                vmax=peak,
+                color=color,
                 title=f"Recovery % patching {self.component} (rows: layers, columns: positions)",
             )
         fig = plotting.bar_chart(
-            self.layers, [self.recovery[layer] for layer in self.layers],
+            self.layers,
+            [self.recovery[layer] for layer in self.layers],
             title=f"Recovery % patching {self.component} ({self.metric})",
-            xlabel="layer", ylabel="recovery %",
+            xlabel="layer",
+            ylabel="recovery %",
         )
         return plotting.to_text(fig, width, height, color)
 
 
 def activation_patching(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     clean_text: Any,
     corrupted_text: Any,
-    component: Optional[str] = "mlp",
+    component: str | None = "mlp",
     layers: Layers = None,
     metric: str = "l2",
     plot: bool = False,
-    positions: Union[None, int, Sequence[int]] = None,
-    answer: Optional[Sequence[Union[int, str]]] = None,
+    positions: int | Sequence[int] | None = None,
+    answer: Sequence[int | str] | None = None,
     by_position: bool = False,
     figsize: tuple = (12, 8),
     cmap: str = "RdBu_r",
-    batch_size: Optional[int] = None,
-) -> Union[dict[int, float], PatchingResult]:
+    batch_size: int | None = None,
+) -> dict[int, float] | PatchingResult:
     """Recovery percent per layer from patching the clean ``component`` into the corrupted run.
 
     Returns ``{layer: recovery_percent}``; with ``by_position=True`` the whole
@@ -139,9 +149,18 @@ def activation_patching(
     the module docstring).  ``plot=True`` prints a terminal chart (``figsize[0]`` sets its
     width at about 10 columns per unit; ``cmap`` colours the by-position grid).
     """
-    result = patching_sweep(model, clean_text, corrupted_text, component=component,
-                            layers=layers, metric=metric, positions=positions, answer=answer,
-                            by_position=by_position, batch_size=batch_size)
+    result = patching_sweep(
+        model,
+        clean_text,
+        corrupted_text,
+        component=component,
+        layers=layers,
+        metric=metric,
+        positions=positions,
+        answer=answer,
+        by_position=by_position,
+        batch_size=batch_size,
+    )
     if plot:
         columns = shutil.get_terminal_size((100, 24)).columns
         width = max(40, min(columns, int(figsize[0] * 10)))
@@ -150,16 +169,16 @@ def activation_patching(
 
 
 def patching_sweep(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     clean_text: Any,
     corrupted_text: Any,
-    component: Optional[str] = "mlp",
+    component: str | None = "mlp",
     layers: Layers = None,
     metric: str = "l2",
-    positions: Union[None, int, Sequence[int]] = None,
-    answer: Optional[Sequence[Union[int, str]]] = None,
+    positions: int | Sequence[int] | None = None,
+    answer: Sequence[int | str] | None = None,
     by_position: bool = False,
-    batch_size: Optional[int] = None,
+    batch_size: int | None = None,
 ) -> PatchingResult:
     """The sweep behind :func:`activation_patching`, as a :class:`PatchingResult`.
 
@@ -167,8 +186,9 @@ def patching_sweep(
     """
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
-    setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric,
-                             answer, positions)
+    setup = prepare_patching(
+        model, clean_text, corrupted_text, component, layers, metric, answer, positions
+    )
     indices, sites, cols, score = setup.layers, setup.sites, setup.positions, setup.score
     corrupted_array = setup.corrupted.array
     patches = dict(zip(sites, setup.targets))
@@ -177,9 +197,10 @@ def patching_sweep(
     if by_position:
         rows += [(j, (p,)) for j in range(len(indices)) for p in cols]
     rows = sorted(dict.fromkeys(rows), key=lambda row: indices[row[0]])
-    per_forward = batch_size or max(1, min(DEFAULT_BATCH_TOKENS // corrupted_array.shape[1],
-                                           -(-len(rows) // PREFIX_GROUPS)))
-    chunks = [rows[k:k + per_forward] for k in range(0, len(rows), per_forward)]
+    per_forward = batch_size or max(
+        1, min(DEFAULT_BATCH_TOKENS // corrupted_array.shape[1], -(-len(rows) // PREFIX_GROUPS))
+    )
+    chunks = [rows[k : k + per_forward] for k in range(0, len(rows), per_forward)]
     starts = sorted({indices[chunk[0][0]] for chunk in chunks} - {0})
     residuals = [model.layer_name(s - 1) for s in starts]
 
@@ -194,8 +215,11 @@ def patching_sweep(
     values: dict[tuple[int, tuple[int, ...]], float] = {}
     for chunk in chunks:
         start = indices[chunk[0][0]] if reuse else 0
-        prefix = {model.layer_name(start - 1): corrupted.activations[model.layer_name(start - 1)]
-                  } if start > 0 else {}
+        prefix = (
+            {model.layer_name(start - 1): corrupted.activations[model.layer_name(start - 1)]}
+            if start > 0
+            else {}
+        )
         out = _patched_run(model, corrupted_array, chunk, sites, patches, prefix)
         for row, value in zip(chunk, score(out).tolist()):
             values[row] = value
@@ -204,8 +228,10 @@ def patching_sweep(
     recovered, note = recovery(list(layer_values.values()), clean_value, corrupted_value)
     matrix = None
     if by_position:
-        matrix = [recovery([values[(j, (p,))] for p in cols], clean_value, corrupted_value)[0]
-                  for j in range(len(indices))]
+        matrix = [
+            recovery([values[(j, (p,))] for p in cols], clean_value, corrupted_value)[0]
+            for j in range(len(indices))
+        ]
     return PatchingResult(
         recovery=dict(zip(layer_values, recovered)),
         baseline=clean_value - corrupted_value if metric == "logit_diff" else corrupted_value,
@@ -230,13 +256,13 @@ class PatchingSetup:
 
     layers: list[int]
     sites: list[str]
-    clean: "Trace"
+    clean: Trace
     score: Metric
     corrupted: PreparedInput
     positions: list[int]
     targets: list[mx.array]
 
-    def tokens(self, model: "InterpretableModel") -> list[str]:
+    def tokens(self, model: InterpretableModel) -> list[str]:
         """The text of the corrupted tokens at ``positions`` (ids or indices without one)."""
         ids = self.corrupted.tokens[0] if self.corrupted.tokens else None
         if ids is None:
@@ -246,10 +272,16 @@ class PatchingSetup:
         return [model.token_to_str(ids[p]) for p in self.positions]
 
 
-def prepare_patching(model: "InterpretableModel", clean_text: Any, corrupted_text: Any,
-                     component: Optional[str], layers: Layers, metric: str,
-                     answer: Optional[Sequence[Union[int, str]]],
-                     positions: Union[None, int, Sequence[int]] = None) -> PatchingSetup:
+def prepare_patching(
+    model: InterpretableModel,
+    clean_text: Any,
+    corrupted_text: Any,
+    component: str | None,
+    layers: Layers,
+    metric: str,
+    answer: Sequence[int | str] | None,
+    positions: int | Sequence[int] | None = None,
+) -> PatchingSetup:
     """Check the arguments (before any forward pass), run the clean prompt once capturing the
     component of every layer, and right-align it with the corrupted prompt."""
     if component is not None and not isinstance(component, str):
@@ -261,8 +293,9 @@ def prepare_patching(model: "InterpretableModel", clean_text: Any, corrupted_tex
     clean_input, corrupted = model._prepare(clean_text), model._prepare(corrupted_text)
     for which, prepared in (("clean_text", clean_input), ("corrupted_text", corrupted)):
         if prepared.array.shape[0] != 1:
-            raise InputError(f"{which} must be one prompt, not a batch of "
-                             f"{prepared.array.shape[0]}")
+            raise InputError(
+                f"{which} must be one prompt, not a batch of {prepared.array.shape[0]}"
+            )
     clean_len, corrupted_len = clean_input.array.shape[1], corrupted.array.shape[1]
     cols = _patch_positions(positions, corrupted_len, min(clean_len, corrupted_len))
     with model.trace(clean_input.array, capture=sites) as clean:
@@ -273,25 +306,35 @@ def prepare_patching(model: "InterpretableModel", clean_text: Any, corrupted_tex
             f"vocab); it gave shape {tuple(clean.output.shape)}"
         )
     targets = [_right_aligned(clean.activations[s], clean_len, corrupted_len, s) for s in sites]
-    return PatchingSetup(indices, sites, clean, Metric(metric, clean.output[0, -1], answer_pair),
-                         corrupted, cols, targets)
+    return PatchingSetup(
+        indices,
+        sites,
+        clean,
+        Metric(metric, clean.output[0, -1], answer_pair),
+        corrupted,
+        cols,
+        targets,
+    )
 
 
-def _patched_run(model: "InterpretableModel", corrupted: mx.array, chunk: list,
-                 sites: list[str], patches: dict[str, mx.array],
-                 prefix: dict[str, mx.array]) -> mx.array:
+def _patched_run(
+    model: InterpretableModel,
+    corrupted: mx.array,
+    chunk: list,
+    sites: list[str],
+    patches: dict[str, mx.array],
+    prefix: dict[str, mx.array],
+) -> mx.array:
     """One forward of the corrupted input tiled to one row per patch; final-position logits."""
     batch, seq = len(chunk), corrupted.shape[1]
     masks: dict[str, np.ndarray] = {}
     for r, (j, cols) in enumerate(chunk):
         mask = masks.setdefault(sites[j], np.zeros((batch, seq), dtype=bool))
         mask[r, list(cols)] = True
-    interventions: dict[str, Callable] = {
-        name: _constant(value) for name, value in prefix.items()
-    }
+    interventions: dict[str, Callable] = {name: _constant(value) for name, value in prefix.items()}
     for site, mask in masks.items():
         interventions[site] = _row_patch(patches[site], mx.array(mask))
-    tiled = mx.broadcast_to(corrupted, (batch,) + corrupted.shape[1:])
+    tiled = mx.broadcast_to(corrupted, (batch, *corrupted.shape[1:]))
     with model.trace(tiled, interventions=interventions, capture=[]) as run:
         pass
     return run.output[:, -1]
@@ -299,6 +342,7 @@ def _patched_run(model: "InterpretableModel", corrupted: mx.array, chunk: list,
 
 def _row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
     """Replace ``x`` by ``value`` where ``mask`` (batch, seq) is set: each row its own patch."""
+
     def patch(x: mx.array) -> mx.array:
         where = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
         return mx.where(where, value.astype(x.dtype), x)
@@ -318,20 +362,25 @@ def _right_aligned(act: mx.array, clean_len: int, corrupted_len: int, site: str)
             f"prompt's {clean_len} positions on axis 1"
         )
     if clean_len >= corrupted_len:
-        return act[:, clean_len - corrupted_len:]
-    pad = mx.zeros((1, corrupted_len - clean_len) + act.shape[2:], dtype=act.dtype)
+        return act[:, clean_len - corrupted_len :]
+    pad = mx.zeros((1, corrupted_len - clean_len, *act.shape[2:]), dtype=act.dtype)
     return mx.concatenate([pad, act], axis=1)
 
 
-def _patch_positions(positions: Union[None, int, Sequence[int]], length: int,
-                     shared: int) -> list[int]:
+def _patch_positions(
+    positions: int | Sequence[int] | None, length: int, shared: int
+) -> list[int]:
     """Corrupted-prompt positions to patch: the shared final ``shared`` ones by default."""
     first = length - shared
     if positions is None:
         return list(range(first, length))
     wanted = [positions] if _is_int(positions) else positions
-    if isinstance(wanted, str) or not isinstance(wanted, Sequence) or not wanted or not all(
-            _is_int(p) for p in wanted):
+    if (
+        isinstance(wanted, str)
+        or not isinstance(wanted, Sequence)
+        or not wanted
+        or not all(_is_int(p) for p in wanted)
+    ):
         raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
     out = []
     for p in wanted:

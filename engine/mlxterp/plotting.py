@@ -9,7 +9,8 @@ a fresh figure, which ``to_text`` turns into a string for printing.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import plotext
 from plotext._figure import _figure_class as _Figure
@@ -49,13 +50,13 @@ def heatmap_text(
     values: Sequence[Sequence[float]],
     row_labels: Sequence[str],
     col_labels: Sequence[str],
-    cells: Optional[Sequence[Sequence[str]]] = None,
+    cells: Sequence[Sequence[str]] | None = None,
     *,
     cmap: str = "viridis",
     cell_width: int = 8,
-    vmin: Optional[float] = None,
-    vmax: Optional[float] = None,
-    title: Optional[str] = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
     color: bool = True,
 ) -> str:
     """A grid of rows x columns, each cell coloured by its value and labelled.
@@ -103,9 +104,9 @@ def bar_chart(
     labels: Sequence[Any],
     values: Sequence[float],
     *,
-    title: Optional[str] = None,
-    xlabel: Optional[str] = None,
-    ylabel: Optional[str] = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
     plt: Any = None,
 ) -> Any:
     """Bars of ``values`` over ``labels`` drawn on ``plt`` (cleared first) or a new figure;
@@ -120,11 +121,11 @@ def bar_chart(
 
 def line_chart(
     series: dict[str, Sequence[float]],
-    x: Optional[Sequence[float]] = None,
+    x: Sequence[float] | None = None,
     *,
-    title: Optional[str] = None,
-    xlabel: Optional[str] = None,
-    ylabel: Optional[str] = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
     plt: Any = None,
 ) -> Any:
     """One line per ``{label: values}`` entry over ``x`` (default 0, 1, ...) drawn on ``plt``
@@ -141,7 +142,7 @@ def line_chart(
     return fig
 
 
-def _decorate(fig: Any, title: Optional[str], xlabel: Optional[str], ylabel: Optional[str]) -> None:
+def _decorate(fig: Any, title: str | None, xlabel: str | None, ylabel: str | None) -> None:
     if title:
         fig.title(title)
     if xlabel:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .names import MODEL_OUTPUT
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 class OutputProxy:
     """The output of one module in the current trace; ``.save()`` returns and records it."""
 
-    def __init__(self, model: "InterpretableModel", canonical: str, key: str):
+    def __init__(self, model: InterpretableModel, canonical: str, key: str):
         self._model = model
         self._canonical = canonical
         self._key = key
@@ -41,7 +42,7 @@ class ModuleProxy:
     Attributes that are not child modules come from the module itself.
     """
 
-    def __init__(self, model: "InterpretableModel", canonical: str, display: str):
+    def __init__(self, model: InterpretableModel, canonical: str, display: str):
         object.__setattr__(self, "_model", model)
         object.__setattr__(self, "_canonical", canonical)
         object.__setattr__(self, "_display", display)
@@ -93,7 +94,9 @@ class ModuleProxy:
         raise AttributeError("module proxies are read-only; use interventions to change outputs")
 
     def __dir__(self):
-        return sorted(set(self._model._index.children(self._canonical)) | {"output", "module", "name"})
+        return sorted(
+            set(self._model._index.children(self._canonical)) | {"output", "module", "name"}
+        )
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -105,7 +108,7 @@ class ModuleProxy:
 class ModuleListProxy:
     """A list of modules (``model.layers``): indexable, iterable, sized."""
 
-    def __init__(self, model: "InterpretableModel", path: str, display: str):
+    def __init__(self, model: InterpretableModel, path: str, display: str):
         self._model = model
         self._path = path
         self._display = display
@@ -133,9 +136,9 @@ class ModuleListProxy:
 class LayerListProxy(ModuleListProxy):
     """The model's transformer layers, as detected (or named by ``layer_attr``)."""
 
-    def __init__(self, model: "InterpretableModel"):
+    def __init__(self, model: InterpretableModel):
         super().__init__(model, model._index.layer_path, "layers")
 
 
-def model_output_proxy(model: "InterpretableModel") -> OutputProxy:
+def model_output_proxy(model: InterpretableModel) -> OutputProxy:
     return OutputProxy(model, MODEL_OUTPUT, "output")

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Union
 
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
@@ -28,12 +29,12 @@ Prompts = Union[str, list[str]]
 
 
 def steering_vector(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     positive: Prompts,
     negative: Prompts,
     layer: int,
-    component: Optional[str] = None,
-    position: Union[int, str] = -1,
+    component: str | None = None,
+    position: int | str = -1,
 ) -> mx.array:
     """Mean activation over ``positive`` prompts minus the mean over ``negative`` ones.
 
@@ -60,16 +61,16 @@ def steering_vector(
     else:
         index, _ = _position_index(lengths, position)
         rows = mx.take_along_axis(act, index[:, :, None], axis=1)[:, 0]
-    return rows[: len(pos)].mean(axis=0) - rows[len(pos):].mean(axis=0)
+    return rows[: len(pos)].mean(axis=0) - rows[len(pos) :].mean(axis=0)
 
 
 def generate(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     prompt: Any,
     max_tokens: int = 20,
-    interventions: Optional[dict[str, Callable]] = None,
+    interventions: dict[str, Callable] | None = None,
     temperature: float = 0.0,
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> str:
     """The text the model writes after ``prompt`` (the continuation only).
 
@@ -81,30 +82,37 @@ def generate(
 
 
 def generate_with_ids(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     prompt: Any,
     max_tokens: int = 20,
-    interventions: Optional[dict[str, Callable]] = None,
+    interventions: dict[str, Callable] | None = None,
     temperature: float = 0.0,
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> tuple[str, list[int]]:
     """``(continuation, its token ids)``: :func:`generate`'s text and the ids behind it."""
     model._require_tokenizer()
     prompt_ids = _prompt_ids(model, prompt)
-    new_ids = generate_tokens(model, prompt_ids, max_tokens, interventions, temperature, seed,
-                              stop_ids=_eos_ids(model.tokenizer))
+    new_ids = generate_tokens(
+        model,
+        prompt_ids,
+        max_tokens,
+        interventions,
+        temperature,
+        seed,
+        stop_ids=_eos_ids(model.tokenizer),
+    )
     full, head = model.decode(prompt_ids + new_ids), model.decode(prompt_ids)
-    text = full[len(head):] if full.startswith(head) else model.decode(new_ids)
+    text = full[len(head) :] if full.startswith(head) else model.decode(new_ids)
     return text, new_ids
 
 
 def generate_tokens(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     prompt_ids: list[int],
     max_tokens: int = 20,
-    interventions: Optional[dict[str, Callable]] = None,
+    interventions: dict[str, Callable] | None = None,
     temperature: float = 0.0,
-    seed: Optional[int] = None,
+    seed: int | None = None,
     stop_ids: frozenset[int] = frozenset(),
 ) -> list[int]:
     """The token ids generated after ``prompt_ids`` (see :func:`generate`); a token in
@@ -113,8 +121,11 @@ def generate_tokens(
     sequence at each step."""
     if not _is_int(max_tokens) or max_tokens < 1:
         raise InputError(f"max_tokens must be a positive int; got {max_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or temperature < 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or temperature < 0
+    ):
         raise InputError(f"temperature must be a number >= 0; got {temperature!r}")
     if not prompt_ids:
         raise InputError("the prompt is empty; give at least one token to continue")
@@ -130,14 +141,20 @@ def generate_tokens(
     with model._forward_lock, model.intervened(interventions):
         step = list(tokens)
         while len(new) < max_tokens and (limit is None or len(tokens) < limit):
-            out = module(mx.array([step]), cache=cache) if cache is not None else module(
-                mx.array([tokens]))
+            out = (
+                module(mx.array([step]), cache=cache)
+                if cache is not None
+                else module(mx.array([tokens]))
+            )
             logits = (out[0] if isinstance(out, tuple) else out)[0, -1].astype(mx.float32)
             sub = None
             if key is not None:
                 key, sub = mx.random.split(key)
-            token = (mx.argmax(logits) if temperature == 0
-                     else mx.random.categorical(logits / temperature, key=sub))
+            token = (
+                mx.argmax(logits)
+                if temperature == 0
+                else mx.random.categorical(logits / temperature, key=sub)
+            )
             finite = mx.isfinite(logits).all()
             mx.eval(token, finite)
             if not finite.item():
@@ -152,7 +169,7 @@ def generate_tokens(
 
 
 def steer(
-    model: "InterpretableModel",
+    model: InterpretableModel,
     prompt: Any,
     vector: mx.array,
     layer: int,
@@ -169,8 +186,12 @@ def steer(
         raise InputError(f"coefficient must be a number; got {coefficient!r}")
     name = model.layer_name(layer)
     baseline = generate(model, prompt, max_tokens=max_tokens)
-    steered = generate(model, prompt, max_tokens=max_tokens,
-                       interventions={name: iv.add_vector(vector * coefficient)})
+    steered = generate(
+        model,
+        prompt,
+        max_tokens=max_tokens,
+        interventions={name: iv.add_vector(vector * coefficient)},
+    )
     return baseline, steered
 
 
@@ -182,7 +203,7 @@ def _prompt_list(prompts: Prompts, which: str) -> list[str]:
     raise InputError(f"{which} must be a prompt or a non-empty list of prompts; got {prompts!r}")
 
 
-def _prompt_ids(model: "InterpretableModel", prompt: Any) -> list[int]:
+def _prompt_ids(model: InterpretableModel, prompt: Any) -> list[int]:
     prepared = model._prepare(prompt)
     if prepared.tokens is None or len(prepared.tokens) != 1:
         raise InputError("generate continues one prompt: a string or one sequence of token ids")
@@ -194,8 +215,13 @@ def _eos_ids(tokenizer: Any) -> frozenset[int]:
     ids: set[int] = set()
     for attr in ("eos_token_ids", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
-        values = [value] if _is_int(value) else value if isinstance(value, (list, set, tuple,
-                                                                           frozenset)) else []
+        values = (
+            [value]
+            if _is_int(value)
+            else value
+            if isinstance(value, (list, set, tuple, frozenset))
+            else []
+        )
         ids.update(int(v) for v in values if _is_int(v))
     return frozenset(ids)
 
@@ -210,6 +236,8 @@ def _takes_cache(module: Any) -> bool:
 def _nonfinite_message(interventions: dict[str, Callable], step: int) -> str:
     if interventions:
         named = ", ".join(f"{fn!r} on {name!r}" for name, fn in interventions.items())
-        return (f"generation step {step + 1}: with the interventions {named} the model's output "
-                "contains NaN or inf; check their values (the model itself is unchanged)")
+        return (
+            f"generation step {step + 1}: with the interventions {named} the model's output "
+            "contains NaN or inf; check their values (the model itself is unchanged)"
+        )
     return f"generation step {step + 1}: the model's output contains NaN or inf"

@@ -9,8 +9,8 @@ block.  After the trace, hooked or not, raised or not, the model is exactly as i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Union
 
 import mlx.core as mx
 
@@ -124,9 +124,9 @@ class Trace:
 
     def __init__(
         self,
-        model: "InterpretableModel",
+        model: InterpretableModel,
         inputs: Any,
-        interventions: Optional[dict[str, Callable]] = None,
+        interventions: dict[str, Callable] | None = None,
         capture: CaptureSpec = None,
     ):
         self._model = model
@@ -148,10 +148,10 @@ class Trace:
         self.saved_values: dict[str, Any] = {}
         self._saved_canonical: dict[str, str] = {}
         self.activations: ActivationMap = ActivationMap(index, {})
-        self.output: Optional[mx.array] = None
+        self.output: mx.array | None = None
 
     # ------------------------------------------------------------------ running
-    def __enter__(self) -> "Trace":
+    def __enter__(self) -> Trace:
         self._run()
         self._model._push_trace(self)
         return self
@@ -185,7 +185,7 @@ class Trace:
 
     # ------------------------------------------------------------------ reading
     @property
-    def inputs(self) -> Optional[list[list[int]]]:
+    def inputs(self) -> list[list[int]] | None:
         """Token ids of each row, without padding (None for non-token inputs)."""
         return self._prepared.tokens
 
@@ -195,7 +195,7 @@ class Trace:
         return self._prepared.array
 
     @property
-    def lengths(self) -> Optional[list[int]]:
+    def lengths(self) -> list[int] | None:
         """Real tokens per row (padded batches: position ``lengths[b]-1`` is row b's last)."""
         return self._prepared.lengths
 
@@ -205,14 +205,14 @@ class Trace:
         idx = mx.array([n - 1 for n in lengths])
         return activation[mx.arange(activation.shape[0]), idx]
 
-    def get_activation(self, name: str) -> Optional[mx.array]:
+    def get_activation(self, name: str) -> mx.array | None:
         """The captured output of module ``name`` (any alias); None if it was not captured.
 
         An unknown name raises ``KeyError`` with the closest real names.
         """
         return self.activations.get(name)
 
-    def get(self, name: str) -> Optional[Any]:
+    def get(self, name: str) -> Any | None:
         """A value saved with ``.save()``, by the name it was saved under or any alias.
 
         ``trace.get("layers.3.output")`` after ``model.layers[3].output.save()``.  Returns
@@ -248,7 +248,7 @@ class Trace:
         return f"Trace(output={shape}, {len(self.activations)} activations)"
 
 
-def _nonfinite_message(recorder: _Recorder, model: "InterpretableModel") -> str:
+def _nonfinite_message(recorder: _Recorder, model: InterpretableModel) -> str:
     culprits = [n for n, a in recorder.intervened if not mx.isfinite(a).all().item()]
     if culprits:
         name = culprits[0]
@@ -262,4 +262,3 @@ def _nonfinite_message(recorder: _Recorder, model: "InterpretableModel") -> str:
         f"with the interventions {names} the model's output contains NaN or inf; "
         "the model itself is unchanged"
     )
-

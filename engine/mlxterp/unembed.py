@@ -9,7 +9,7 @@ Gemma-style final-logit soft-capping is read from the model's args.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,7 +25,7 @@ class UnembedError(AttributeError):
     """The model has no read-out this module can recognise."""
 
 
-def _first(index: ModuleIndex, parents: list[str], names: tuple[str, ...]) -> Optional[str]:
+def _first(index: ModuleIndex, parents: list[str], names: tuple[str, ...]) -> str | None:
     for parent in parents:
         for name in names:
             path = f"{parent}.{name}" if parent else name
@@ -38,7 +38,11 @@ class Unembedder:
     """Maps residual-stream vectors ``(..., hidden)`` to float32 logits ``(..., vocab)``."""
 
     def __init__(self, root: nn.Module, index: ModuleIndex):
-        layer_parent = index.layer_path.rsplit(".", 1)[0] if index.layer_path and "." in index.layer_path else ""
+        layer_parent = (
+            index.layer_path.rsplit(".", 1)[0]
+            if index.layer_path and "." in index.layer_path
+            else ""
+        )
         parents = list(dict.fromkeys([layer_parent, ""]))
         self.norm_name = _first(index, parents, NORM_NAMES)
         self.head_name = _first(index, ["", layer_parent], HEAD_NAMES)
@@ -74,7 +78,7 @@ class Unembedder:
         return self.project(self.normalize(hidden))
 
 
-def _softcap(root: nn.Module) -> Optional[float]:
+def _softcap(root: nn.Module) -> float | None:
     for owner in (root, getattr(root, "args", None)):
         value = getattr(owner, "final_logit_softcapping", None) if owner is not None else None
         if isinstance(value, (int, float)) and value > 0:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from mlxterp.errors import InputError
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static
 from textual_plotext import PlotextPlot
+
+from mlxterp.errors import InputError
 
 
 class ChartsPane(Vertical):
@@ -17,9 +18,11 @@ class ChartsPane(Vertical):
             yield Input("0", placeholder="layer", id="attn-layer", restrict=r"[0-9]*")
             yield Input("0", placeholder="head", id="attn-head", restrict=r"[0-9]*")
             yield Button("Attention (f6)", id="attn-run")
-        yield Static("Charts appear after a lens with a target, a patching sweep or an "
-                     "attention run (f6: the prompt's attention for the layer and head above).",
-                     id="chart-caption")
+        yield Static(
+            "Charts appear after a lens with a target, a patching sweep or an "
+            "attention run (f6: the prompt's attention for the layer and head above).",
+            id="chart-caption",
+        )
         yield PlotextPlot(id="chart")
 
     def attention_choice(self) -> tuple[int, int]:

@@ -21,4 +21,5 @@ class HistoryPane(Vertical):
         if steps:
             listing.index = len(steps) - 1
         self.query_one("#history-caption", Static).update(
-            f"{len(steps)} steps — Enter shows a step's result" if steps else "No steps yet.")
+            f"{len(steps)} steps — Enter shows a step's result" if steps else "No steps yet."
+        )

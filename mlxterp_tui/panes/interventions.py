@@ -3,16 +3,18 @@ against the baseline lens."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from mlxterp import interventions as iv
-from mlxterp.errors import InterventionError
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Select, Static
+
+from mlxterp import interventions as iv
+from mlxterp.errors import InterventionError
 
 KINDS = {  # kind -> parameter hint
     "zero_out": "",
@@ -32,12 +34,14 @@ def parse_params(text: str) -> dict[str, Any]:
         try:
             number = float(value)
         except ValueError:
-            raise InterventionError(f"parameter {key.strip()}={value.strip()!r} is not a number") from None
+            raise InterventionError(
+                f"parameter {key.strip()}={value.strip()!r} is not a number"
+            ) from None
         params[key.strip()] = int(number) if number.is_integer() and "." not in value else number
     return params
 
 
-def parse_positions(text: str) -> Optional[list[int]]:
+def parse_positions(text: str) -> list[int] | None:
     """``"-1"`` or ``"0, 2"`` → positions; empty → every position."""
     if not text.strip():
         return None
@@ -61,7 +65,8 @@ def build_intervention(kind: str, params_text: str, positions_text: str) -> iv.I
             fn = getattr(iv, kind)(**params)
         except TypeError:
             raise InterventionError(
-                f"{kind} takes {KINDS[kind]!r}-style parameters; got {sorted(params)}") from None
+                f"{kind} takes {KINDS[kind]!r}-style parameters; got {sorted(params)}"
+            ) from None
     return fn.at(positions) if positions is not None else fn
 
 
@@ -81,7 +86,9 @@ def entry_for(module: str, fn: iv.Intervention) -> Entry:
     """A list row for an intervention already active in the session (e.g. a reopened one)."""
     shown = ", ".join(
         f"{k}=array{tuple(v.shape)}" if hasattr(v, "shape") else f"{k}={v}"
-        for k, v in fn.params.items() if v is not None and k != "steps")
+        for k, v in fn.params.items()
+        if v is not None and k != "steps"
+    )
     positions = ",".join(map(str, fn.positions)) if fn.positions is not None else ""
     return Entry(module, fn.kind, shown, positions, fn)
 
@@ -91,8 +98,9 @@ class InterventionScreen(ModalScreen[Optional[Entry]]):
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="iv_form_cancel")]
 
-    def __init__(self, check: Callable[[str], Optional[str]], module: str = "",
-                 entry: Optional[Entry] = None) -> None:
+    def __init__(
+        self, check: Callable[[str], str | None], module: str = "", entry: Entry | None = None
+    ) -> None:
         super().__init__()
         self._check = check
         self._entry = entry
@@ -103,11 +111,18 @@ class InterventionScreen(ModalScreen[Optional[Entry]]):
         with Vertical(id="iv-box", classes="modal-box"):
             yield Static("Intervention (Enter saves, Esc cancels)", classes="modal-title")
             yield Input(self._module, placeholder="module, e.g. layers.1.mlp", id="iv-module")
-            yield Select([(k, k) for k in KINDS], value=e.kind if e else "scale",
-                         allow_blank=False, id="iv-kind")
+            yield Select(
+                [(k, k) for k in KINDS],
+                value=e.kind if e else "scale",
+                allow_blank=False,
+                id="iv-kind",
+            )
             yield Input(e.params if e else KINDS["scale"], placeholder="parameters", id="iv-params")
-            yield Input(e.positions if e else "", placeholder="positions (empty: all; -1: last)",
-                        id="iv-positions")
+            yield Input(
+                e.positions if e else "",
+                placeholder="positions (empty: all; -1: last)",
+                id="iv-positions",
+            )
             yield Static("", id="iv-error")
             with Horizontal(classes="modal-buttons"):
                 yield Button("Save", id="iv-save", variant="primary")
@@ -144,7 +159,7 @@ class InterventionScreen(ModalScreen[Optional[Entry]]):
             self.dismiss(None)
 
 
-def comparison(baseline: Optional[dict], current: Optional[dict]) -> str:
+def comparison(baseline: dict | None, current: dict | None) -> str:
     """Per layer at the last position: baseline top token vs the one with interventions."""
     if current is None:
         return "Run the lens (Enter in the prompt) to compare against the baseline."
@@ -152,10 +167,16 @@ def comparison(baseline: Optional[dict], current: Optional[dict]) -> str:
         return "No baseline for this prompt yet: run the lens with no active interventions."
     lines = ["layer  baseline (p)          with interventions (p)"]
     for layer, b_s, b_p, c_s, c_p in zip(
-            current["layers"], baseline["top_strs"], baseline["top_probs"],
-            current["top_strs"], current["top_probs"]):
+        current["layers"],
+        baseline["top_strs"],
+        baseline["top_probs"],
+        current["top_strs"],
+        current["top_probs"],
+    ):
         mark = " " if b_s[-1] == c_s[-1] else "*"
-        lines.append(f"L{layer:<4} {b_s[-1]!r:>10} {b_p[-1]:.3f}   {mark} {c_s[-1]!r:>10} {c_p[-1]:.3f}")
+        lines.append(
+            f"L{layer:<4} {b_s[-1]!r:>10} {b_p[-1]:.3f}   {mark} {c_s[-1]!r:>10} {c_p[-1]:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -174,20 +195,24 @@ class InterventionsPane(Vertical):
         yield Static(comparison(None, None), id="iv-compare")
 
     def on_mount(self) -> None:
-        self.query_one("#iv-table", DataTable).add_columns("on", "module", "kind", "params", "positions")
+        self.query_one("#iv-table", DataTable).add_columns(
+            "on", "module", "kind", "params", "positions"
+        )
 
     def show(self, entries: list[Entry]) -> None:
         table = self.query_one("#iv-table", DataTable)
         row = table.cursor_row
         table.clear()
         for e in entries:
-            table.add_row("●" if e.on else "○", e.module, e.kind, e.params or "-", e.positions or "all")
+            table.add_row(
+                "●" if e.on else "○", e.module, e.kind, e.params or "-", e.positions or "all"
+            )
         if entries:
             table.move_cursor(row=min(max(row, 0), len(entries) - 1))
 
-    def selected(self) -> Optional[int]:
+    def selected(self) -> int | None:
         table = self.query_one("#iv-table", DataTable)
         return table.cursor_row if table.row_count else None
 
-    def show_comparison(self, baseline: Optional[dict], current: Optional[dict]) -> None:
+    def show_comparison(self, baseline: dict | None, current: dict | None) -> None:
         self.query_one("#iv-compare", Static).update(comparison(baseline, current))

@@ -3,15 +3,16 @@ the top-k modal of a cell."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from mlxterp.plotting import color_at
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
+
+from mlxterp.plotting import color_at
 
 CELL_WIDTH = 8
 
@@ -56,18 +57,20 @@ class LensPane(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.result: Any = None
-        self.summary: Optional[dict] = None
+        self.summary: dict | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="lens-options"):
             yield Input(placeholder="target token (optional, e.g. ␣Paris)", id="lens-target")
             yield Input(value="5", placeholder="top-k", id="lens-topk", restrict=r"[0-9]*")
-        yield Static("Type a prompt and press Enter (or ctrl+r) to run the lens.", id="lens-caption")
+        yield Static(
+            "Type a prompt and press Enter (or ctrl+r) to run the lens.", id="lens-caption"
+        )
         table = DataTable(id="lens-table", cursor_type="cell", zebra_stripes=False)
         yield table
 
     @property
-    def target(self) -> Optional[str]:
+    def target(self) -> str | None:
         value = self.query_one("#lens-target", Input).value
         return value.replace("␣", " ") if value.strip() else None
 
@@ -85,14 +88,17 @@ class LensPane(Vertical):
         for pos, token in enumerate(tokens):
             table.add_column(shown_token(token), key=f"p{pos}", width=CELL_WIDTH)
         for layer, strs, probs in zip(summary["layers"], summary["top_strs"], summary["top_probs"]):
-            table.add_row(f"L{layer}", *[prob_cell(s, p) for s, p in zip(strs, probs)],
-                          key=f"L{layer}")
-        caption = f"{len(summary['layers'])} layers x {len(tokens)} positions; Enter on a cell: top-k"
+            table.add_row(
+                f"L{layer}", *[prob_cell(s, p) for s, p in zip(strs, probs)], key=f"L{layer}"
+            )
+        caption = (
+            f"{len(summary['layers'])} layers x {len(tokens)} positions; Enter on a cell: top-k"
+        )
         if summary.get("target_probs"):
             caption += f"; target p at last layer {summary['target_probs'][-1]:.3f}"
         self.query_one("#lens-caption", Static).update(caption)
 
-    def cell_topk(self, row: int, column: int) -> Optional[tuple[str, list]]:
+    def cell_topk(self, row: int, column: int) -> tuple[str, list] | None:
         """Title and ``[(token, id, prob)]`` for the table cell at ``(row, column)``."""
         if self.summary is None or column < 1:
             return None
@@ -100,12 +106,20 @@ class LensPane(Vertical):
         token = (self.summary.get("tokens") or [str(pos)] * (pos + 1))[pos]
         title = f"Layer {layer}, position {pos} ({shown_token(token, 20)})"
         if self.result is not None and hasattr(self.result, "top_ids"):
-            cell = zip(self.result.top_strs[row][pos], self.result.top_ids[row][pos],
-                       self.result.top_probs[row][pos])
+            cell = zip(
+                self.result.top_strs[row][pos],
+                self.result.top_ids[row][pos],
+                self.result.top_probs[row][pos],
+            )
             return title, list(cell)
         summary = self.summary
-        return title, [(summary["top_strs"][row][pos], summary["top_ids"][row][pos],
-                        summary["top_probs"][row][pos])]
+        return title, [
+            (
+                summary["top_strs"][row][pos],
+                summary["top_ids"][row][pos],
+                summary["top_probs"][row][pos],
+            )
+        ]
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
         if event.data_table.id != "lens-table":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,8 +13,9 @@ from textual.widgets.tree import TreeNode
 
 def model_summary(model: Any, name: str) -> str:
     """One line: name, layers, hidden size, vocabulary."""
-    return (f"{name}: {model.num_layers} layers, hidden {model.hidden_size}, "
-            f"vocab {model.vocab_size}")
+    return (
+        f"{name}: {model.num_layers} layers, hidden {model.hidden_size}, vocab {model.vocab_size}"
+    )
 
 
 class ModelPane(Vertical):
@@ -68,7 +69,7 @@ class ModelPane(Vertical):
             shape = self._shapes.get(name)
             node.set_label(f"{leaf}  {tuple(shape)}" if shape is not None else leaf)
 
-    def selected_module(self) -> Optional[str]:
+    def selected_module(self) -> str | None:
         """Canonical name of the node under the cursor, if any."""
         node = self.query_one("#module-tree", Tree).cursor_node
         return node.data[0] if node is not None and node.data else None
@@ -78,6 +79,9 @@ class ModelPane(Vertical):
             return
         name, kind = event.node.data
         shape = self._shapes.get(name)
-        shown = f"shape {tuple(shape)}" if shape is not None else "no activation yet (ctrl+t traces)"
+        shown = (
+            f"shape {tuple(shape)}" if shape is not None else "no activation yet (ctrl+t traces)"
+        )
         self.query_one("#module-detail", Static).update(
-            Text(f"{name} ({kind}) — {shown} — i: intervene here"))
+            Text(f"{name} ({kind}) — {shown} — i: intervene here")
+        )

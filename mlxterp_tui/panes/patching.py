@@ -20,10 +20,12 @@ class PatchingPane(Vertical):
             yield Input(placeholder="clean prompt", id="patch-clean")
             yield Input(placeholder="corrupted prompt", id="patch-corrupted")
         with Horizontal(id="patch-options"):
-            yield Select([(c, c) for c in COMPONENTS], value="mlp", allow_blank=False,
-                         id="patch-component")
-            yield Select([(m, m) for m in METRICS], value="l2", allow_blank=False,
-                         id="patch-metric")
+            yield Select(
+                [(c, c) for c in COMPONENTS], value="mlp", allow_blank=False, id="patch-component"
+            )
+            yield Select(
+                [(m, m) for m in METRICS], value="l2", allow_blank=False, id="patch-metric"
+            )
             yield Checkbox("by position", id="patch-by-position")
         with Horizontal(id="patch-run-row"):
             yield Input(placeholder="answers for logit_diff: ␣Paris,␣London", id="patch-answer")
@@ -51,7 +53,9 @@ class PatchingPane(Vertical):
         self.query_one("#patch-caption", Static).update(
             f"{summary['component']} / {summary['metric']}: baseline gap "
             f"{summary['baseline']:.4g} (clean {summary['clean_value']:.4g}, corrupted "
-            f"{summary['corrupted_value']:.4g})" + (f" — {summary['note']}" if summary.get("note") else ""))
+            f"{summary['corrupted_value']:.4g})"
+            + (f" — {summary['note']}" if summary.get("note") else "")
+        )
         table = self.query_one("#patch-table", DataTable)
         table.clear(columns=True)
         table.add_column("layer", width=6)

@@ -37,7 +37,9 @@ class PromptBar(Vertical):
         """Tokenize the current prompt with ``model`` and draw the chips."""
         strip = self.query_one("#token-strip", Static)
         if model is None or model.tokenizer is None or not self.text:
-            strip.update("(no tokens yet)" if model is not None or not self.text else "(loading model…)")
+            strip.update(
+                "(no tokens yet)" if model is not None or not self.text else "(loading model…)"
+            )
             return
         ids = model.encode(self.text)
         strip.update(token_chips([(model.token_to_str(i), i) for i in ids]))

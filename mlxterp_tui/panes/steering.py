@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlxterp.errors import InputError
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static
+
+from mlxterp.errors import InputError
 
 
 class SteeringPane(Vertical):
@@ -25,8 +26,10 @@ class SteeringPane(Vertical):
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments for the session's ``steering`` step."""
-        values = {k: self.query_one(f"#steer-{k}", Input).value
-                  for k in ("positive", "negative", "prompt", "layer", "coefficient")}
+        values = {
+            k: self.query_one(f"#steer-{k}", Input).value
+            for k in ("positive", "negative", "prompt", "layer", "coefficient")
+        }
         missing = [k for k in ("positive", "negative", "prompt") if not values[k].strip()]
         if missing:
             raise InputError(f"steering needs a {', '.join(missing)} prompt")
@@ -34,13 +37,19 @@ class SteeringPane(Vertical):
             layer, coefficient = int(values["layer"]), float(values["coefficient"])
         except ValueError:
             raise InputError("layer must be an integer and coefficient a number") from None
-        return {"positive": values["positive"], "negative": values["negative"],
-                "prompt": values["prompt"], "layer": layer, "coefficient": coefficient}
+        return {
+            "positive": values["positive"],
+            "negative": values["negative"],
+            "prompt": values["prompt"],
+            "layer": layer,
+            "coefficient": coefficient,
+        }
 
     def show(self, summary: dict) -> None:
         self.query_one("#steer-result", Static).update(
             f"[b]baseline[/]: {summary.get('baseline', '')!r}\n"
-            f"[b]steered[/]:  {summary.get('steered', '')!r}")
+            f"[b]steered[/]:  {summary.get('steered', '')!r}"
+        )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "steer-run":

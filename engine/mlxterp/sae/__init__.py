@@ -19,7 +19,19 @@ from .model import SAE
 from .train import resolve_component, stream_activations, train_sae
 
 __all__ = [
-    "KINDS", "SAE", "SAEConfig", "check_against", "evaluate", "feature_intervention",
-    "feature_logit_effects", "load_sae", "resolve_component", "save_sae", "stats",
-    "stream_activations", "top_features_for_text", "top_texts_for_feature", "train_sae",
+    "KINDS",
+    "SAE",
+    "SAEConfig",
+    "check_against",
+    "evaluate",
+    "feature_intervention",
+    "feature_logit_effects",
+    "load_sae",
+    "resolve_component",
+    "save_sae",
+    "stats",
+    "stream_activations",
+    "top_features_for_text",
+    "top_texts_for_feature",
+    "train_sae",
 ]

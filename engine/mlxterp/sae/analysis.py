@@ -3,7 +3,8 @@ writes, and an intervention that changes one feature inside a trace."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 
-def _component(sae: SAE, model: "InterpretableModel") -> str:
+def _component(sae: SAE, model: InterpretableModel) -> str:
     if not sae.component:
         raise InputError("this SAE does not record the component it was trained on")
     return model.resolve(sae.component)
@@ -33,7 +34,7 @@ def _check_k(k: int) -> int:
     return k
 
 
-def top_features_for_text(sae: SAE, model: "InterpretableModel", text: Any, k: int = 10) -> dict:
+def top_features_for_text(sae: SAE, model: InterpretableModel, text: Any, k: int = 10) -> dict:
     """The ``k`` strongest features of one prompt, strongest first: ``{"tokens": [...],
     "per_position": [[(feature, activation), ...] per token], "pooled": [(feature, max
     activation over the tokens), ...]}`` (only features that fire)."""
@@ -43,8 +44,10 @@ def top_features_for_text(sae: SAE, model: "InterpretableModel", text: Any, k: i
         pass
     acts = trace.activations[component]  # (batch, seq, d_model)
     if acts.ndim != 3 or acts.shape[0] != 1:
-        raise InputError(f"top_features_for_text reads one prompt; got activations shaped "
-                         f"{tuple(acts.shape)} (top_texts_for_feature reads many)")
+        raise InputError(
+            f"top_features_for_text reads one prompt; got activations shaped "
+            f"{tuple(acts.shape)} (top_texts_for_feature reads many)"
+        )
     length = trace.lengths[0] if trace.lengths else acts.shape[1]
     feats = sae.encode(acts[0, :length])  # (seq, d_sae)
     order = mx.argsort(-feats, axis=-1)[:, :k]
@@ -54,16 +57,24 @@ def top_features_for_text(sae: SAE, model: "InterpretableModel", text: Any, k: i
     token_text = _token_text(model)
     return {
         "tokens": [token_text(t) for t in (trace.inputs[0] if trace.inputs else [])],
-        "per_position": [[(f, v) for f, v in zip(fs, vs) if v > 0]
-                         for fs, vs in zip(order.tolist(), values.tolist())],
-        "pooled": [(f, v) for f, v in zip(pooled_order.tolist(), pooled[pooled_order].tolist())
-                   if v > 0],
+        "per_position": [
+            [(f, v) for f, v in zip(fs, vs) if v > 0]
+            for fs, vs in zip(order.tolist(), values.tolist())
+        ],
+        "pooled": [
+            (f, v) for f, v in zip(pooled_order.tolist(), pooled[pooled_order].tolist()) if v > 0
+        ],
     }
 
 
-def top_texts_for_feature(sae: SAE, model: "InterpretableModel", texts: Sequence[Any],
-                          feature: int, k: int = 10,
-                          batch_size: int = 8) -> list[tuple[Any, int, str, float]]:
+def top_texts_for_feature(
+    sae: SAE,
+    model: InterpretableModel,
+    texts: Sequence[Any],
+    feature: int,
+    k: int = 10,
+    batch_size: int = 8,
+) -> list[tuple[Any, int, str, float]]:
     """The ``k`` texts where ``feature`` fires most, as ``(text, position, token,
     activation)`` at each text's strongest token, strongest first; ``texts`` (strings or
     token-id lists) run ``batch_size`` at a time."""
@@ -72,7 +83,7 @@ def top_texts_for_feature(sae: SAE, model: "InterpretableModel", texts: Sequence
     token_text = _token_text(model)
     best: list[tuple[Any, int, str, float]] = []
     for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
+        chunk = list(texts[start : start + batch_size])
         with model.trace(chunk, capture=[component]) as trace:
             pass
         acts = trace.activations[component]  # (batch, seq, d_model)
@@ -87,7 +98,7 @@ def top_texts_for_feature(sae: SAE, model: "InterpretableModel", texts: Sequence
     return sorted(best, key=lambda item: -item[3])[:k]
 
 
-def feature_logit_effects(sae: SAE, model: "InterpretableModel", feature: int, k: int = 10) -> dict:
+def feature_logit_effects(sae: SAE, model: InterpretableModel, feature: int, k: int = 10) -> dict:
     """Tokens one unit of the feature promotes and suppresses: its decoder direction (in
     the model's scale) through the unembedding, without the final norm, which would
     rescale a lone direction.  ``{"promoted": [(token, logit), ...], "suppressed": [...]}``."""
@@ -95,11 +106,15 @@ def feature_logit_effects(sae: SAE, model: "InterpretableModel", feature: int, k
     logits = model.unembedder.project(sae.W_dec[feature] / sae.scale)
     order = mx.argsort(-logits)
     token_text = _token_text(model)
-    return {"promoted": [(token_text(t), logits[t].item()) for t in order[:k].tolist()],
-            "suppressed": [(token_text(t), logits[t].item()) for t in order[::-1][:k].tolist()]}
+    return {
+        "promoted": [(token_text(t), logits[t].item()) for t in order[:k].tolist()],
+        "suppressed": [(token_text(t), logits[t].item()) for t in order[::-1][:k].tolist()],
+    }
 
 
-def feature_intervention(sae: SAE, feature: int, scale: float = 0.0) -> Callable[[mx.array], mx.array]:
+def feature_intervention(
+    sae: SAE, feature: int, scale: float = 0.0
+) -> Callable[[mx.array], mx.array]:
     """An intervention for ``sae.component`` that multiplies one feature by ``scale`` (0
     ablates, >1 amplifies): encode, change the feature, decode, add back the SAE's
     reconstruction error — i.e. add the decoded change — so ``scale=1`` changes nothing.
@@ -108,7 +123,7 @@ def feature_intervention(sae: SAE, feature: int, scale: float = 0.0) -> Callable
     direction = sae.W_dec[feature] / sae.scale  # the decoder is linear in each feature
 
     def intervene(x: mx.array) -> mx.array:
-        activation = sae.encode(x)[..., feature:feature + 1]  # (..., 1)
+        activation = sae.encode(x)[..., feature : feature + 1]  # (..., 1)
         return (x.astype(mx.float32) + activation * (scale - 1.0) * direction).astype(x.dtype)
 
     return intervene

@@ -8,8 +8,16 @@ from ..errors import InputError
 
 KINDS = ("relu", "topk", "batchtopk")
 
-_POSITIVE_INTS = ("expansion_factor", "k", "batch_size", "epochs", "text_batch_size",
-                  "buffer_size", "dead_feature_window", "aux_k")
+_POSITIVE_INTS = (
+    "expansion_factor",
+    "k",
+    "batch_size",
+    "epochs",
+    "text_batch_size",
+    "buffer_size",
+    "dead_feature_window",
+    "aux_k",
+)
 
 
 @dataclass
@@ -40,6 +48,11 @@ class SAEConfig:
                 raise InputError(f"SAEConfig.{name} must be a positive int; got {value!r}")
         for name in ("learning_rate", "l1_coefficient", "aux_coefficient"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or (value == 0 and name == "learning_rate"):
-                raise InputError(f"SAEConfig.{name} must be a number, >= 0 (learning_rate > 0); "
-                                 f"got {value!r}")
+            if (
+                not isinstance(value, (int, float))
+                or value < 0
+                or (value == 0 and name == "learning_rate")
+            ):
+                raise InputError(
+                    f"SAEConfig.{name} must be a number, >= 0 (learning_rate > 0); got {value!r}"
+                )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
@@ -25,28 +25,39 @@ FORMAT = 1
 WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
-def save_sae(sae: SAE, folder: Union[str, Path]) -> Path:
+def save_sae(sae: SAE, folder: str | Path) -> Path:
     """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(folder / "sae.safetensors"), {k: getattr(sae, k) for k in WEIGHTS})
     meta = {
-        "format": FORMAT, "model": sae.model_ref, "component": sae.component, "layer": sae.layer,
-        "d_model": sae.d_model, "d_sae": sae.d_sae, "scale": sae.scale,
-        "config": asdict(sae.config), "training_stats": sae.training_stats,
+        "format": FORMAT,
+        "model": sae.model_ref,
+        "component": sae.component,
+        "layer": sae.layer,
+        "d_model": sae.d_model,
+        "d_sae": sae.d_sae,
+        "scale": sae.scale,
+        "config": asdict(sae.config),
+        "training_stats": sae.training_stats,
     }
     (folder / "sae.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
-def load_sae(folder: Union[str, Path], model: Optional["InterpretableModel"] = None) -> SAE:
+def load_sae(folder: str | Path, model: InterpretableModel | None = None) -> SAE:
     """Read an SAE written by :func:`save_sae`; with ``model``, :func:`check_against` it."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "sae.json").read_text(encoding="utf-8"))
         weights = mx.load(str(folder / "sae.safetensors"))
-        sae = SAE(meta["d_model"], SAEConfig(**meta["config"]), meta["component"],
-                  meta["layer"], meta["model"])
+        sae = SAE(
+            meta["d_model"],
+            SAEConfig(**meta["config"]),
+            meta["component"],
+            meta["layer"],
+            meta["model"],
+        )
         sae.scale = float(meta["scale"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise InputError(f"{str(folder)!r} holds no readable SAE: {err!r}") from None
@@ -61,7 +72,7 @@ def load_sae(folder: Union[str, Path], model: Optional["InterpretableModel"] = N
     return sae
 
 
-def component_width(model: "InterpretableModel", component: str) -> int:
+def component_width(model: InterpretableModel, component: str) -> int:
     """Width of ``component``'s output, read from a one-token forward."""
     bos = getattr(model.tokenizer, "bos_token_id", None)
     with model.trace([[bos if isinstance(bos, int) else 0]], capture=[component]) as trace:
@@ -69,7 +80,7 @@ def component_width(model: "InterpretableModel", component: str) -> int:
     return int(trace.activations[component].shape[-1])
 
 
-def check_against(sae: SAE, model: "InterpretableModel") -> None:
+def check_against(sae: SAE, model: InterpretableModel) -> None:
     """Refuse an SAE whose component is missing from ``model`` or has another width."""
     if not sae.component:
         raise InputError("this SAE does not record the component it was trained on")
@@ -78,7 +89,9 @@ def check_against(sae: SAE, model: "InterpretableModel") -> None:
     except ModuleNameError as err:
         raise ModuleNameError(
             f"this SAE was trained on {sae.component!r} of {sae.model_ref!r}, which this model "
-            f"lacks: {err.message}", err.candidates) from None
+            f"lacks: {err.message}",
+            err.candidates,
+        ) from None
     width = component_width(model, canonical)
     if width != sae.d_model:
         raise InputError(

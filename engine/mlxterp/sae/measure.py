@@ -8,7 +8,8 @@ per element), ``explained_variance`` (1 - residual variance / variance) and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -39,7 +40,7 @@ class _Totals:
         active = feats > 0
         self.l0 += mx.sum(active).item()
         self.l1 += mx.sum(mx.abs(feats)).item()
-        self.squared_error += mx.sum(residual ** 2).item()
+        self.squared_error += mx.sum(residual**2).item()
         self.fired = self.fired | mx.any(active, axis=0)
         for key, batch in (("x", x), ("residual", residual)):
             self.moments[key] = self._merge(*self.moments[key], batch)
@@ -50,8 +51,10 @@ class _Totals:
         nb, total = batch.shape[0], self.n + batch.shape[0]
         batch_mean = mx.mean(batch, axis=0)
         delta = batch_mean - mean
-        return (mean + delta * (nb / total),
-                m2 + mx.sum((batch - batch_mean) ** 2, axis=0) + delta ** 2 * (self.n * nb / total))
+        return (
+            mean + delta * (nb / total),
+            m2 + mx.sum((batch - batch_mean) ** 2, axis=0) + delta**2 * (self.n * nb / total),
+        )
 
     def result(self) -> dict[str, float]:
         if self.n == 0:
@@ -74,12 +77,15 @@ def stats(sae: SAE, acts: mx.array) -> dict[str, float]:
     return totals.result()
 
 
-def evaluate(sae: SAE, model: "InterpretableModel", texts: Sequence[Any],
-             progress: bool = False) -> dict[str, float]:
+def evaluate(
+    sae: SAE, model: InterpretableModel, texts: Sequence[Any], progress: bool = False
+) -> dict[str, float]:
     """:func:`stats` over ``texts`` (e.g. held out), streamed: memory does not grow with them."""
     if not sae.component:
         raise InputError("this SAE does not record the component it was trained on")
     totals = _Totals(sae)
-    for acts in stream_activations(model, texts, sae.component, sae.config.text_batch_size, progress):
+    for acts in stream_activations(
+        model, texts, sae.component, sae.config.text_batch_size, progress
+    ):
         totals.add(acts)
     return totals.result()

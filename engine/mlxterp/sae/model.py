@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,9 +23,14 @@ class SAE(nn.Module):
     trained; ``scale`` is the input normalisation; ``training_stats`` what training saw.
     """
 
-    def __init__(self, d_model: int, config: Optional[SAEConfig] = None,
-                 component: Optional[str] = None, layer: Optional[int] = None,
-                 model_ref: str = "custom"):
+    def __init__(
+        self,
+        d_model: int,
+        config: SAEConfig | None = None,
+        component: str | None = None,
+        layer: int | None = None,
+        model_ref: str = "custom",
+    ):
         super().__init__()
         self.config = config if config is not None else SAEConfig()
         self.d_model = int(d_model)
@@ -59,7 +64,7 @@ class SAE(nn.Module):
             flat = acts.reshape(-1)
             threshold = mx.sort(flat)[flat.shape[0] - k * (flat.shape[0] // self.d_sae)]
             return mx.where(acts >= threshold, acts, 0.0)
-        kth = mx.sort(acts, axis=-1)[..., self.d_sae - k: self.d_sae - k + 1]
+        kth = mx.sort(acts, axis=-1)[..., self.d_sae - k : self.d_sae - k + 1]
         return mx.where(acts >= kth, acts, 0.0)
 
     def encode(self, x: mx.array) -> mx.array:
@@ -79,16 +84,18 @@ class SAE(nn.Module):
 
     def normalize_decoder(self) -> None:
         """Rescale every decoder row (feature direction) to unit norm."""
-        self.W_dec = self.W_dec / mx.maximum(mx.linalg.norm(self.W_dec, axis=-1, keepdims=True), 1e-8)
+        self.W_dec = self.W_dec / mx.maximum(
+            mx.linalg.norm(self.W_dec, axis=-1, keepdims=True), 1e-8
+        )
 
-    def save(self, folder: Union[str, Path]) -> Path:
+    def save(self, folder: str | Path) -> Path:
         """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (see :mod:`.io`)."""
         from .io import save_sae
 
         return save_sae(self, folder)
 
     @classmethod
-    def load(cls, folder: Union[str, Path], model: Optional["InterpretableModel"] = None) -> "SAE":
+    def load(cls, folder: str | Path, model: InterpretableModel | None = None) -> SAE:
         """Read a saved SAE; with ``model``, refuse it unless its component fits (see :mod:`.io`)."""
         from .io import load_sae
 

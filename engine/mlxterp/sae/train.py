@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,35 +26,51 @@ if TYPE_CHECKING:
     from ..model import InterpretableModel
 
 
-def resolve_component(model: "InterpretableModel", component: Optional[str] = None,
-                      layer: Optional[int] = None) -> str:
+def resolve_component(
+    model: InterpretableModel, component: str | None = None, layer: int | None = None
+) -> str:
     """Canonical module name: ``component`` is any module name, or with ``layer`` a part of
     that layer (``"mlp"``, ``"attn"``; ``None`` = the layer output)."""
     if layer is not None:
         return model.layer_name(layer, component)
     if component is None:
-        raise InputError("name the activations: component='layers.2.mlp', or layer=2 "
-                         "(with component='mlp' for a part of the layer)")
+        raise InputError(
+            "name the activations: component='layers.2.mlp', or layer=2 "
+            "(with component='mlp' for a part of the layer)"
+        )
     return model.resolve(component)
 
 
-def stream_activations(model: "InterpretableModel", texts: Sequence[Any], component: str,
-                       batch_size: int = 16, progress: bool = True) -> Iterator[mx.array]:
+def stream_activations(
+    model: InterpretableModel,
+    texts: Sequence[Any],
+    component: str,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Iterator[mx.array]:
     """``(n_tokens, d)`` float32 arrays of ``component``'s output on the real tokens of each
     batch of ``texts`` (strings or token-id lists), one batch at a time."""
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
         raise InputError("texts must be a non-empty list of texts (or of token-id lists)")
     component = model.resolve(component)
-    with tqdm(total=len(texts), disable=not progress, file=sys.stderr, unit="text",
-              desc="sae", leave=False) as bar:
+    with tqdm(
+        total=len(texts),
+        disable=not progress,
+        file=sys.stderr,
+        unit="text",
+        desc="sae",
+        leave=False,
+    ) as bar:
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start:start + batch_size])
+            chunk = list(texts[start : start + batch_size])
             with model.trace(chunk, capture=[component]) as trace:
                 pass
             acts = trace.activations[component]
             if acts.ndim != 3:
-                raise InputError(f"{component} outputs shape {tuple(acts.shape)}; an SAE "
-                                 "needs (batch, seq, hidden) activations")
+                raise InputError(
+                    f"{component} outputs shape {tuple(acts.shape)}; an SAE "
+                    "needs (batch, seq, hidden) activations"
+                )
             lengths = trace.lengths or [acts.shape[1]] * acts.shape[0]
             out = mx.concatenate([acts[b, :n] for b, n in enumerate(lengths)]).astype(mx.float32)
             mx.eval(out)
@@ -68,24 +85,30 @@ def _loss(sae: SAE, x: mx.array, dead: mx.array) -> tuple[mx.array, mx.array]:
     pre = sae.pre_activations(x)
     feats = sae.activate(pre, batch_topk=True)
     recon = feats @ sae.W_dec + sae.b_dec
-    loss = mx.mean(mx.sum((recon - target) ** 2, -1)) / mx.mean(mx.sum(target ** 2, -1))
+    loss = mx.mean(mx.sum((recon - target) ** 2, -1)) / mx.mean(mx.sum(target**2, -1))
     if cfg.kind == "relu":
         l1 = mx.sum(feats * mx.linalg.norm(sae.W_dec, axis=-1), -1)
         return loss + cfg.l1_coefficient * mx.mean(l1), feats
     # auxiliary loss: the top aux_k dead features learn to reconstruct what the live ones miss
     k = min(cfg.aux_k, sae.d_sae)
     dead_pre = mx.where(dead, nn.relu(pre), 0.0)
-    kth = mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k: sae.d_sae - k + 1]
+    kth = mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k : sae.d_sae - k + 1]
     aux_feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
     residual = mx.stop_gradient(target - recon)
     aux = mx.mean(mx.sum((aux_feats @ sae.W_dec - residual) ** 2, -1)) / (
-        mx.mean(mx.sum(residual ** 2, -1)) + 1e-8)
+        mx.mean(mx.sum(residual**2, -1)) + 1e-8
+    )
     return loss + cfg.aux_coefficient * mx.where(mx.any(dead), aux, 0.0), feats
 
 
-def train_sae(model: "InterpretableModel", texts: Sequence[Any], component: Optional[str] = None,
-              layer: Optional[int] = None, config: Optional[SAEConfig] = None,
-              progress: bool = True) -> SAE:
+def train_sae(
+    model: InterpretableModel,
+    texts: Sequence[Any],
+    component: str | None = None,
+    layer: int | None = None,
+    config: SAEConfig | None = None,
+    progress: bool = True,
+) -> SAE:
     """Train an SAE on one component's activations over ``texts`` (streamed, see module doc).
 
     ``component`` is any module name (``"layers.2"``, ``"model.model.layers.2.attn"``), or
@@ -93,8 +116,13 @@ def train_sae(model: "InterpretableModel", texts: Sequence[Any], component: Opti
     """
     config = config if config is not None else SAEConfig()
     name = resolve_component(model, component, layer)
-    sae = SAE(component_width(model, name), config, name,
-              model._index.layer_index_of(name), model.name or "custom")
+    sae = SAE(
+        component_width(model, name),
+        config,
+        name,
+        model._index.layer_index_of(name),
+        model.name or "custom",
+    )
     rng = random.Random(config.seed)
     optimizer = optim.Adam(learning_rate=config.learning_rate)
     step = nn.value_and_grad(sae, _loss)
@@ -110,7 +138,7 @@ def train_sae(model: "InterpretableModel", texts: Sequence[Any], component: Opti
         rng.shuffle(order)
         data = data[mx.array(order)]
         for start in range(0, data.shape[0], config.batch_size):
-            x = data[start:start + config.batch_size]
+            x = data[start : start + config.batch_size]
             (loss, feats), grads = step(sae, x, since_fired > config.dead_feature_window)
             optimizer.update(sae, grads)
             sae.normalize_decoder()
@@ -124,7 +152,7 @@ def train_sae(model: "InterpretableModel", texts: Sequence[Any], component: Opti
         for acts in stream_activations(model, texts, name, config.text_batch_size, progress):
             if scale_pending:  # from the first batch: inputs to mean norm sqrt(d_model)
                 norm = mx.mean(mx.linalg.norm(acts, axis=-1)).item()
-                sae.scale = sae.d_model ** 0.5 / max(norm, 1e-12)
+                sae.scale = sae.d_model**0.5 / max(norm, 1e-12)
                 scale_pending = False
             buffer.append(acts)
             held += acts.shape[0]
@@ -133,8 +161,11 @@ def train_sae(model: "InterpretableModel", texts: Sequence[Any], component: Opti
                 buffer, held = [], 0
         if buffer:
             train_on(buffer)
-    sae.set_training_stats({
-        **counts, "final_loss": loss.item(),
-        "dead_fraction": mx.mean(since_fired > config.dead_feature_window).item(),
-    })
+    sae.set_training_stats(
+        {
+            **counts,
+            "final_loss": loss.item(),
+            "dead_fraction": mx.mean(since_fired > config.dead_feature_window).item(),
+        }
+    )
     return sae

@@ -12,6 +12,15 @@ from .steps import KINDS
 from .storage import FORMAT, SessionError
 
 __all__ = [
-    "FORMAT", "KINDS", "ReplayReport", "Session", "SessionError", "SessionManager", "Step",
-    "StepReport", "replay", "replay_main", "summary_text",
+    "FORMAT",
+    "KINDS",
+    "ReplayReport",
+    "Session",
+    "SessionError",
+    "SessionManager",
+    "Step",
+    "StepReport",
+    "replay",
+    "replay_main",
+    "summary_text",
 ]

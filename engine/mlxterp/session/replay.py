@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 from .session import Session, SessionManager, fingerprint, parameter_count
 from .steps import compare, kind
@@ -26,7 +25,7 @@ class StepReport:
 class ReplayReport:
     """Per-step results of a replay; ``ok`` when every step matched."""
 
-    path: Optional[str]
+    path: str | None
     model_ref: str
     steps: list[StepReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -42,12 +41,17 @@ class ReplayReport:
             mark = "ok  " if s.ok else "FAIL"
             lines.append(f"{mark} step {s.index:>2} {s.kind:<22} {s.message}")
         matched = sum(s.ok for s in self.steps)
-        lines.append(f"{matched} of {len(self.steps)} steps match" + ("" if self.ok else " — MISMATCH"))
+        lines.append(
+            f"{matched} of {len(self.steps)} steps match" + ("" if self.ok else " — MISMATCH")
+        )
         return "\n".join(lines)
 
 
-def replay(source: Union[str, Path, Session], manager: Optional[SessionManager] = None,
-           tolerance: float = 1e-3) -> ReplayReport:
+def replay(
+    source: str | Path | Session,
+    manager: SessionManager | None = None,
+    tolerance: float = 1e-3,
+) -> ReplayReport:
     """Re-run every step of ``source`` and compare each with its recorded summary."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise SessionError(f"tolerance must be a number >= 0, got {tolerance!r}")
@@ -58,17 +62,19 @@ def replay(source: Union[str, Path, Session], manager: Optional[SessionManager] 
     current = fingerprint(session.model_ref)
     if session.fingerprint and current and current != session.fingerprint:
         report.warnings.append(
-            "the model's config.json differs from the one the session was recorded with")
+            "the model's config.json differs from the one the session was recorded with"
+        )
     if session.parameters is not None and parameter_count(model) != session.parameters:
         report.warnings.append(
             f"the model has {parameter_count(model)} parameters; the session was recorded "
-            f"on one with {session.parameters}")
+            f"on one with {session.parameters}"
+        )
     active: dict = {}
     for step in session.steps:
         step_kind = kind(step.kind)
         try:
             _, summary = step_kind.execute(model, step_kind.complete(step.params), active)
-        except Exception as err:  # noqa: BLE001 - one step failing is reported, the rest go on
+        except Exception as err:
             known = isinstance(err, (ValueError, KeyError))  # SessionError, mlxterp input errors
             why = str(err) if known else f"{type(err).__name__}: {err}"
             report.steps.append(StepReport(step.index, step.kind, False, f"cannot run: {why}"))
@@ -76,11 +82,13 @@ def replay(source: Union[str, Path, Session], manager: Optional[SessionManager] 
         result = compare(step.summary, summary, tolerance)
         if result.differences:
             first = result.differences[0]
-            message = (f"{len(result.differences)} difference(s); first at {first.path or '(top)'}: "
-                       f"recorded {first.recorded!r}, now {first.replayed!r}")
+            message = (
+                f"{len(result.differences)} difference(s); first at {first.path or '(top)'}: "
+                f"recorded {first.recorded!r}, now {first.replayed!r}"
+            )
         else:
             message = f"matches (max numeric difference {result.max_diff:.2g})"
-        report.steps.append(StepReport(step.index, step.kind, not result.differences, message,
-                                       result.max_diff))
+        report.steps.append(
+            StepReport(step.index, step.kind, not result.differences, message, result.max_diff)
+        )
     return report
-

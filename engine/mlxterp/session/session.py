@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import mlx.core as mx
 
@@ -23,7 +24,7 @@ from .storage import SessionError
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 class SessionManager:
@@ -48,7 +49,7 @@ class SessionManager:
         self._models[ref] = model
 
 
-def fingerprint(ref: str) -> Optional[str]:
+def fingerprint(ref: str) -> str | None:
     """sha256 of the model folder's config.json (None for hub ids not on disk)."""
     where = resolve_reference(ref)
     config = Path(where) / "config.json" if isinstance(where, Path) else None
@@ -76,15 +77,25 @@ class Step:
     def title(self) -> str:
         """A one-line description for lists."""
         p = self.params
-        main = p.get("text") or p.get("prompt") or p.get("clean") or p.get("module") or p.get("action", "")
+        main = (
+            p.get("text")
+            or p.get("prompt")
+            or p.get("clean")
+            or p.get("module")
+            or p.get("action", "")
+        )
         return f"{self.index:>2} {self.kind}: {str(main)[:48]}"
 
 
 class Session:
     """A model reference, an ordered list of steps and the interventions now active."""
 
-    def __init__(self, model_ref: str, path: Union[str, Path, None] = None,
-                 manager: Optional[SessionManager] = None):
+    def __init__(
+        self,
+        model_ref: str,
+        path: str | Path | None = None,
+        manager: SessionManager | None = None,
+    ):
         self.model_ref = model_ref
         self.path = Path(path) if path is not None else None
         self.manager = manager
@@ -92,11 +103,15 @@ class Session:
         self.interventions: dict[str, Callable] = {}
         self.created = _now()
         self.fingerprint = fingerprint(model_ref)
-        self.parameters: Optional[int] = None
+        self.parameters: int | None = None
 
     @classmethod
-    def new(cls, model_ref: str, path: Union[str, Path, None] = None,
-            manager: Optional[SessionManager] = None) -> "Session":
+    def new(
+        cls,
+        model_ref: str,
+        path: str | Path | None = None,
+        manager: SessionManager | None = None,
+    ) -> Session:
         """An empty session on ``model_ref``; autosaves to ``path`` after each step if given."""
         return cls(model_ref, path, manager)
 
@@ -118,7 +133,7 @@ class Session:
             self.save()
         return step
 
-    def _describe(self, fn: Callable, module: Optional[str]) -> dict:
+    def _describe(self, fn: Callable, module: str | None) -> dict:
         try:
             return describe(fn)
         except NotSerializableError as err:
@@ -128,8 +143,9 @@ class Session:
 
     def set_intervention(self, module: str, fn: Callable) -> Step:
         """Make ``fn`` active on ``module`` for the following trace, lens and generate steps."""
-        return self.run(self._manager(), "interventions", action="set", module=module,
-                        intervention=fn)
+        return self.run(
+            self._manager(), "interventions", action="set", module=module, intervention=fn
+        )
 
     def remove_intervention(self, module: str) -> Step:
         return self.run(self._manager(), "interventions", action="remove", module=module)
@@ -149,12 +165,14 @@ class Session:
         steps = []
         for step in self.steps:
             prefix = f"steps.{step.index}"
-            steps.append({
-                "kind": step.kind,
-                "created": step.created,
-                "params": storage.encode_arrays(step.params, f"{prefix}.params", arrays),
-                "summary": storage.encode_arrays(step.summary, f"{prefix}.summary", arrays),
-            })
+            steps.append(
+                {
+                    "kind": step.kind,
+                    "created": step.created,
+                    "params": storage.encode_arrays(step.params, f"{prefix}.params", arrays),
+                    "summary": storage.encode_arrays(step.summary, f"{prefix}.summary", arrays),
+                }
+            )
         model = {"ref": self.model_ref}
         if self.fingerprint:
             model["fingerprint"] = self.fingerprint
@@ -168,7 +186,7 @@ class Session:
         }
         return document, arrays
 
-    def save(self, path: Union[str, Path, None] = None) -> Path:
+    def save(self, path: str | Path | None = None) -> Path:
         """Write the session (atomically) to ``path`` or its own path; returns the path."""
         if path is not None:
             self.path = Path(path)
@@ -179,7 +197,7 @@ class Session:
         return self.path
 
     @classmethod
-    def load(cls, path: Union[str, Path], manager: Optional[SessionManager] = None) -> "Session":
+    def load(cls, path: str | Path, manager: SessionManager | None = None) -> Session:
         """Read and check a session file (data only: nothing in it is executed); the
         interventions its steps left active are active again."""
         document, arrays = storage.read(Path(path))
@@ -189,9 +207,13 @@ class Session:
         session.created = document.get("meta", {}).get("created", session.created)
         for i, raw in enumerate(document.get("steps", [])):
             try:
-                step = Step(i, raw["kind"], storage.decode_arrays(raw.get("params", {}), arrays),
-                            storage.decode_arrays(raw.get("summary", {}), arrays),
-                            raw.get("created", ""))
+                step = Step(
+                    i,
+                    raw["kind"],
+                    storage.decode_arrays(raw.get("params", {}), arrays),
+                    storage.decode_arrays(raw.get("summary", {}), arrays),
+                    raw.get("created", ""),
+                )
                 kind(step.kind).complete(step.params)  # unknown kind, names or types raise
                 if step.kind == "interventions":
                     restore(session.interventions, step.params, step.summary)
@@ -207,6 +229,7 @@ class Session:
 
 def summary_text(step: Step) -> str:
     """The step's summary as indented JSON (arrays shown by shape)."""
+
     def plain(v):
         if isinstance(v, mx.array):
             return f"<array {tuple(v.shape)}>"

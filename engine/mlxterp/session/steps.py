@@ -9,8 +9,9 @@ compared on replay.  Arrays a step produces (a steering vector) go in the summar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -39,8 +40,9 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_texts(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, (list, tuple)) and bool(v)
-                                  and all(isinstance(x, str) for x in v))
+    return isinstance(v, str) or (
+        isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, str) for x in v)
+    )
 
 
 def _text(default=REQUIRED):
@@ -59,17 +61,25 @@ def _index(default=REQUIRED):
     return Param(default, "a layer index (an integer >= 0)", lambda v: _is_int(v) and v >= 0)
 
 
-LAYERS = Param(None, "a list of layer indices",
-               lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v))
-ANSWER = Param(None, "a pair of strings (right answer, wrong answer)",
-               lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-               and all(isinstance(x, str) for x in v))
+LAYERS = Param(
+    None,
+    "a list of layer indices",
+    lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v),
+)
+ANSWER = Param(
+    None,
+    "a pair of strings (right answer, wrong answer)",
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v),
+)
 NUMBER = Param(4.0, "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
 FLAG = Param(False, "true or false", lambda v: isinstance(v, bool))
 TARGET = Param(None, "a token string or id", lambda v: isinstance(v, str) or _is_int(v))
-ACTION = Param(REQUIRED, "one of 'set', 'remove', 'clear'", lambda v: v in ("set", "remove", "clear"))
-INTERVENTION = Param(None, "an intervention (or its description table)",
-                     lambda v: isinstance(v, dict) or callable(v))
+ACTION = Param(
+    REQUIRED, "one of 'set', 'remove', 'clear'", lambda v: v in ("set", "remove", "clear")
+)
+INTERVENTION = Param(
+    None, "an intervention (or its description table)", lambda v: isinstance(v, dict) or callable(v)
+)
 
 
 @dataclass
@@ -88,17 +98,20 @@ class StepKind:
                 f"step {self.name!r} takes no parameter {', '.join(map(repr, unknown))}; "
                 f"it takes: {', '.join(self.params)}"
             )
-        missing = [k for k, d in self.params.items() if d.default is REQUIRED and given.get(k) is None]
+        missing = [
+            k for k, d in self.params.items() if d.default is REQUIRED and given.get(k) is None
+        ]
         if missing:
             raise SessionError(f"step {self.name!r} needs {', '.join(map(repr, missing))}")
         full = {k: given.get(k, d.default) for k, d in self.params.items()}
         for key, value in full.items():
             if value is not None and not self.params[key].accepts(value):
-                raise SessionError(f"step {self.name!r}: {key} must be {self.params[key].expects}, "
-                                   f"got {value!r}")
+                raise SessionError(
+                    f"step {self.name!r}: {key} must be {self.params[key].expects}, got {value!r}"
+                )
         return {k: v for k, v in full.items() if v is not None}
 
-    def execute(self, model: "InterpretableModel", params: dict, active: dict) -> tuple[Any, dict]:
+    def execute(self, model: InterpretableModel, params: dict, active: dict) -> tuple[Any, dict]:
         """``(result, summary)`` of completed ``params``: under the ``active`` interventions
         when the kind uses them; an ``interventions`` step changes ``active`` itself."""
         changes = self.name == "interventions"
@@ -108,8 +121,10 @@ class StepKind:
 def _layer(model, index: int) -> int:
     """``index`` if the model has that layer, else a ``SessionError``."""
     if index >= model.num_layers:
-        raise SessionError(f"layer {index} is out of range: the model has {model.num_layers} "
-                           f"layers (0..{model.num_layers - 1})")
+        raise SessionError(
+            f"layer {index} is out of range: the model has {model.num_layers} "
+            f"layers (0..{model.num_layers - 1})"
+        )
     return index
 
 
@@ -132,8 +147,10 @@ def _run_trace(model, p, active):
     probs = mx.softmax(last, axis=-1)
     ids, top = lens.top_entries(probs, p["top_k"])
     ids_list = ids.tolist()
-    norms = [mx.linalg.norm(trace.last_token(trace.activations[name])[0]).item()
-             for name in model._index.layer_names]
+    norms = [
+        mx.linalg.norm(trace.last_token(trace.activations[name])[0]).item()
+        for name in model._index.layer_names
+    ]
     summary = {
         "top_ids": ids_list,
         "top_tokens": [model.token_to_str(i) for i in ids_list],
@@ -145,8 +162,14 @@ def _run_trace(model, p, active):
 
 
 def _run_lens(model, p, active):
-    result = lens.lens(model, p["text"], layers=p.get("layers"), top_k=p["top_k"],
-                       target=p.get("target"), interventions=active or None)
+    result = lens.lens(
+        model,
+        p["text"],
+        layers=p.get("layers"),
+        top_k=p["top_k"],
+        target=p.get("target"),
+        interventions=active or None,
+    )
     return result, _rounded(result.to_summary())
 
 
@@ -156,31 +179,49 @@ def _answer(p):
 
 def _run_patching(model, p, active):
     result = patching.patching_sweep(
-        model, p["clean"], p["corrupted"], component=p["component"], layers=p.get("layers"),
-        metric=p["metric"], answer=_answer(p), by_position=p["by_position"])
+        model,
+        p["clean"],
+        p["corrupted"],
+        component=p["component"],
+        layers=p.get("layers"),
+        metric=p["metric"],
+        answer=_answer(p),
+        by_position=p["by_position"],
+    )
     return result, _rounded(result.to_summary(), 4)
 
 
 def _run_attribution(model, p, active):
     result = attribution.attribution_patching(
-        model, p["clean"], p["corrupted"], component=p["component"], metric=p["metric"],
-        answer=_answer(p))
+        model,
+        p["clean"],
+        p["corrupted"],
+        component=p["component"],
+        metric=p["metric"],
+        answer=_answer(p),
+    )
     return result, _rounded(result.to_summary(), 5)
 
 
 def _run_steering(model, p, active):
     layer = _layer(model, p["layer"])
     vector = steering.steering_vector(model, p["positive"], p["negative"], layer)
-    baseline, steered = steering.steer(model, p["prompt"], vector, layer,
-                                       coefficient=p["coefficient"], max_tokens=p["max_tokens"])
-    summary = {"baseline": baseline, "steered": steered,
-               "vector_norm": round(mx.linalg.norm(vector).item(), 5), "vector": vector}
+    baseline, steered = steering.steer(
+        model, p["prompt"], vector, layer, coefficient=p["coefficient"], max_tokens=p["max_tokens"]
+    )
+    summary = {
+        "baseline": baseline,
+        "steered": steered,
+        "vector_norm": round(mx.linalg.norm(vector).item(), 5),
+        "vector": vector,
+    }
     return summary, summary
 
 
 def _run_generate(model, p, active):
-    text, ids = steering.generate_with_ids(model, p["prompt"], p["max_tokens"],
-                                           interventions=active or None)
+    text, ids = steering.generate_with_ids(
+        model, p["prompt"], p["max_tokens"], interventions=active or None
+    )
     summary = {"text": text, "token_ids": ids}
     return summary, summary
 
@@ -188,9 +229,11 @@ def _run_generate(model, p, active):
 def _run_attention(model, p, active):
     patterns = attention.attention_patterns(model, p["text"], layers=[_layer(model, p["layer"])])
     weights = next(iter(patterns.values()))[0]  # (heads, q, k)
-    summary = {"layer": p["layer"],
-               "last_query_argmax": mx.argmax(weights[:, -1, :], axis=-1).tolist(),
-               "last_query_max": _rounded(mx.max(weights[:, -1, :], axis=-1).tolist(), 5)}
+    summary = {
+        "layer": p["layer"],
+        "last_query_argmax": mx.argmax(weights[:, -1, :], axis=-1).tolist(),
+        "last_query_max": _rounded(mx.max(weights[:, -1, :], axis=-1).tolist(), 5),
+    }
     return patterns, summary
 
 
@@ -202,7 +245,7 @@ def rebuild(desc: dict) -> Intervention:
         raise SessionError(f"the recorded intervention is not valid: {err}") from None
 
 
-def change(active: dict, action: str, name: Optional[str], intervention: Any) -> None:
+def change(active: dict, action: str, name: str | None, intervention: Any) -> None:
     """Apply one ``interventions`` step to ``active`` (canonical name -> intervention)."""
     if action == "clear":
         active.clear()
@@ -234,30 +277,88 @@ def restore(active: dict, params: dict, summary: dict) -> None:
     change(active, params["action"], name, params.get("intervention"))
 
 
-KINDS: dict[str, StepKind] = {k.name: k for k in [
-    StepKind("trace", {"text": _text(), "top_k": _count(5)}, _run_trace, True,
-             "one forward; the top next tokens at the last position"),
-    StepKind("logit_lens", {"text": _text(), "top_k": _count(3), "layers": LAYERS, "target": TARGET},
-             _run_lens, True, "what every layer predicts at every position"),
-    StepKind("activation_patching",
-             {"clean": _text(), "corrupted": _text(), "component": _text("mlp"),
-              "metric": _text("l2"), "layers": LAYERS, "answer": ANSWER, "by_position": FLAG},
-             _run_patching, False, "recovery per layer from patching clean into corrupted"),
-    StepKind("attribution_patching",
-             {"clean": _text(), "corrupted": _text(), "component": _text("output"),
-              "metric": _text("logit_diff"), "answer": ANSWER},
-             _run_attribution, False, "gradient estimate of every layer x position patch"),
-    StepKind("steering",
-             {"positive": _texts(), "negative": _texts(), "layer": _index(),
-              "prompt": _text(), "coefficient": NUMBER, "max_tokens": _count(20)},
-             _run_steering, False, "a contrast vector added at a layer while generating"),
-    StepKind("generate", {"prompt": _text(), "max_tokens": _count(20)}, _run_generate, True,
-             "greedy continuation under the active interventions"),
-    StepKind("attention", {"text": _text(), "layer": _index()}, _run_attention, False,
-             "attention weights of every head of one layer"),
-    StepKind("interventions", {"action": ACTION, "module": _text(None), "intervention": INTERVENTION},
-             _run_interventions, False, "set, remove or clear an active intervention"),
-]}
+KINDS: dict[str, StepKind] = {
+    k.name: k
+    for k in [
+        StepKind(
+            "trace",
+            {"text": _text(), "top_k": _count(5)},
+            _run_trace,
+            True,
+            "one forward; the top next tokens at the last position",
+        ),
+        StepKind(
+            "logit_lens",
+            {"text": _text(), "top_k": _count(3), "layers": LAYERS, "target": TARGET},
+            _run_lens,
+            True,
+            "what every layer predicts at every position",
+        ),
+        StepKind(
+            "activation_patching",
+            {
+                "clean": _text(),
+                "corrupted": _text(),
+                "component": _text("mlp"),
+                "metric": _text("l2"),
+                "layers": LAYERS,
+                "answer": ANSWER,
+                "by_position": FLAG,
+            },
+            _run_patching,
+            False,
+            "recovery per layer from patching clean into corrupted",
+        ),
+        StepKind(
+            "attribution_patching",
+            {
+                "clean": _text(),
+                "corrupted": _text(),
+                "component": _text("output"),
+                "metric": _text("logit_diff"),
+                "answer": ANSWER,
+            },
+            _run_attribution,
+            False,
+            "gradient estimate of every layer x position patch",
+        ),
+        StepKind(
+            "steering",
+            {
+                "positive": _texts(),
+                "negative": _texts(),
+                "layer": _index(),
+                "prompt": _text(),
+                "coefficient": NUMBER,
+                "max_tokens": _count(20),
+            },
+            _run_steering,
+            False,
+            "a contrast vector added at a layer while generating",
+        ),
+        StepKind(
+            "generate",
+            {"prompt": _text(), "max_tokens": _count(20)},
+            _run_generate,
+            True,
+            "greedy continuation under the active interventions",
+        ),
+        StepKind(
+            "attention",
+            {"text": _text(), "layer": _index()},
+            _run_attention,
+            False,
+            "attention weights of every head of one layer",
+        ),
+        StepKind(
+            "interventions",
+            {"action": ACTION, "module": _text(None), "intervention": INTERVENTION},
+            _run_interventions,
+            False,
+            "set, remove or clear an active intervention",
+        ),
+    ]
+}
 
 
 def kind(name: str) -> StepKind:
@@ -283,8 +384,9 @@ def _widen(out: Comparison, diff: float) -> None:
     out.max_diff = max(out.max_diff, diff) if diff == diff else float("inf")  # NaN: inf
 
 
-def compare(recorded: Any, replayed: Any, tolerance: float, path: str = "",
-            out: Optional[Comparison] = None) -> Comparison:
+def compare(
+    recorded: Any, replayed: Any, tolerance: float, path: str = "", out: Comparison | None = None
+) -> Comparison:
     """Numbers within ``tolerance`` (absolute, or relative to the larger magnitude);
     everything else exactly; arrays elementwise."""
     out = out or Comparison()
@@ -317,14 +419,17 @@ def compare(recorded: Any, replayed: Any, tolerance: float, path: str = "",
     if isinstance(recorded, dict) and isinstance(replayed, dict):
         for key in sorted(set(recorded) | set(replayed)):
             if key not in recorded or key not in replayed:
-                out.differences.append(Difference(f"{path}.{key}".lstrip("."),
-                                                  recorded.get(key), replayed.get(key)))
+                out.differences.append(
+                    Difference(f"{path}.{key}".lstrip("."), recorded.get(key), replayed.get(key))
+                )
             else:
                 compare(recorded[key], replayed[key], tolerance, f"{path}.{key}".lstrip("."), out)
         return out
     if isinstance(recorded, (list, tuple)) and isinstance(replayed, (list, tuple)):
         if len(recorded) != len(replayed):
-            out.differences.append(Difference(path, f"{len(recorded)} items", f"{len(replayed)} items"))
+            out.differences.append(
+                Difference(path, f"{len(recorded)} items", f"{len(replayed)} items")
+            )
             return out
         for i, (a, b) in enumerate(zip(recorded, replayed)):
             compare(a, b, tolerance, f"{path}[{i}]", out)

@@ -15,8 +15,9 @@ import os
 import re
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -39,8 +40,9 @@ def encode_arrays(value: Any, prefix: str, arrays: dict[str, mx.array]) -> Any:
         arrays[prefix] = value
         return {"array": prefix}
     if isinstance(value, dict):
-        return {k: encode_arrays(v, f"{prefix}.{k}", arrays) for k, v in value.items()
-                if v is not None}
+        return {
+            k: encode_arrays(v, f"{prefix}.{k}", arrays) for k, v in value.items() if v is not None
+        }
     if isinstance(value, (list, tuple)):
         return [encode_arrays(v, f"{prefix}.{i}", arrays) for i, v in enumerate(value)]
     if isinstance(value, (np.floating, np.integer)):
@@ -130,8 +132,9 @@ def _check_types(where: str, table: dict, types: dict[str, tuple[type, str]]) ->
     """Each present key of ``table`` must have its type (bool is not an int here)."""
     for key, (kind, expects) in types.items():
         value = table.get(key)
-        if value is not None and (not isinstance(value, kind)
-                                  or (kind is int and isinstance(value, bool))):
+        if value is not None and (
+            not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        ):
             raise SessionError(f"{where}: {key} must be {expects}, got {value!r}")
 
 
@@ -143,28 +146,41 @@ def _check_document(name: str, document: dict[str, Any]) -> None:
         )
     model = document.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("ref"), str):
-        raise SessionError(f"{name} names no model: a [model] table with ref = \"...\" is needed")
-    _check_types(f"{name} [model]", model,
-                 {"fingerprint": (str, "a string"), "parameters": (int, "an integer")})
+        raise SessionError(f'{name} names no model: a [model] table with ref = "..." is needed')
+    _check_types(
+        f"{name} [model]",
+        model,
+        {"fingerprint": (str, "a string"), "parameters": (int, "an integer")},
+    )
     meta = document.get("meta", {})
     if not isinstance(meta, dict):
         raise SessionError(f"{name}: 'meta' must be a table ([meta])")
-    _check_types(f"{name} [meta]", meta, {k: (str, "a string")
-                                          for k in ("created", "updated", "mlxterp")})
+    _check_types(
+        f"{name} [meta]", meta, {k: (str, "a string") for k in ("created", "updated", "mlxterp")}
+    )
     steps = document.get("steps", [])
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise SessionError(f"{name}: 'steps' must be an array of tables ([[steps]])")
     for i, step in enumerate(steps):
         where = f"{name}, step {i}"
         if not isinstance(step.get("kind"), str):
-            raise SessionError(f"{where}: the step has no kind (kind = \"trace\", ...)")
-        _check_types(where, step, {"created": (str, "a string"), "params": (dict, "a table"),
-                                   "summary": (dict, "a table")})
+            raise SessionError(f'{where}: the step has no kind (kind = "trace", ...)')
+        _check_types(
+            where,
+            step,
+            {
+                "created": (str, "a string"),
+                "params": (dict, "a table"),
+                "summary": (dict, "a table"),
+            },
+        )
 
 
 def _load_sidecar(path: Path, sidecar: Any) -> dict[str, mx.array]:
     if not isinstance(sidecar, str) or "/" in sidecar or "\\" in sidecar or sidecar.startswith("."):
-        raise SessionError(f"{path.name}: the sidecar must be a file name beside it, got {sidecar!r}")
+        raise SessionError(
+            f"{path.name}: the sidecar must be a file name beside it, got {sidecar!r}"
+        )
     side = path.parent / sidecar
     if not side.is_file():
         raise SessionError(f"{path.name} refers to the sidecar {sidecar!r}, which is missing")
