@@ -8,10 +8,7 @@ from . import _blas
 
 _blas.preload()  # before mlx.core is first imported (see _blas)
 
-from . import (
-    interventions,
-    sae,
-)
+from . import interventions, sae  # noqa: E402
 from .activations import (  # noqa: E402
     ActivationCache,
     batch_get_activations,
@@ -22,9 +19,13 @@ from .attribution import attribution_patching  # noqa: E402
 from .errors import (  # noqa: E402
     InputError,
     InterventionError,
+    MlxterpError,
     ModelLoadError,
     ModuleNameError,
     NotSerializableError,
+    SessionError,
+    UnembedError,
+    UnsupportedAttentionError,
 )
 from .lens import logit_lens  # noqa: E402
 from .model import InterpretableModel  # noqa: E402
@@ -50,12 +51,16 @@ __all__ = [
     "InterpretableModel",
     "InterventionError",
     "LayerListProxy",
+    "MlxterpError",
     "ModelLoadError",
     "ModuleNameError",
     "ModuleProxy",
     "NotSerializableError",
     "OutputProxy",
+    "SessionError",
     "Trace",
+    "UnembedError",
+    "UnsupportedAttentionError",
     "activation_patching",
     "attribution_patching",
     "batch_get_activations",

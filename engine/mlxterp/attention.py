@@ -23,17 +23,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .activations import Layers, layer_indices
-from .errors import ModuleNameError
+from .errors import ModuleNameError, UnsupportedAttentionError
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
 SDPA_NAME = "scaled_dot_product_attention"
 _PATCH_LOCK = threading.Lock()  # one patched forward at a time, so restores never interleave
-
-
-class UnsupportedAttentionError(ValueError):
-    """The model computes attention in a way whose weights cannot be read."""
 
 
 def explicit_attention(

@@ -1,9 +1,19 @@
-"""Exceptions raised by mlxterp, each saying what went wrong and the way out."""
+"""Exceptions raised by mlxterp, each saying what went wrong and the way out.
+
+Every exception the library raises on purpose derives from ``MlxterpError`` and also from
+the builtin a caller would expect there (``KeyError`` for names, ``ValueError`` for bad
+values), so ``except MlxterpError`` catches everything mlxterp means to say and
+``except ValueError`` keeps working.
+"""
 
 from __future__ import annotations
 
 
-class ModuleNameError(KeyError):
+class MlxterpError(Exception):
+    """Base of every error mlxterp raises on purpose."""
+
+
+class ModuleNameError(MlxterpError, KeyError):
     """A module name that does not exist (with the closest real names) or is ambiguous."""
 
     def __init__(self, message: str, candidates: list[str] | None = None):
@@ -15,17 +25,29 @@ class ModuleNameError(KeyError):
         return self.message
 
 
-class InterventionError(ValueError):
+class InterventionError(MlxterpError, ValueError):
     """An intervention that cannot be applied: wrong shape, non-finite result, bad parameter."""
 
 
-class InputError(ValueError):
+class InputError(MlxterpError, ValueError):
     """Inputs a trace cannot run on: empty or over-long prompts, text without a tokenizer."""
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(MlxterpError, ValueError):
     """A model that cannot be found or loaded."""
 
 
-class NotSerializableError(ValueError):
+class NotSerializableError(MlxterpError, ValueError):
     """Something (usually a custom callable) that cannot be written into a session file."""
+
+
+class UnembedError(MlxterpError, AttributeError):
+    """The model has no read-out mlxterp can recognise."""
+
+
+class UnsupportedAttentionError(MlxterpError, ValueError):
+    """The model computes attention in a way whose weights cannot be read."""
+
+
+class SessionError(MlxterpError, ValueError):
+    """A session that cannot be read, saved, run or replayed, with the reason."""

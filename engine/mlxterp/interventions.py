@@ -352,9 +352,7 @@ def clamp(
     return Intervention("clamp", {"min_val": min_val, "max_val": max_val}, positions)
 
 
-def noise(
-    std: float = 0.1, seed: int | None = None, positions: Positions = None
-) -> Intervention:
+def noise(std: float = 0.1, seed: int | None = None, positions: Positions = None) -> Intervention:
     """Add Gaussian noise of standard deviation ``std`` (``seed`` makes it reproducible)."""
     return Intervention("noise", {"std": std, "seed": seed}, positions)
 

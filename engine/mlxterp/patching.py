@@ -367,9 +367,7 @@ def _right_aligned(act: mx.array, clean_len: int, corrupted_len: int, site: str)
     return mx.concatenate([pad, act], axis=1)
 
 
-def _patch_positions(
-    positions: int | Sequence[int] | None, length: int, shared: int
-) -> list[int]:
+def _patch_positions(positions: int | Sequence[int] | None, length: int, shared: int) -> list[int]:
     """Corrupted-prompt positions to patch: the shared final ``shared`` ones by default."""
     first = length - shared
     if positions is None:

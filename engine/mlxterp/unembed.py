@@ -14,15 +14,12 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from .errors import UnembedError
 from .names import ModuleIndex
 
 NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm")
 HEAD_NAMES = ("lm_head", "embed_out", "output", "head", "output_layer")
 EMBED_NAMES = ("embed_tokens", "wte", "embed_in", "tok_embeddings", "word_embeddings", "embedding")
-
-
-class UnembedError(AttributeError):
-    """The model has no read-out this module can recognise."""
 
 
 def _first(index: ModuleIndex, parents: list[str], names: tuple[str, ...]) -> str | None:

@@ -23,14 +23,12 @@ import mlx.core as mx
 import numpy as np
 import tomli_w
 
+from ..errors import SessionError
+
 FORMAT = 1
 
 _UMASK = os.umask(0)  # read once, at import (setting it is process-wide)
 os.umask(_UMASK)
-
-
-class SessionError(ValueError):
-    """A session that cannot be read, saved, run or replayed, with the reason."""
 
 
 def encode_arrays(value: Any, prefix: str, arrays: dict[str, mx.array]) -> Any:
