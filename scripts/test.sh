@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install (first time) and run the whole test suite; arguments go to pytest.
+# Install (first time), run the quality gates, then the whole test suite; arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/bootstrap.sh"
+"$ROOT/scripts/check.sh"
 cd "$ROOT"
 exec .venv/bin/python -m pytest "$@"
