@@ -107,13 +107,13 @@ def test_component_outputs_keep_layer_keys(model, component):
 
 def test_only_the_requested_modules_are_captured(model, monkeypatch):
     seen = []
-    trace = model.trace
+    run = model.run
 
-    def spying_trace(inputs, interventions=None, capture=None):
+    def spying_run(inputs, *, interventions=None, capture=None):
         seen.append(capture)
-        return trace(inputs, interventions, capture)
+        return run(inputs, interventions=interventions, capture=capture)
 
-    monkeypatch.setattr(model, "trace", spying_trace)
+    monkeypatch.setattr(model, "run", spying_run)
     get_activations(model, PROMPTS, layers=[1, -1], component="mlp")
     assert seen == [["model.layers.1.mlp", "model.layers.3.mlp"]]
 

@@ -122,11 +122,11 @@ def test_everything_is_restored_even_when_the_forward_fails(tiny_llama, monkeypa
 
     bare = tiny_llama.model(TOKENS)
 
-    def failing_forward(array):
+    def failing_forward(prepared):
         assert llama.scaled_dot_product_attention is not base.scaled_dot_product_attention
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(tiny_llama, "_forward", failing_forward)
+    monkeypatch.setattr(tiny_llama, "forward", failing_forward)
     with pytest.raises(RuntimeError, match="boom"):
         attention_patterns(tiny_llama, TOKENS)
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from conftest import build_tiny_llama
 
 from mlxterp import InputError, InterpretableModel, plotting
 from mlxterp import interventions as iv
-from mlxterp.lens import LensResult, lens, logit_lens, target_token_id
+from mlxterp.lens import LensResult, lens, logit_lens
 from mlxterp.loading import DEMO_DIR
 from mlxterp.unembed import Unembedder
 
@@ -181,23 +181,23 @@ def test_logit_lens_structure_and_scores(word_model):
 
 def test_logit_lens_is_one_forward_and_one_projection(tiny_llama, monkeypatch):
     calls = {"forward": 0, "unembed": 0, "capture": None}
-    forward, unembed_call, trace = tiny_llama._forward, Unembedder.__call__, tiny_llama.trace
+    forward, unembed_call, run = tiny_llama.forward, Unembedder.__call__, tiny_llama.run
 
-    def counting_forward(array):
+    def counting_forward(prepared):
         calls["forward"] += 1
-        return forward(array)
+        return forward(prepared)
 
     def counting_unembed(self, hidden):
         calls["unembed"] += 1
         return unembed_call(self, hidden)
 
-    def spying_trace(inputs, interventions=None, capture=None):
+    def spying_run(inputs, *, interventions=None, capture=None):
         calls["capture"] = capture
-        return trace(inputs, interventions, capture)
+        return run(inputs, interventions=interventions, capture=capture)
 
-    monkeypatch.setattr(tiny_llama, "_forward", counting_forward)
+    monkeypatch.setattr(tiny_llama, "forward", counting_forward)
     monkeypatch.setattr(Unembedder, "__call__", counting_unembed)
-    monkeypatch.setattr(tiny_llama, "trace", spying_trace)
+    monkeypatch.setattr(tiny_llama, "run", spying_run)
     logit_lens(tiny_llama, TOKENS, top_k=2)
     assert calls["forward"] == 1 and calls["unembed"] == 1
     assert calls["capture"] == [tiny_llama.layer_name(i) for i in range(3)]
@@ -329,7 +329,7 @@ def test_lens_target_checks(word_model, tiny_llama):
     with pytest.raises(InputError, match="outside the vocabulary"):
         lens(word_model, "hello", target=500)
     with pytest.raises(InputError, match="non-negative"):
-        target_token_id(word_model, -1)
+        lens(word_model, "hello", target=-1)
     with pytest.raises(ValueError, match="no tokenizer"):
         lens(tiny_llama, TOKENS, target="paris")
     assert lens(tiny_llama, TOKENS, target=3).tokens == ["1", "5", "9", "13", "17", "21", "25"]

@@ -59,11 +59,12 @@ def test_layer_detection_and_layer_attr():
             return x
 
     auto = InterpretableModel(Nested())
-    assert auto._index.layer_path == "transformer.blocks" and len(auto.layers) == 3
+    assert auto.module_index.layer_path == "transformer.blocks" and len(auto.layers) == 3
     explicit = InterpretableModel(Nested(), layer_attr="transformer.blocks")
     assert explicit.layers[1].name == "transformer.blocks.1"
     assert (
-        InterpretableModel(Nested(), layer_attr="blocks")._index.layer_path == "transformer.blocks"
+        InterpretableModel(Nested(), layer_attr="blocks").module_index.layer_path
+        == "transformer.blocks"
     )
     with pytest.raises(AttributeError, match=r"transformer\.blocks"):
         InterpretableModel(Nested(), layer_attr="transformer")

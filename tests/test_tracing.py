@@ -146,7 +146,7 @@ def test_nan_producing_intervention_is_reported_and_model_unharmed(tiny_llama):
     bare = tiny_llama.model(TOKENS)
     with (
         pytest.raises(InterventionError, match="NaN or inf") as info,
-        tiny_llama.trace(TOKENS, interventions={"layers.1": iv.scale(float("inf"))}),
+        tiny_llama.trace(TOKENS, interventions={"layers.1": lambda x: x * float("inf")}),
     ):
         pass
     assert "model.layers.1" in str(info.value)

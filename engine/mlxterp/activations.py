@@ -13,25 +13,28 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from .errors import InputError
+from .errors import InputError, NotCapturedError
 from .names import MODEL_OUTPUT, ModuleIndex
 from .tracing import ActivationMap
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
-Layers = Union[None, int, Sequence[int]]
-Positions = Union[int, Sequence[int]]
+Layers = int | Sequence[int] | None
+"""Layer indices: one, several, or None for every layer (negative ones count from the end)."""
+Positions = int | Sequence[int]
+"""Token positions: one or several (negative ones count back from each row's last token)."""
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -45,13 +48,12 @@ def layer_indices(model: InterpretableModel, layers: Layers = None) -> list[int]
         raise InputError("this model has no detected layer list; pass layer_attr= to name it")
     if layers is None:
         return list(range(n))
-    if _is_int(layers):
-        layers = [layers]
-    if isinstance(layers, str) or not isinstance(layers, Sequence):
+    wanted: object = [layers] if is_int(layers) else layers  # checked: users pass anything
+    if isinstance(wanted, str) or not isinstance(wanted, Sequence):
         raise InputError(f"layers must be layer indices (ints); got {layers!r}")
     out: list[int] = []
-    for layer in layers:
-        if not _is_int(layer):
+    for layer in wanted:
+        if not is_int(layer):
             raise InputError(f"layers must be layer indices (ints); got {layer!r}")
         if not -n <= layer < n:
             raise InputError(
@@ -63,12 +65,14 @@ def layer_indices(model: InterpretableModel, layers: Layers = None) -> list[int]
     return list(dict.fromkeys(out))
 
 
-def _position_index(lengths: list[int], positions: Positions) -> tuple[mx.array, bool]:
+def position_index(lengths: list[int], positions: Positions) -> tuple[mx.array, bool]:
     """``(batch, n_positions)`` indices into the sequence axis, and whether one position was
     asked for.  Negative positions count back from each row's last real token."""
-    single = _is_int(positions)
-    wanted = [positions] if single else list(positions) if isinstance(positions, Sequence) else None
-    if not wanted or not all(_is_int(p) for p in wanted):
+    single = is_int(positions)
+    given: object = [positions] if single else positions  # checked: users pass anything
+    given = list(given) if isinstance(given, Sequence) else []
+    wanted = [p for p in given if is_int(p)]
+    if not wanted or len(wanted) != len(given):
         raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
     rows = []
     for b, n in enumerate(lengths):
@@ -98,11 +102,10 @@ def get_activations(
     """
     indices = layer_indices(model, layers)
     names = [model.layer_name(i, component) for i in indices]
-    with model.trace(prompts, capture=names) as trace:
-        pass
+    trace = model.run(prompts, capture=names)
     out: dict[str, mx.array] = {}
-    index = None
-    for i, name in zip(indices, names):
+    index, single = None, False
+    for i, name in zip(indices, names, strict=True):
         act = trace.activations[name]
         if act.ndim != 3:
             raise InputError(
@@ -110,7 +113,7 @@ def get_activations(
             )
         if index is None:
             lengths = trace.lengths or [act.shape[1]] * act.shape[0]
-            index, single = _position_index(lengths, positions)
+            index, single = position_index(lengths, positions)
         picked = mx.take_along_axis(act, index[:, :, None], axis=1)
         out[f"layer_{i}"] = picked[:, 0] if single else picked
     return out
@@ -135,7 +138,7 @@ def batch_get_activations(
         prompts = [prompts]
     if not isinstance(prompts, Sequence) or not prompts:
         raise InputError("prompts must be a non-empty list of prompts")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
     parts: dict[str, list[mx.array]] = {}
     with tqdm(
@@ -151,11 +154,12 @@ def batch_get_activations(
     return {key: mx.concatenate(values, axis=0) for key, values in parts.items()}
 
 
-class ActivationCache(ActivationMap):
+class ActivationCache:
     """Module outputs of one run, keyed by canonical name; every alias finds them.
 
     ``cache["layers.3"]``, ``cache.get("model.model.layers.3")``, ``"layers.3" in cache``;
-    ``keys()`` lists the canonical names; ``metadata`` describes the run.
+    ``keys()`` lists the canonical names; ``activations`` is ``{canonical_name: array}``;
+    ``metadata`` describes the run.
     """
 
     def __init__(
@@ -164,33 +168,39 @@ class ActivationCache(ActivationMap):
         activations: dict[str, mx.array],
         metadata: dict[str, Any] | None = None,
     ):
-        super().__init__(index, activations)
+        self._index = index
+        self.activations = activations
+        self._by_alias = ActivationMap(index, activations)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
-    @property
-    def activations(self) -> dict[str, mx.array]:
-        """``{canonical_name: array}``."""
-        return self._values
-
     def __getitem__(self, name: str) -> mx.array:
-        value = self.get(name)
+        value = self._by_alias.get(name)
         if value is None:
-            raise KeyError(
+            raise NotCapturedError(
                 f"{name!r} ({self._index.resolve(name)}) is not in this cache; collect it with "
                 "collect_activations(model, inputs, layers=[...])"
             )
         return value
 
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, name: str, default: mx.array | None = None) -> mx.array | None:
         """The activation of module ``name`` (any alias), or ``default`` if it was not cached.
 
         A name that is no module of the model raises ``KeyError`` with the closest names.
         """
-        return self._values.get(self._index.resolve(name), default)
+        return self._by_alias.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_alias
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.activations)
+
+    def __len__(self) -> int:
+        return len(self.activations)
 
     def keys(self) -> list[str]:
         """The canonical names of the cached activations."""
-        return list(self._values)
+        return list(self.activations)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations)"
@@ -199,7 +209,7 @@ class ActivationCache(ActivationMap):
 def collect_activations(
     model: InterpretableModel,
     inputs: Any,
-    layers: Sequence[str | int] | None = None,
+    layers: str | int | Sequence[str | int] | None = None,
 ) -> ActivationCache:
     """Run ``inputs`` once and cache the outputs of ``layers``.
 
@@ -207,21 +217,20 @@ def collect_activations(
     ``"model.model.layers.3.mlp"``, ``"layers.*.attn"``) or layer indices; ``None`` caches
     every module and the model output.  Only what was asked for is captured and kept.
     """
-    if layers is None:
-        capture = None
-    else:
+    capture: list[str] | None = None
+    if layers is not None:
         if isinstance(layers, (str, int)):
             layers = [layers]
         if not layers:
             raise InputError("layers is empty; name at least one module (or None for all)")
-        bad = [x for x in layers if not (_is_int(x) or isinstance(x, str))]
+        bad = [x for x in layers if not (is_int(x) or isinstance(x, str))]
         if bad:
             raise InputError(f"layers must be module names or layer indices; got {bad[0]!r}")
         capture = [
-            model.layer_name(layer_indices(model, [x])[0]) if _is_int(x) else x for x in layers
+            x if isinstance(x, str) else model.layer_name(layer_indices(model, [x])[0])
+            for x in layers
         ]
-    with model.trace(inputs, capture=capture) as trace:
-        pass
+    trace = model.run(inputs, capture=capture)
     values = {
         name: trace.activations[name]
         for name in trace.activations
@@ -233,4 +242,4 @@ def collect_activations(
         "lengths": trace.lengths,
         "layers": None if layers is None else list(layers),
     }
-    return ActivationCache(model._index, values, metadata)
+    return ActivationCache(model.module_index, values, metadata)

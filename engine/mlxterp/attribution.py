@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 
-from .activations import Layers, _is_int
+from .activations import Layers, is_int
 from .errors import InputError
 from .patching import prepare_patching
 
@@ -48,7 +48,7 @@ class AttributionResult:
     @property
     def per_layer(self) -> dict[int, float]:
         """Score of each layer summed over positions (the estimate of patching them all)."""
-        return {layer: sum(row) for layer, row in zip(self.layers, self.scores)}
+        return {layer: sum(row) for layer, row in zip(self.layers, self.scores, strict=True)}
 
     @property
     def estimated_recovery(self) -> list[list[float]]:
@@ -59,14 +59,14 @@ class AttributionResult:
     def top(self, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` cells that move the metric furthest towards the clean run:
         ``(layer, position, score)``, best first."""
-        if not _is_int(k) or k < 1:
+        if not is_int(k) or k < 1:
             raise InputError(f"k must be a positive int; got {k!r}")
         gap = self.clean_value - self.corrupted_value
         toward = 1.0 if gap > 0 else -1.0 if gap < 0 else 0.0
         cells = [
             (layer, pos, score)
-            for layer, row in zip(self.layers, self.scores)
-            for pos, score in zip(self.positions, row)
+            for layer, row in zip(self.layers, self.scores, strict=True)
+            for pos, score in zip(self.positions, row, strict=True)
         ]
         cells.sort(key=lambda c: -(toward * c[2]) if toward else -abs(c[2]))
         return cells[:k]
@@ -103,10 +103,9 @@ def attribution_patching(
     setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric, answer)
     sites, cols, score = setup.sites, setup.positions, setup.score
 
-    def corrupted_metric(deltas: list[mx.array]):
-        shifts = {site: _shift(delta) for site, delta in zip(sites, deltas)}
-        with model.trace(setup.corrupted.array, interventions=shifts, capture=sites) as run:
-            pass
+    def corrupted_metric(deltas: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
+        shifts = {site: _shift(delta) for site, delta in zip(sites, deltas, strict=True)}
+        run = model.run(setup.corrupted.array, interventions=shifts, capture=sites)
         return score(run.output[:, -1])[0], [run.activations[s] for s in sites]
 
     deltas = [mx.zeros_like(t) for t in setup.targets]
@@ -114,18 +113,18 @@ def attribution_patching(
     cells = mx.stack(
         [
             _dot_per_position(target - act, grad)[cols]
-            for target, act, grad in zip(setup.targets, acts, grads)
+            for target, act, grad in zip(setup.targets, acts, grads, strict=True)
         ]
     )
     return AttributionResult(
-        scores=cells.tolist(),
+        scores=cast(list[list[float]], cells.tolist()),  # (layers, positions)
         layers=setup.layers,
         positions=cols,
         tokens=setup.tokens(model),
         metric=metric,
         component=component or "output",
-        clean_value=float(score(setup.clean.output[:, -1])[0].item()),
-        corrupted_value=float(value.item()),
+        clean_value=cast(float, score(setup.clean.output[:, -1])[0].item()),  # float32 scalars
+        corrupted_value=cast(float, value.item()),
     )
 
 

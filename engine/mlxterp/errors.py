@@ -25,6 +25,36 @@ class ModuleNameError(MlxterpError, KeyError):
         return self.message
 
 
+class NotCapturedError(MlxterpError, KeyError):
+    """A real module whose output a trace or cache did not keep (see ``capture=``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelAttributeError(MlxterpError, AttributeError):
+    """An attribute, submodule or layer list the model does not have, or a read-only one."""
+
+
+class LayerIndexError(MlxterpError, IndexError):
+    """A layer or list entry outside the model's range."""
+
+
+class TraceError(MlxterpError, RuntimeError):
+    """A trace used out of order: ``.save()`` outside a trace, overlapping traces."""
+
+
+class ModelTypeError(MlxterpError, TypeError):
+    """Something that is neither an ``mlx.nn.Module`` nor a model name or folder."""
+
+
+class UnknownArchitectureError(MlxterpError, KeyError):
+    """An architecture ``mlxterp.checkpoints`` cannot build."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class InterventionError(MlxterpError, ValueError):
     """An intervention that cannot be applied: wrong shape, non-finite result, bad parameter."""
 

@@ -13,19 +13,25 @@ is therefore exactly the model's prediction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 
 from . import plotting
-from .activations import Layers, _is_int, layer_indices
+from .activations import Layers, is_int, layer_indices
 from .errors import InputError
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
-    from .tracing import Trace
+    from .tracing import InterventionFn, Trace
+
+LensCell = tuple[int, float, str]
+"""One prediction of the logit lens: ``(token_id, logit, token_text)``."""
+
+LogitLens = dict[int, list[list[LensCell]]] | dict[int, list[LensCell]]
+"""``logit_lens``'s result: per layer, the top-k cells of every position (or of one)."""
 
 
 @dataclass
@@ -95,34 +101,17 @@ def top_entries(values: mx.array, k: int) -> tuple[mx.array, mx.array]:
     return mx.take_along_axis(idx, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)
 
 
-def target_token_id(model: InterpretableModel, target: int | str) -> int:
-    """A token id from an id or from a string that is exactly one token (``" Paris"``)."""
-    return model.token_id(target)
-
-
-def _token_text(model: InterpretableModel) -> Callable[[int], str]:
-    """id -> text, each id decoded once (ids as text when the model has no tokenizer)."""
-    seen: dict[int, str] = {}
-
-    def text(token_id: int) -> str:
-        if token_id not in seen:
-            seen[token_id] = (
-                model.token_to_str(token_id) if model.tokenizer is not None else str(token_id)
-            )
-        return seen[token_id]
-
-    return text
-
-
 def _residuals(
-    model: InterpretableModel, inputs: Any, layers: Layers, interventions: dict | None = None
+    model: InterpretableModel,
+    inputs: Any,
+    layers: Layers,
+    interventions: dict[str, InterventionFn] | None = None,
 ) -> tuple[list[int], mx.array, Trace]:
     """One traced forward capturing only the layer outputs: ``(layers, (n_layers, seq,
     hidden), trace)`` for a single prompt."""
     indices = layer_indices(model, layers)
     names = [model.layer_name(i) for i in indices]
-    with model.trace(inputs, interventions=interventions, capture=names) as trace:
-        pass
+    trace = model.run(inputs, interventions=interventions, capture=names)
     batch = trace.output.shape[0]
     if batch != 1:
         raise InputError(f"the logit lens reads one prompt at a time; got a batch of {batch}")
@@ -130,7 +119,7 @@ def _residuals(
 
 
 def _check_positive(name: str, value: Any) -> None:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise InputError(f"{name} must be a positive int; got {value!r}")
 
 
@@ -149,16 +138,16 @@ def _result(
     ids, top_p = top_entries(probs, k)
     target_p = probs[:, -1, target] if target is not None else None
     mx.eval(ids, top_p, *([target_p] if target_p is not None else []))
-    text = _token_text(model)
-    ids_list = ids.tolist()
+    text = functools.cache(model.token_text)  # each id decoded once
+    ids_list = cast(list[list[list[int]]], ids.tolist())  # (layers, seq, k)
     return LensResult(
         layers=layers,
         tokens=[text(t) for t in trace.inputs[0]] if trace.inputs else [],
         top_ids=ids_list,
-        top_probs=top_p.tolist(),
+        top_probs=cast(list[list[list[float]]], top_p.tolist()),
         top_strs=[[[text(i) for i in cell] for cell in row] for row in ids_list],
         target=target,
-        target_probs=target_p.tolist() if target_p is not None else None,
+        target_probs=cast(list[float], target_p.tolist()) if target_p is not None else None,
     )
 
 
@@ -168,7 +157,7 @@ def lens(
     layers: Layers = None,
     top_k: int = 5,
     target: int | str | None = None,
-    interventions: dict | None = None,
+    interventions: dict[str, InterventionFn] | None = None,
 ) -> LensResult:
     """Logit lens of one prompt with probabilities (softmax in float32).
 
@@ -177,7 +166,7 @@ def lens(
     """
     _check_positive("top_k", top_k)
     unembed = model.unembedder
-    target_id = None if target is None else target_token_id(model, target)
+    target_id = None if target is None else model.token_id(target)
     indices, hidden, trace = _residuals(model, inputs, layers, interventions)
     return _result(model, indices, unembed(hidden), trace, top_k, target_id)
 
@@ -190,9 +179,9 @@ def logit_lens(
     position: int | None = None,
     plot: bool = False,
     max_display_tokens: int = 15,
-    figsize: tuple = (16, 10),
+    figsize: tuple[float, float] = (16, 10),
     cmap: str = "viridis",
-) -> dict[int, list]:
+) -> LogitLens:
     """What each layer predicts at each position: ``{layer: [[(id, logit, text), ...] per
     position]}`` with the ``top_k`` best tokens, best first.
 
@@ -210,23 +199,30 @@ def logit_lens(
     indices, hidden, trace = _residuals(model, text, layers)
     seq = hidden.shape[1]
     if position is not None:
-        if not _is_int(position) or not -seq <= position < seq:
+        if not is_int(position) or not -seq <= position < seq:
             raise InputError(f"position {position!r} is out of range for a prompt of {seq} tokens")
         position = int(position) % seq
-    full = position is None or plot
-    logits = unembed(hidden if full else hidden[:, position : position + 1])
-    picked = logits[:, position : position + 1] if full and position is not None else logits
+    if position is None or plot:  # the plot shows every position
+        logits = unembed(hidden)
+        picked = logits if position is None else logits[:, position : position + 1]
+    else:
+        logits = picked = unembed(hidden[:, position : position + 1])
     ids, scores = top_entries(picked, top_k)
-    text_of = _token_text(model)
+    text_of = functools.cache(model.token_text)  # each id decoded once
     rows = [
         [
-            [(i, s, text_of(i)) for i, s in zip(cell_ids, cell_scores)]
-            for cell_ids, cell_scores in zip(row_ids, row_scores)
+            [(i, s, text_of(i)) for i, s in zip(cell_ids, cell_scores, strict=True)]
+            for cell_ids, cell_scores in zip(row_ids, row_scores, strict=True)
         ]
-        for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
+        for row_ids, row_scores in zip(
+            cast(list[list[list[int]]], ids.tolist()),  # (layers, positions, k)
+            cast(list[list[list[float]]], scores.tolist()),
+            strict=True,
+        )
     ]
-    results = {layer: row[0] if position is not None else row for layer, row in zip(indices, rows)}
     if plot:
         width = max(4, min(12, (int(figsize[0] * 10) - 6) // max(1, min(seq, max_display_tokens))))
         print(_result(model, indices, logits, trace, 1).heatmap(max_display_tokens, cmap, width))
-    return results
+    if position is not None:
+        return {layer: row[0] for layer, row in zip(indices, rows, strict=True)}
+    return dict(zip(indices, rows, strict=True))

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from . import loading
-from .errors import InputError
-from .hooks import hooked, primary_array
+from .errors import InputError, ModelAttributeError, ModelTypeError
+from .hooks import Site, hooked, primary_array
 from .inputs import PreparedInput, TextCodec, prepare
 from .interventions import SiteContext
 from .interventions import apply as apply_intervention
 from .names import MODEL_OUTPUT, ModuleIndex
-from .proxies import LayerListProxy, ModuleProxy, OutputProxy, model_output_proxy
-from .tracing import CaptureSpec, Trace
+from .proxies import LayerListProxy, ModuleProxy, OutputProxy
+from .tracing import CaptureSpec, InterventionFn, Trace
 from .unembed import Unembedder
 
+if TYPE_CHECKING:
+    from .activations import Layers
+    from .attribution import AttributionResult
+    from .lens import LogitLens
+    from .patching import PatchingResult
+
 _ARCH_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
+
+# get_token_predictions: ids, or (id, logit) pairs; one list per row for a batch.
+Predictions = list[int] | list[tuple[int, float]] | list[list[int]] | list[list[tuple[int, float]]]
 
 
 class InterpretableModel:
@@ -47,32 +58,38 @@ class InterpretableModel:
         elif isinstance(model, nn.Module):
             module = model
         else:
-            raise TypeError(
+            raise ModelTypeError(
                 f"InterpretableModel takes an mlx.nn.Module or a model name/folder, "
                 f"got {type(model).__name__}"
             )
         self.model: nn.Module = module
-        self.tokenizer = tokenizer
+        # a Hugging Face tokenizer or mlx-lm's wrapper of one; None for custom models
+        self.tokenizer: Any = tokenizer
         self._codec = TextCodec(tokenizer)
         self._index = ModuleIndex(module, layer_attr)
+        # Hooks swap the classes of shared modules, so forwards of one model never overlap.
         self._forward_lock = threading.RLock()
-        self._local = threading.local()
         self._unembedder: Unembedder | None = None
 
     # ------------------------------------------------------------------ structure
     @property
+    def module_index(self) -> ModuleIndex:
+        """Every module's canonical name and the resolution of aliases (``mlxterp.names``)."""
+        return self._index
+
+    @property
     def layers(self) -> LayerListProxy:
         """The transformer layers: ``model.layers[3]``, ``len(model.layers)``, iteration."""
         if not self._index.layer_path:
-            raise AttributeError(
+            raise ModelAttributeError(
                 "no layer list was found in this model; pass layer_attr='path.to.list'"
             )
-        return LayerListProxy(self)
+        return LayerListProxy(self, self._index.layer_path)
 
     @property
     def output(self) -> OutputProxy:
         """The model's final output in the current trace (``model.output.save()``)."""
-        return model_output_proxy(self)
+        return OutputProxy(self, MODEL_OUTPUT, "output")
 
     def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
         """``(canonical_name, module)`` for every module of the wrapped model."""
@@ -88,13 +105,18 @@ class InterpretableModel:
         return self._index.resolve(name)
 
     def layer_name(self, index: int, component: str | None = None) -> str:
-        """Canonical name of layer ``index`` or of a component in it (``"attn"``, ``"mlp.up_proj"``)."""
+        """Canonical name of layer ``index`` or of a component in it (``"attn"``,
+        ``"mlp.up_proj"``)."""
         base = self._index.layer_name(index)
         return (
             base
             if not component or component == "output"
             else self._index.resolve(f"{base}.{component}")
         )
+
+    def layer_index_of(self, name: str) -> int | None:
+        """The layer module ``name`` (any alias) sits in, or None outside the layer list."""
+        return self._index.layer_index_of(self._index.resolve(name))
 
     @property
     def num_layers(self) -> int:
@@ -112,33 +134,33 @@ class InterpretableModel:
             return {}
         return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
+    def _config_int(self, keys: Sequence[str]) -> int | None:
+        """The first positive int the configuration holds under one of ``keys``."""
+        cfg = self.config
+        for key in keys:
+            value = cfg.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     @property
     def hidden_size(self) -> int | None:
-        cfg = self.config
-        for key in ("hidden_size", "n_embd", "d_model", "dim"):
-            if isinstance(cfg.get(key), int):
-                return cfg[key]
-        return None
+        return self._config_int(("hidden_size", "n_embd", "d_model", "dim"))
 
     @property
     def _input_vocab(self) -> int | None:
         """Rows of the token embedding (valid input ids), when the model has one."""
-        vocab = self.config.get("vocab_size")
-        return vocab if isinstance(vocab, int) and vocab > 0 else None
+        return self._config_int(("vocab_size",))
 
     @property
     def max_length(self) -> int | None:
         """Longest input the model's configuration admits, if it states one."""
-        cfg = self.config
-        for key in _ARCH_CONTEXT_KEYS:
-            if isinstance(cfg.get(key), int) and cfg[key] > 0:
-                return cfg[key]
-        return None
+        return self._config_int(_ARCH_CONTEXT_KEYS)
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (with BOS where the tokenizer adds it)."""
-        self._require_tokenizer()
+        self.require_tokenizer()
         return self._codec.encode(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -147,19 +169,25 @@ class InterpretableModel:
 
     def decode(self, tokens: list[int] | mx.array) -> str:
         """Text of token ids (list or 1-D array); special tokens are kept."""
-        self._require_tokenizer()
+        tokenizer = self.require_tokenizer()
         if isinstance(tokens, mx.array):
             if tokens.ndim > 1:
                 if tokens.shape[0] != 1:
                     raise InputError(f"decode takes one sequence; got shape {tuple(tokens.shape)}")
                 tokens = tokens[0]
-            tokens = tokens.tolist()
-        return self.tokenizer.decode([int(t) for t in tokens])
+            tokens = cast(list[int], tokens.reshape(-1).tolist())  # 1-D: a list of ints
+        text: str = tokenizer.decode([int(t) for t in tokens])
+        return text
 
     def token_to_str(self, token_id: int) -> str:
         """The text of one token (``' world'``)."""
-        self._require_tokenizer()
-        return self.tokenizer.decode([int(token_id)])
+        tokenizer = self.require_tokenizer()
+        text: str = tokenizer.decode([int(token_id)])
+        return text
+
+    def token_text(self, token_id: int) -> str:
+        """Readable text of one token: its text, or the id as text when there is no tokenizer."""
+        return self.token_to_str(token_id) if self.tokenizer is not None else str(int(token_id))
 
     def token_id(self, token: int | str, *, first: bool = False) -> int:
         """A token id from an id or a string (``" Paris"``, leading space included).
@@ -172,7 +200,7 @@ class InterpretableModel:
             return int(token)
         if not isinstance(token, str) or not token:
             raise InputError(f"a token is a token id or a non-empty string; got {token!r}")
-        self._require_tokenizer()
+        self.require_tokenizer()
         ids = self._codec.encode_piece(token)
         if not ids:
             raise InputError(f"{token!r} encodes to no tokens")
@@ -193,34 +221,37 @@ class InterpretableModel:
         try:
             return len(inner)
         except TypeError:
-            return getattr(inner, "vocab_size", None)
+            size = getattr(inner, "vocab_size", None)
+            return size if isinstance(size, int) else None
 
-    def _require_tokenizer(self) -> None:
+    def require_tokenizer(self) -> Any:
+        """The tokenizer; ``InputError`` (a ``ValueError``) when the model has none."""
         if self.tokenizer is None:
-            raise ValueError(
+            raise InputError(
                 "this model has no tokenizer: InterpretableModel(model, tokenizer=...)"
             )
+        return self.tokenizer
 
     # ------------------------------------------------------------------ running
-    def _prepare(self, inputs: Any) -> PreparedInput:
+    def prepare(self, inputs: Any) -> PreparedInput:
+        """Checked model input for anything a trace takes (text, ids, arrays), with row
+        lengths; see ``mlxterp.inputs``."""
         return prepare(inputs, self._codec, self.max_length, self._input_vocab)
 
-    def _forward(self, array: mx.array) -> mx.array:
-        out = self.model(array)
-        if isinstance(out, tuple):
-            out = out[0]
-        return out
+    def forward(self, prepared: PreparedInput) -> mx.array:
+        """The wrapped model's output (the first one of a tuple) for prepared input."""
+        with self._forward_lock:
+            out = self.model(prepared.array)
+        return cast(mx.array, out[0] if isinstance(out, tuple) else out)
 
     def __call__(self, inputs: Any) -> mx.array:
         """A plain forward pass (no capture): the model's output for ``inputs``."""
-        prepared = self._prepare(inputs)
-        with self._forward_lock:
-            return self._forward(prepared.array)
+        return self.forward(self.prepare(inputs))
 
     def trace(
         self,
         inputs: Any,
-        interventions: dict[str, Callable] | None = None,
+        interventions: Mapping[str, InterventionFn] | None = None,
         capture: CaptureSpec = None,
     ) -> Trace:
         """A trace of one forward pass; use as ``with model.trace(inputs) as trace:``.
@@ -230,36 +261,39 @@ class InterpretableModel:
         """
         return Trace(self, inputs, interventions, capture)
 
-    def intervened(self, interventions: dict[str, Callable], lengths: list[int] | None = None):
+    def run(
+        self,
+        inputs: Any,
+        *,
+        interventions: Mapping[str, InterventionFn] | None = None,
+        capture: CaptureSpec = None,
+    ) -> Trace:
+        """The finished trace of one forward pass: ``model.trace`` without the ``with`` block.
+
+        ``trace.output``, ``trace.activations`` (what ``capture`` names; everything by
+        default) and ``trace.lengths`` are ready to read; interventions are applied.
+        """
+        return Trace(self, inputs, interventions, capture).execute()
+
+    @contextmanager
+    def hooked(self, sites: Sequence[tuple[str, Site]]) -> Iterator[None]:
+        """For the block, hold this model's forward lock and hand each named module's
+        output (any alias) to its site, which returns what the model sees instead."""
+        modules = [(self._index.modules[self._index.resolve(name)], site) for name, site in sites]
+        with self._forward_lock, hooked(modules):
+            yield
+
+    def intervened(
+        self, interventions: Mapping[str, InterventionFn], lengths: list[int] | None = None
+    ) -> AbstractContextManager[None]:
         """Context manager: the interventions stay installed (no capture) for every forward
         in the block, e.g. during generation."""
-        sites = []
+        sites: list[tuple[str, Site]] = []
         for name, fn in interventions.items():
             canonical = self._index.resolve(name)
             ctx = SiteContext(name=canonical, lengths=lengths)
-            sites.append((self._index.modules[canonical], _intervention_site(fn, ctx)))
-        return hooked(sites)
-
-    # ------------------------------------------------------------------ trace stack
-    def _push_trace(self, trace: Trace) -> None:
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        stack.append(trace)
-
-    def _pop_trace(self, trace: Trace) -> None:
-        stack = getattr(self._local, "stack", [])
-        if trace in stack:
-            stack.remove(trace)
-
-    def _current_trace(self, what: str) -> Trace:
-        stack = getattr(self._local, "stack", None)
-        if not stack:
-            raise RuntimeError(
-                f"{what}.save() needs an active trace: call it inside "
-                "`with model.trace(...):`, or read trace.activations afterwards"
-            )
-        return stack[-1]
+            sites.append((canonical, _intervention_site(fn, ctx)))
+        return self.hooked(sites)
 
     # ------------------------------------------------------------------ read-out
     @property
@@ -270,39 +304,47 @@ class InterpretableModel:
         return self._unembedder
 
     def get_token_predictions(
-        self, hidden_state: mx.array, top_k: int = 10, return_scores: bool = False
-    ) -> list | list[list]:
+        self, hidden_state: mx.array | np.ndarray, top_k: int = 10, return_scores: bool = False
+    ) -> Predictions:
         """Top tokens the model's read-out gives a hidden state.
 
         ``(hidden,)`` → a list of ids (or ``(id, logit)`` pairs with ``return_scores``);
         ``(batch, hidden)`` → one such list per row.  Tied, untied and quantized heads work;
         the final norm is applied as the model applies it.
         """
-        if not isinstance(hidden_state, mx.array):
-            hidden_state = mx.array(hidden_state)
-        if hidden_state.ndim not in (1, 2):
+        hidden = hidden_state if isinstance(hidden_state, mx.array) else mx.array(hidden_state)
+        if hidden.ndim not in (1, 2):
             raise InputError(
-                f"hidden_state must be (hidden,) or (batch, hidden); got {tuple(hidden_state.shape)}"
+                f"hidden_state must be (hidden,) or (batch, hidden); got {tuple(hidden.shape)}"
             )
         if top_k < 1:
             raise InputError("top_k must be at least 1")
-        logits = self.unembedder(hidden_state)
+        logits = self.unembedder(hidden)
         rows = logits[None] if logits.ndim == 1 else logits
         k = min(top_k, rows.shape[-1])
         order = mx.argsort(-rows, axis=-1)[:, :k]
         scores = mx.take_along_axis(rows, order, axis=-1)
-        ids, vals = order.tolist(), scores.tolist()
-        result = [
-            [(i, float(s)) for i, s in zip(r_ids, r_vals)] if return_scores else list(r_ids)
-            for r_ids, r_vals in zip(ids, vals)
-        ]
-        return result[0] if hidden_state.ndim == 1 else result
+        ids = cast(list[list[int]], order.tolist())  # (rows, k) ints
+        vals = cast(list[list[float]], scores.tolist())
+        if return_scores:
+            pairs = [
+                [(i, float(s)) for i, s in zip(r_ids, r_vals, strict=True)]
+                for r_ids, r_vals in zip(ids, vals, strict=True)
+            ]
+            return pairs[0] if hidden.ndim == 1 else pairs
+        return ids[0] if hidden.ndim == 1 else ids
 
     # ------------------------------------------------------------------ analysis
     # Thin delegates: each method lives in its own module, documented there.
     def logit_lens(
-        self, text, top_k: int = 1, layers=None, position=None, plot: bool = False, **kwargs
-    ):
+        self,
+        text: Any,
+        top_k: int = 1,
+        layers: Layers = None,
+        position: int | None = None,
+        plot: bool = False,
+        **kwargs: Any,
+    ) -> LogitLens:
         """Top predictions of every layer at every position; see ``mlxterp.lens.logit_lens``."""
         from .lens import logit_lens
 
@@ -312,14 +354,14 @@ class InterpretableModel:
 
     def activation_patching(
         self,
-        clean_text,
-        corrupted_text,
+        clean_text: Any,
+        corrupted_text: Any,
         component: str = "mlp",
-        layers=None,
+        layers: Layers = None,
         metric: str = "l2",
         plot: bool = False,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> dict[int, float] | PatchingResult:
         """Recovery % per layer from patching clean into corrupted; see ``mlxterp.patching``."""
         from .patching import activation_patching
 
@@ -334,25 +376,35 @@ class InterpretableModel:
             **kwargs,
         )
 
-    def attribution_patching(self, clean_text, corrupted_text, **kwargs):
+    def attribution_patching(
+        self, clean_text: Any, corrupted_text: Any, **kwargs: Any
+    ) -> AttributionResult:
         """Gradient estimate of every layer x position patch; see ``mlxterp.attribution``."""
         from .attribution import attribution_patching
 
         return attribution_patching(self, clean_text, corrupted_text, **kwargs)
 
-    def attention_patterns(self, text, layers=None):
+    def attention_patterns(self, text: Any, layers: Layers = None) -> dict[int, mx.array]:
         """Softmax attention weights per layer and head; see ``mlxterp.attention``."""
         from .attention import attention_patterns
 
         return attention_patterns(self, text, layers=layers)
 
-    def steering_vector(self, positive, negative, layer: int, **kwargs):
+    def steering_vector(
+        self, positive: str | list[str], negative: str | list[str], layer: int, **kwargs: Any
+    ) -> mx.array:
         """Mean difference of contrasting prompts at a layer; see ``mlxterp.steering``."""
         from .steering import steering_vector
 
         return steering_vector(self, positive, negative, layer, **kwargs)
 
-    def generate(self, prompt, max_tokens: int = 20, interventions=None, **kwargs) -> str:
+    def generate(
+        self,
+        prompt: Any,
+        max_tokens: int = 20,
+        interventions: dict[str, InterventionFn] | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Greedy (or sampled) continuation, with interventions applied at every step."""
         from .steering import generate
 
@@ -360,10 +412,11 @@ class InterpretableModel:
 
     def __repr__(self) -> str:
         label = self.name or type(self.model).__name__
-        return f"InterpretableModel({label}, {self.num_layers} layers, {len(self._index.modules)} modules)"
+        modules = len(self._index.modules)
+        return f"InterpretableModel({label}, {self.num_layers} layers, {modules} modules)"
 
 
-def _intervention_site(fn: Callable, ctx: SiteContext):
+def _intervention_site(fn: InterventionFn, ctx: SiteContext) -> Site:
     def site(out: Any) -> Any:
         array, rebuild = primary_array(out)
         return out if array is None else rebuild(apply_intervention(fn, array, ctx))

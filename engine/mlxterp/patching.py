@@ -26,20 +26,23 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import numpy as np
 
 from . import plotting
-from .activations import Layers, _is_int, layer_indices
+from .activations import Layers, is_int, layer_indices
 from .errors import InputError
 from .inputs import PreparedInput
 from .metrics import Metric, answer_ids, check_metric, recovery
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
-    from .tracing import Trace
+    from .tracing import InterventionFn, Trace
+
+PatchRow = tuple[int, tuple[int, ...]]
+"""One patched run of a sweep: the index into its layers and the positions patched."""
 
 # Without batch_size: at most this many tokens per batched forward, and the rows split into
 # at least this many groups of layers, so later groups start from stored residuals.
@@ -133,7 +136,7 @@ def activation_patching(
     positions: int | Sequence[int] | None = None,
     answer: Sequence[int | str] | None = None,
     by_position: bool = False,
-    figsize: tuple = (12, 8),
+    figsize: tuple[float, float] = (12, 8),
     cmap: str = "RdBu_r",
     batch_size: int | None = None,
 ) -> dict[int, float] | PatchingResult:
@@ -184,16 +187,16 @@ def patching_sweep(
 
     ``batch_size`` bounds the patched runs per forward (default: about 2048 tokens' worth).
     """
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
     setup = prepare_patching(
         model, clean_text, corrupted_text, component, layers, metric, answer, positions
     )
     indices, sites, cols, score = setup.layers, setup.sites, setup.positions, setup.score
     corrupted_array = setup.corrupted.array
-    patches = dict(zip(sites, setup.targets))
+    patches = dict(zip(sites, setup.targets, strict=True))
 
-    rows = [(j, tuple(cols)) for j in range(len(indices))]
+    rows: list[PatchRow] = [(j, tuple(cols)) for j in range(len(indices))]
     if by_position:
         rows += [(j, (p,)) for j in range(len(indices)) for p in cols]
     rows = sorted(dict.fromkeys(rows), key=lambda row: indices[row[0]])
@@ -204,15 +207,14 @@ def patching_sweep(
     starts = sorted({indices[chunk[0][0]] for chunk in chunks} - {0})
     residuals = [model.layer_name(s - 1) for s in starts]
 
-    with model.trace(corrupted_array, capture=residuals) as corrupted:
-        pass
+    corrupted = model.run(corrupted_array, capture=residuals)
     clean_value = _float(score(setup.clean.output[:, -1]))
     corrupted_value = _float(score(corrupted.output[:, -1]))
 
     # a layer called more than once per forward (shared weights) has no single output to
     # start from: run such models from the embedding
     reuse = all(corrupted.call_counts.get(name) == 1 for name in residuals)
-    values: dict[tuple[int, tuple[int, ...]], float] = {}
+    values: dict[PatchRow, float] = {}
     for chunk in chunks:
         start = indices[chunk[0][0]] if reuse else 0
         prefix = (
@@ -221,8 +223,8 @@ def patching_sweep(
             else {}
         )
         out = _patched_run(model, corrupted_array, chunk, sites, patches, prefix)
-        for row, value in zip(chunk, score(out).tolist()):
-            values[row] = value
+        scores = cast(list[float], score(out).tolist())  # one per row of the chunk
+        values.update(zip(chunk, scores, strict=True))
 
     layer_values = {indices[j]: values[(j, tuple(cols))] for j in range(len(indices))}
     recovered, note = recovery(list(layer_values.values()), clean_value, corrupted_value)
@@ -233,7 +235,7 @@ def patching_sweep(
             for j in range(len(indices))
         ]
     return PatchingResult(
-        recovery=dict(zip(layer_values, recovered)),
+        recovery=dict(zip(layer_values, recovered, strict=True)),
         baseline=clean_value - corrupted_value if metric == "logit_diff" else corrupted_value,
         clean_value=clean_value,
         corrupted_value=corrupted_value,
@@ -267,9 +269,7 @@ class PatchingSetup:
         ids = self.corrupted.tokens[0] if self.corrupted.tokens else None
         if ids is None:
             return [str(p) for p in self.positions]
-        if model.tokenizer is None:
-            return [str(ids[p]) for p in self.positions]
-        return [model.token_to_str(ids[p]) for p in self.positions]
+        return [model.token_text(ids[p]) for p in self.positions]
 
 
 def prepare_patching(
@@ -290,7 +290,7 @@ def prepare_patching(
     indices = layer_indices(model, layers)
     sites = [model.layer_name(i, component) for i in indices]  # unknown names raise here
     answer_pair = answer_ids(model, answer) if metric == "logit_diff" else None
-    clean_input, corrupted = model._prepare(clean_text), model._prepare(corrupted_text)
+    clean_input, corrupted = model.prepare(clean_text), model.prepare(corrupted_text)
     for which, prepared in (("clean_text", clean_input), ("corrupted_text", corrupted)):
         if prepared.array.shape[0] != 1:
             raise InputError(
@@ -298,8 +298,7 @@ def prepare_patching(
             )
     clean_len, corrupted_len = clean_input.array.shape[1], corrupted.array.shape[1]
     cols = _patch_positions(positions, corrupted_len, min(clean_len, corrupted_len))
-    with model.trace(clean_input.array, capture=sites) as clean:
-        pass
+    clean = model.run(clean_input.array, capture=sites)
     if clean.output.ndim != 3:
         raise InputError(
             "patching compares final-position logits, so the model must output (batch, seq, "
@@ -320,7 +319,7 @@ def prepare_patching(
 def _patched_run(
     model: InterpretableModel,
     corrupted: mx.array,
-    chunk: list,
+    chunk: list[PatchRow],
     sites: list[str],
     patches: dict[str, mx.array],
     prefix: dict[str, mx.array],
@@ -331,13 +330,13 @@ def _patched_run(
     for r, (j, cols) in enumerate(chunk):
         mask = masks.setdefault(sites[j], np.zeros((batch, seq), dtype=bool))
         mask[r, list(cols)] = True
-    interventions: dict[str, Callable] = {name: _constant(value) for name, value in prefix.items()}
+    interventions: dict[str, InterventionFn] = {
+        name: _constant(value) for name, value in prefix.items()
+    }
     for site, mask in masks.items():
         interventions[site] = _row_patch(patches[site], mx.array(mask))
     tiled = mx.broadcast_to(corrupted, (batch, *corrupted.shape[1:]))
-    with model.trace(tiled, interventions=interventions, capture=[]) as run:
-        pass
-    return run.output[:, -1]
+    return model.run(tiled, interventions=interventions, capture=[]).output[:, -1]
 
 
 def _row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
@@ -372,13 +371,10 @@ def _patch_positions(positions: int | Sequence[int] | None, length: int, shared:
     first = length - shared
     if positions is None:
         return list(range(first, length))
-    wanted = [positions] if _is_int(positions) else positions
-    if (
-        isinstance(wanted, str)
-        or not isinstance(wanted, Sequence)
-        or not wanted
-        or not all(_is_int(p) for p in wanted)
-    ):
+    given: object = [positions] if is_int(positions) else positions  # users pass anything
+    given = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else []
+    wanted = [p for p in given if is_int(p)]
+    if not wanted or len(wanted) != len(given):
         raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
     out = []
     for p in wanted:
@@ -394,4 +390,4 @@ def _patch_positions(positions: int | Sequence[int] | None, length: int, shared:
 
 
 def _float(values: mx.array) -> float:
-    return float(values[0].item())
+    return cast(float, values[0].item())  # a float32 metric value

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
-from .names import MODEL_OUTPUT
+import mlx.core as mx
+import mlx.nn as nn
+
+from .errors import LayerIndexError, ModelAttributeError
+from .tracing import current_trace
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -19,18 +23,9 @@ class OutputProxy:
         self._canonical = canonical
         self._key = key
 
-    def save(self) -> Any:
+    def save(self) -> mx.array:
         """Record the value in ``trace.saved_values[key]`` and return it (an ``mx.array``)."""
-        return self._model._current_trace(self._key)._save(self._key, self._canonical)
-
-    @property
-    def value(self) -> Any:
-        """The value without recording it."""
-        trace = self._model._current_trace(self._key)
-        value = trace.activations._values.get(self._canonical)
-        if value is None:
-            trace._save(self._key, self._canonical)  # raises the explanation
-        return value
+        return current_trace(self._model, self._key).save_output(self._key, self._canonical)
 
     def __repr__(self) -> str:
         return f"OutputProxy({self._key})"
@@ -42,15 +37,19 @@ class ModuleProxy:
     Attributes that are not child modules come from the module itself.
     """
 
+    _model: InterpretableModel
+    _canonical: str
+    _display: str
+
     def __init__(self, model: InterpretableModel, canonical: str, display: str):
         object.__setattr__(self, "_model", model)
         object.__setattr__(self, "_canonical", canonical)
         object.__setattr__(self, "_display", display)
 
     @property
-    def module(self):
+    def module(self) -> nn.Module:
         """The underlying ``mlx.nn.Module``."""
-        return self._model._index.modules[self._canonical]
+        return self._model.module_index.modules[self._canonical]
 
     @property
     def name(self) -> str:
@@ -61,8 +60,8 @@ class ModuleProxy:
     def output(self) -> OutputProxy:
         return OutputProxy(self._model, self._canonical, f"{self._display}.output")
 
-    def _child(self, attr: str):
-        index = self._model._index
+    def _child(self, attr: str) -> ModuleProxy | ModuleListProxy | None:
+        index = self._model.module_index
         path = f"{self._canonical}.{attr}"
         if path in index.modules:
             return ModuleProxy(self._model, path, f"{self._display}.{attr}")
@@ -84,21 +83,23 @@ class ModuleProxy:
         try:
             return getattr(module, attr)
         except AttributeError:
-            kids = ", ".join(self._model._index.children(self._canonical)) or "none"
-            raise AttributeError(
+            kids = ", ".join(self._model.module_index.children(self._canonical)) or "none"
+            raise ModelAttributeError(
                 f"{self._display} ({type(module).__name__}) has no attribute or submodule "
                 f"{attr!r}; its submodules: {kids}"
             ) from None
 
     def __setattr__(self, attr: str, value: Any) -> None:
-        raise AttributeError("module proxies are read-only; use interventions to change outputs")
-
-    def __dir__(self):
-        return sorted(
-            set(self._model._index.children(self._canonical)) | {"output", "module", "name"}
+        raise ModelAttributeError(
+            "module proxies are read-only; use interventions to change outputs"
         )
 
-    def __call__(self, *args, **kwargs):
+    def __dir__(self) -> list[str]:
+        return sorted(
+            set(self._model.module_index.children(self._canonical)) | {"output", "module", "name"}
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -112,17 +113,21 @@ class ModuleListProxy:
         self._model = model
         self._path = path
         self._display = display
-        self._items = sorted(model._index.children(path), key=int)
+        self._items = sorted(model.module_index.children(path), key=int)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def __getitem__(self, idx):
+    @overload
+    def __getitem__(self, idx: int) -> ModuleProxy: ...
+    @overload
+    def __getitem__(self, idx: slice) -> list[ModuleProxy]: ...
+    def __getitem__(self, idx: int | slice) -> ModuleProxy | list[ModuleProxy]:
         if isinstance(idx, slice):
             return [self[i] for i in range(*idx.indices(len(self)))]
         n = len(self)
         if not isinstance(idx, int) or not -n <= idx < n:
-            raise IndexError(f"{self._display}[{idx!r}]: there are {n} entries (0..{n - 1})")
+            raise LayerIndexError(f"{self._display}[{idx!r}]: there are {n} entries (0..{n - 1})")
         i = idx % n
         return ModuleProxy(self._model, f"{self._path}.{self._items[i]}", f"{self._display}.{i}")
 
@@ -136,9 +141,5 @@ class ModuleListProxy:
 class LayerListProxy(ModuleListProxy):
     """The model's transformer layers, as detected (or named by ``layer_attr``)."""
 
-    def __init__(self, model: InterpretableModel):
-        super().__init__(model, model._index.layer_path, "layers")
-
-
-def model_output_proxy(model: InterpretableModel) -> OutputProxy:
-    return OutputProxy(model, MODEL_OUTPUT, "output")
+    def __init__(self, model: InterpretableModel, path: str):
+        super().__init__(model, path, "layers")

@@ -19,7 +19,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from . import interventions as iv
-from .activations import _is_int, _position_index
+from .activations import is_int, position_index
 from .errors import InputError, InterventionError
 
 if TYPE_CHECKING:
@@ -43,11 +43,10 @@ def steering_vector(
     tokens with ``position="mean"``.  Returns a float32 vector ``(hidden,)``.
     """
     pos, neg = _prompt_list(positive, "positive"), _prompt_list(negative, "negative")
-    if not (_is_int(position) or position == "mean"):
+    if not (is_int(position) or position == "mean"):
         raise InputError(f"position must be a token index or 'mean'; got {position!r}")
     name = model.layer_name(layer, component)
-    with model.trace(pos + neg, capture=[name]) as trace:
-        pass
+    trace = model.run(pos + neg, capture=[name])
     act = trace.activations[name]
     if act.ndim != 3:
         raise InputError(
@@ -59,7 +58,7 @@ def steering_vector(
         real = mx.arange(act.shape[1])[None, :] < mx.array(lengths)[:, None]
         rows = (act * real[..., None]).sum(axis=1) / mx.array(lengths, dtype=mx.float32)[:, None]
     else:
-        index, _ = _position_index(lengths, position)
+        index, _ = position_index(lengths, position)
         rows = mx.take_along_axis(act, index[:, :, None], axis=1)[:, 0]
     return rows[: len(pos)].mean(axis=0) - rows[len(pos) :].mean(axis=0)
 
@@ -90,7 +89,7 @@ def generate_with_ids(
     seed: int | None = None,
 ) -> tuple[str, list[int]]:
     """``(continuation, its token ids)``: :func:`generate`'s text and the ids behind it."""
-    model._require_tokenizer()
+    model.require_tokenizer()
     prompt_ids = _prompt_ids(model, prompt)
     new_ids = generate_tokens(
         model,
@@ -119,7 +118,7 @@ def generate_tokens(
     ``stop_ids`` ends generation and is not returned, and so does reaching the model's
     context length.  Models whose forward takes no ``cache`` are re-run on the whole
     sequence at each step."""
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise InputError(f"max_tokens must be a positive int; got {max_tokens!r}")
     if (
         isinstance(temperature, bool)
@@ -138,7 +137,7 @@ def generate_tokens(
     key = mx.random.key(seed) if seed is not None else None
     limit = model.max_length
     tokens, new = list(prompt_ids), []
-    with model._forward_lock, model.intervened(interventions):
+    with model.intervened(interventions):  # holds the model's forward lock
         step = list(tokens)
         while len(new) < max_tokens and (limit is None or len(tokens) < limit):
             out = (
@@ -204,7 +203,7 @@ def _prompt_list(prompts: Prompts, which: str) -> list[str]:
 
 
 def _prompt_ids(model: InterpretableModel, prompt: Any) -> list[int]:
-    prepared = model._prepare(prompt)
+    prepared = model.prepare(prompt)
     if prepared.tokens is None or len(prepared.tokens) != 1:
         raise InputError("generate continues one prompt: a string or one sequence of token ids")
     return prepared.tokens[0]
@@ -217,12 +216,12 @@ def _eos_ids(tokenizer: Any) -> frozenset[int]:
         value = getattr(tokenizer, attr, None)
         values = (
             [value]
-            if _is_int(value)
+            if is_int(value)
             else value
             if isinstance(value, (list, set, tuple, frozenset))
             else []
         )
-        ids.update(int(v) for v in values if _is_int(v))
+        ids.update(int(v) for v in values if is_int(v))
     return frozenset(ids)
 
 

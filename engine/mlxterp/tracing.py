@@ -1,61 +1,71 @@
 """Traces: one forward pass with captured activations and interventions.
 
-The forward pass runs when the ``with model.trace(...)`` block is entered, with the
-interventions given up front.  Inside the block (and after it) ``.output.save()`` on a
-module proxy returns the captured value and records it in ``trace.saved_values``;
-``trace.activations`` holds every captured module output and stays readable after the
-block.  After the trace, hooked or not, raised or not, the model is exactly as it was.
+The forward pass runs when the ``with model.trace(...)`` block is entered (or at once with
+``model.run(...)``), with the interventions given up front.  Inside the block (and after
+it) ``.output.save()`` on a module proxy returns the captured value and records it in
+``trace.saved_values``; ``trace.activations`` holds every captured module output and stays
+readable after the block.  After the trace, hooked or not, raised or not, the model is
+exactly as it was.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import mlx.core as mx
 
 from . import interventions as iv
-from .errors import InterventionError, ModuleNameError
-from .hooks import hooked, primary_array
+from .errors import InterventionError, ModuleNameError, NotCapturedError, TraceError
+from .hooks import Site, primary_array
 from .inputs import PreparedInput
 from .names import MODEL_OUTPUT, ModuleIndex
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
-CaptureSpec = Union[None, str, list[str], tuple[str, ...]]
+CaptureSpec = str | list[str] | tuple[str, ...] | None
+"""What a trace keeps: one name or glob pattern, several, or None for every module."""
+
+InterventionFn = Callable[[mx.array], mx.array]
+"""An intervention: a module's output in, what the model sees instead out."""
+
+T = TypeVar("T")
 
 
-class ActivationMap(Mapping):
+class ActivationMap(Mapping[str, mx.array]):
     """Captured activations keyed by canonical module name, reachable by every alias."""
 
     def __init__(self, index: ModuleIndex, values: dict[str, mx.array]):
         self._index = index
         self._values = values
 
-    def _key(self, name: str) -> str:
+    def __getitem__(self, name: str) -> mx.array:
         canonical = self._index.resolve(name)
         if canonical not in self._values:
-            raise KeyError(
+            raise NotCapturedError(
                 f"{name!r} ({canonical}) was not captured in this trace; "
                 "capture it with capture=[...] or leave capture= out to capture everything"
             )
-        return canonical
+        return self._values[canonical]
 
-    def __getitem__(self, name: str) -> mx.array:
-        return self._values[self._key(name)]
-
-    def get(self, name: str, default: Any = None) -> Any:
+    @overload
+    def get(self, name: str) -> mx.array | None: ...
+    @overload
+    def get(self, name: str, default: mx.array) -> mx.array: ...
+    @overload
+    def get(self, name: str, default: T) -> mx.array | T: ...
+    def get(self, name: str, default: object = None) -> object:
         """The activation, ``default`` if the module was not captured; a typo raises KeyError."""
-        canonical = self._index.resolve(name)
-        return self._values.get(canonical, default)
+        return self._values.get(self._index.resolve(name), default)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
         try:
             return self._index.resolve(name) in self._values
-        except KeyError:
+        except ModuleNameError:
             return False
 
     def __iter__(self) -> Iterator[str]:
@@ -71,7 +81,12 @@ class ActivationMap(Mapping):
 class _Recorder:
     """The site of every hooked module during one forward pass."""
 
-    def __init__(self, capture: set[str], interventions: dict[str, Callable], lengths):
+    def __init__(
+        self,
+        capture: set[str],
+        interventions: dict[str, InterventionFn],
+        lengths: list[int] | None,
+    ):
         self.capture = capture
         self.interventions = interventions
         self.lengths = lengths
@@ -79,7 +94,7 @@ class _Recorder:
         self.call_counts: dict[str, int] = {}
         self.intervened: list[tuple[str, mx.array]] = []
 
-    def site(self, name: str) -> Callable[[Any], Any]:
+    def site(self, name: str) -> Site:
         def on_output(out: Any) -> Any:
             array, rebuild = primary_array(out)
             if array is None:
@@ -116,9 +131,10 @@ def resolve_capture(index: ModuleIndex, capture: CaptureSpec) -> list[str]:
 
 
 class Trace:
-    """Context manager for one traced forward pass (see module docstring).
+    """One traced forward pass (see module docstring): a context manager, or finished at
+    once by ``model.run``.
 
-    Attributes after entering: ``output`` (final logits, float32), ``activations``,
+    Attributes once run: ``output`` (final logits, float32), ``activations``,
     ``saved_values``, ``inputs`` (token ids per row), ``lengths`` (real tokens per row).
     """
 
@@ -126,13 +142,13 @@ class Trace:
         self,
         model: InterpretableModel,
         inputs: Any,
-        interventions: dict[str, Callable] | None = None,
+        interventions: Mapping[str, InterventionFn] | None = None,
         capture: CaptureSpec = None,
     ):
-        self._model = model
-        index = model._index
-        self._prepared: PreparedInput = model._prepare(inputs)
-        self.interventions: dict[str, Callable] = {}
+        self.model = model
+        index = model.module_index
+        self._prepared: PreparedInput = model.prepare(inputs)
+        self.interventions: dict[str, InterventionFn] = {}
         for name, fn in (interventions or {}).items():
             if not callable(fn):
                 raise InterventionError(f"intervention for {name!r} is not callable: {fn!r}")
@@ -145,29 +161,32 @@ class Trace:
                 )
             self.interventions[canonical] = fn
         self._capture = resolve_capture(index, capture)
-        self.saved_values: dict[str, Any] = {}
+        self.saved_values: dict[str, mx.array] = {}
         self._saved_canonical: dict[str, str] = {}
         self.activations: ActivationMap = ActivationMap(index, {})
-        self.output: mx.array | None = None
+        self.call_counts: dict[str, int] = {}
+        self._output: mx.array | None = None
 
     # ------------------------------------------------------------------ running
     def __enter__(self) -> Trace:
-        self._run()
-        self._model._push_trace(self)
+        self.execute()
+        _active_traces().append(self)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._model._pop_trace(self)
+    def __exit__(self, *exc: object) -> None:
+        stack = _active_traces()
+        if self in stack:
+            stack.remove(self)
 
-    def _run(self) -> None:
-        model = self._model
-        index = model._index
+    def execute(self) -> Trace:
+        """Run the forward pass: capture, intervene, evaluate everything at once; ``self``."""
+        model = self.model
+        index = model.module_index
         capture = set(self._capture)
         recorder = _Recorder(capture, self.interventions, self._prepared.lengths)
         hooked_names = [n for n in index.modules if n in capture or n in self.interventions]
-        sites = [(index.modules[n], recorder.site(n)) for n in hooked_names]
-        with model._forward_lock, hooked(sites):
-            logits = model._forward(self._prepared.array)
+        with model.hooked([(n, recorder.site(n)) for n in hooked_names]):
+            logits = model.forward(self._prepared)
         output = logits.astype(mx.float32) if logits.dtype in (mx.float16, mx.bfloat16) else logits
         to_eval = [output, *recorder.values.values()]
         finite = None
@@ -176,14 +195,22 @@ class Trace:
             to_eval.append(finite)
         mx.eval(to_eval)
         if finite is not None and not finite.item():
-            raise InterventionError(_nonfinite_message(recorder, model))
+            raise InterventionError(_nonfinite_message(recorder))
         values = dict(recorder.values)
         values[MODEL_OUTPUT] = output
-        self.output = output
+        self._output = output
         self.activations = ActivationMap(index, values)
         self.call_counts = dict(recorder.call_counts)
+        return self
 
     # ------------------------------------------------------------------ reading
+    @property
+    def output(self) -> mx.array:
+        """The model's final output, float32 (``TraceError`` before the trace has run)."""
+        if self._output is None:
+            raise TraceError("this trace has not run yet: enter `with model.trace(...)` first")
+        return self._output
+
     @property
     def inputs(self) -> list[list[int]] | None:
         """Token ids of each row, without padding (None for non-token inputs)."""
@@ -212,7 +239,7 @@ class Trace:
         """
         return self.activations.get(name)
 
-    def get(self, name: str) -> Any | None:
+    def get(self, name: str) -> mx.array | None:
         """A value saved with ``.save()``, by the name it was saved under or any alias.
 
         ``trace.get("layers.3.output")`` after ``model.layers[3].output.save()``.  Returns
@@ -224,31 +251,56 @@ class Trace:
         if module in ("output", "model.output"):
             canonical = MODEL_OUTPUT
         else:
-            canonical = self._model._index.resolve(module)
+            canonical = self.model.resolve(module)
         for key, saved_canonical in self._saved_canonical.items():
             if saved_canonical == canonical:
                 return self.saved_values[key]
         return None
 
-    def _save(self, key: str, canonical: str) -> mx.array:
-        value = self.activations._values.get(canonical)
+    def save_output(self, key: str, canonical: str) -> mx.array:
+        """Record the captured output of module ``canonical`` as ``saved_values[key]`` and
+        return it (what ``proxy.output.save()`` does)."""
+        value = self.activations.get(canonical)
         if value is None:
             reason = (
                 "it was not called in this forward pass"
                 if canonical in self._capture
                 else "it was not captured: add it to capture=[...]"
             )
-            raise KeyError(f"no output for {key!r} ({canonical}): {reason}")
+            raise NotCapturedError(f"no output for {key!r} ({canonical}): {reason}")
         self.saved_values[key] = value
         self._saved_canonical[key] = canonical
         return value
 
     def __repr__(self) -> str:
-        shape = tuple(self.output.shape) if self.output is not None else None
+        shape = tuple(self._output.shape) if self._output is not None else None
         return f"Trace(output={shape}, {len(self.activations)} activations)"
 
 
-def _nonfinite_message(recorder: _Recorder, model: InterpretableModel) -> str:
+_ACTIVE = threading.local()
+
+
+def _active_traces() -> list[Trace]:
+    """This thread's open ``with model.trace(...)`` blocks, innermost last."""
+    stack: list[Trace] | None = getattr(_ACTIVE, "stack", None)
+    if stack is None:
+        stack = _ACTIVE.stack = []
+    return stack
+
+
+def current_trace(model: InterpretableModel, what: str) -> Trace:
+    """The innermost open trace of ``model`` in this thread (``what`` names the caller in
+    the error when there is none)."""
+    for trace in reversed(_active_traces()):
+        if trace.model is model:
+            return trace
+    raise TraceError(
+        f"{what}.save() needs an active trace: call it inside "
+        "`with model.trace(...):`, or read trace.activations afterwards"
+    )
+
+
+def _nonfinite_message(recorder: _Recorder) -> str:
     culprits = [n for n, a in recorder.intervened if not mx.isfinite(a).all().item()]
     if culprits:
         name = culprits[0]

@@ -3,17 +3,32 @@ writes, and an intervention that changes one feature inside a trace."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import mlx.core as mx
 
 from ..errors import InputError
-from ..lens import _token_text
 from .model import SAE
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
+
+
+class TextFeatures(TypedDict):
+    """:func:`top_features_for_text`'s result."""
+
+    tokens: list[str]  # the prompt's tokens, as text
+    per_position: list[list[tuple[int, float]]]  # (feature, activation) per token
+    pooled: list[tuple[int, float]]  # (feature, max activation over the tokens)
+
+
+class LogitEffects(TypedDict):
+    """:func:`feature_logit_effects`'s result: ``(token text, logit)`` pairs."""
+
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
 
 
 def _component(sae: SAE, model: InterpretableModel) -> str:
@@ -34,14 +49,15 @@ def _check_k(k: int) -> int:
     return k
 
 
-def top_features_for_text(sae: SAE, model: InterpretableModel, text: Any, k: int = 10) -> dict:
+def top_features_for_text(
+    sae: SAE, model: InterpretableModel, text: Any, k: int = 10
+) -> TextFeatures:
     """The ``k`` strongest features of one prompt, strongest first: ``{"tokens": [...],
     "per_position": [[(feature, activation), ...] per token], "pooled": [(feature, max
     activation over the tokens), ...]}`` (only features that fire)."""
     k = min(_check_k(k), sae.d_sae)
     component = _component(sae, model)
-    with model.trace(text, capture=[component]) as trace:
-        pass
+    trace = model.run(text, capture=[component])
     acts = trace.activations[component]  # (batch, seq, d_model)
     if acts.ndim != 3 or acts.shape[0] != 1:
         raise InputError(
@@ -54,16 +70,18 @@ def top_features_for_text(sae: SAE, model: InterpretableModel, text: Any, k: int
     values = mx.take_along_axis(feats, order, axis=-1)
     pooled = mx.max(feats, axis=0)
     pooled_order = mx.argsort(-pooled)[:k]
-    token_text = _token_text(model)
+    token_text = functools.cache(model.token_text)  # each id decoded once
+    order_rows = cast(list[list[int]], order.tolist())  # (seq, k)
+    value_rows = cast(list[list[float]], values.tolist())
+    pooled_ids = cast(list[int], pooled_order.tolist())  # (k,)
+    pooled_values = cast(list[float], pooled[pooled_order].tolist())
     return {
         "tokens": [token_text(t) for t in (trace.inputs[0] if trace.inputs else [])],
         "per_position": [
-            [(f, v) for f, v in zip(fs, vs) if v > 0]
-            for fs, vs in zip(order.tolist(), values.tolist())
+            [(f, v) for f, v in zip(fs, vs, strict=True) if v > 0]
+            for fs, vs in zip(order_rows, value_rows, strict=True)
         ],
-        "pooled": [
-            (f, v) for f, v in zip(pooled_order.tolist(), pooled[pooled_order].tolist()) if v > 0
-        ],
+        "pooled": [(f, v) for f, v in zip(pooled_ids, pooled_values, strict=True) if v > 0],
     }
 
 
@@ -80,36 +98,40 @@ def top_texts_for_feature(
     token-id lists) run ``batch_size`` at a time."""
     feature, k = _check_feature(sae, feature), _check_k(k)
     component = _component(sae, model)
-    token_text = _token_text(model)
+    token_text = functools.cache(model.token_text)  # each id decoded once
     best: list[tuple[Any, int, str, float]] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        with model.trace(chunk, capture=[component]) as trace:
-            pass
+        trace = model.run(chunk, capture=[component])
         acts = trace.activations[component]  # (batch, seq, d_model)
         lengths = trace.lengths or [acts.shape[1]] * acts.shape[0]
         values = sae.encode(acts)[..., feature]  # (batch, seq)
         real = mx.arange(values.shape[1])[None, :] < mx.array(lengths)[:, None]
         values = mx.where(real, values, -mx.inf)  # padding never wins
-        where, peak = mx.argmax(values, axis=1).tolist(), mx.max(values, axis=1).tolist()
-        for row, (pos, value) in enumerate(zip(where, peak)):
+        where = cast(list[int], mx.argmax(values, axis=1).tolist())  # (batch,)
+        peak = cast(list[float], mx.max(values, axis=1).tolist())
+        tokens = cast(list[list[int]], trace.inputs)  # prompts and id lists have token ids
+        for row, (pos, value) in enumerate(zip(where, peak, strict=True)):
             if value > 0:
-                best.append((chunk[row], pos, token_text(trace.inputs[row][pos]), value))
+                best.append((chunk[row], pos, token_text(tokens[row][pos]), value))
     return sorted(best, key=lambda item: -item[3])[:k]
 
 
-def feature_logit_effects(sae: SAE, model: InterpretableModel, feature: int, k: int = 10) -> dict:
+def feature_logit_effects(
+    sae: SAE, model: InterpretableModel, feature: int, k: int = 10
+) -> LogitEffects:
     """Tokens one unit of the feature promotes and suppresses: its decoder direction (in
     the model's scale) through the unembedding, without the final norm, which would
     rescale a lone direction.  ``{"promoted": [(token, logit), ...], "suppressed": [...]}``."""
     feature, k = _check_feature(sae, feature), _check_k(k)
     logits = model.unembedder.project(sae.W_dec[feature] / sae.scale)
     order = mx.argsort(-logits)
-    token_text = _token_text(model)
-    return {
-        "promoted": [(token_text(t), logits[t].item()) for t in order[:k].tolist()],
-        "suppressed": [(token_text(t), logits[t].item()) for t in order[::-1][:k].tolist()],
-    }
+
+    def pairs(ids: mx.array) -> list[tuple[str, float]]:
+        texts = [model.token_text(t) for t in cast(list[int], ids.tolist())]  # (k,)
+        return list(zip(texts, cast(list[float], logits[ids].tolist()), strict=True))
+
+    return {"promoted": pairs(order[:k]), "suppressed": pairs(order[::-1][:k])}
 
 
 def feature_intervention(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import mlx.core as mx
 
@@ -50,7 +50,8 @@ def load_sae(folder: str | Path, model: InterpretableModel | None = None) -> SAE
     folder = Path(folder)
     try:
         meta = json.loads((folder / "sae.json").read_text(encoding="utf-8"))
-        weights = mx.load(str(folder / "sae.safetensors"))
+        # a safetensors file loads as {name: array}
+        weights = cast(dict[str, mx.array], mx.load(str(folder / "sae.safetensors")))
         sae = SAE(
             meta["d_model"],
             SAEConfig(**meta["config"]),
@@ -75,8 +76,7 @@ def load_sae(folder: str | Path, model: InterpretableModel | None = None) -> SAE
 def component_width(model: InterpretableModel, component: str) -> int:
     """Width of ``component``'s output, read from a one-token forward."""
     bos = getattr(model.tokenizer, "bos_token_id", None)
-    with model.trace([[bos if isinstance(bos, int) else 0]], capture=[component]) as trace:
-        pass
+    trace = model.run([[bos if isinstance(bos, int) else 0]], capture=[component])
     return int(trace.activations[component].shape[-1])
 
 

@@ -9,7 +9,7 @@ per element), ``explained_variance`` (1 - residual variance / variance) and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 
@@ -38,9 +38,9 @@ class _Totals:
         feats = self.sae.encode(x)
         residual = x - self.sae.decode(feats)
         active = feats > 0
-        self.l0 += mx.sum(active).item()
-        self.l1 += mx.sum(mx.abs(feats)).item()
-        self.squared_error += mx.sum(residual**2).item()
+        self.l0 += _total(active)
+        self.l1 += _total(mx.abs(feats))
+        self.squared_error += _total(residual**2)
         self.fired = self.fired | mx.any(active, axis=0)
         for key, batch in (("x", x), ("residual", residual)):
             self.moments[key] = self._merge(*self.moments[key], batch)
@@ -59,15 +59,20 @@ class _Totals:
     def result(self) -> dict[str, float]:
         if self.n == 0:
             raise InputError("no activations to measure the SAE on")
-        variance = mx.sum(self.moments["x"][1]).item()
-        residual_variance = mx.sum(self.moments["residual"][1]).item()
+        variance = _total(self.moments["x"][1])
+        residual_variance = _total(self.moments["residual"][1])
         return {
             "l0": self.l0 / self.n,
             "l1_magnitude": self.l1 / self.n,
             "mse": self.squared_error / (self.n * self.sae.d_model),
             "explained_variance": 1.0 - residual_variance / max(variance, 1e-12),
-            "dead_fraction": 1.0 - mx.mean(self.fired).item(),
+            "dead_fraction": 1.0 - cast(float, mx.mean(self.fired).item()),
         }
+
+
+def _total(values: mx.array) -> float:
+    """The sum of every element, as a Python number."""
+    return cast(float, mx.sum(values).item())
 
 
 def stats(sae: SAE, acts: mx.array) -> dict[str, float]:

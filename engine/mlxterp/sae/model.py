@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class SAE(nn.Module):
-    """Encoder ``f = act(W_enc (x * scale - b_dec) + b_enc)``, decoder ``x̂ = (W_dec f + b_dec) / scale``.
+    """Encoder ``f = act(W_enc (x * scale - b_dec) + b_enc)``, decoder
+    ``x̂ = (W_dec f + b_dec) / scale``.
 
     ``encode`` / ``decode`` / ``__call__`` take arrays of any leading shape ``(..., d)``.
     ``component`` (canonical module name), ``layer`` and ``model_ref`` record where it was
@@ -31,7 +32,7 @@ class SAE(nn.Module):
         layer: int | None = None,
         model_ref: str = "custom",
     ):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # mlx: Module.__init__ is unannotated
         self.config = config if config is not None else SAEConfig()
         self.d_model = int(d_model)
         self.d_sae = self.d_model * self.config.expansion_factor
@@ -46,7 +47,7 @@ class SAE(nn.Module):
         self.b_enc = mx.zeros((self.d_sae,))
         self.b_dec = mx.zeros((self.d_model,))
 
-    def set_training_stats(self, values: dict) -> None:
+    def set_training_stats(self, values: dict[str, float]) -> None:
         """Record what training saw (plain metadata, kept out of the parameter tree)."""
         object.__setattr__(self, "training_stats", dict(values))
 
@@ -56,7 +57,7 @@ class SAE(nn.Module):
 
     def activate(self, pre: mx.array, batch_topk: bool = False) -> mx.array:
         """The sparse code from pre-activations (``batch_topk`` only while training)."""
-        acts = nn.relu(pre)
+        acts: mx.array = nn.relu(pre)
         if self.config.kind == "relu":
             return acts
         k = min(self.config.k, self.d_sae)
@@ -96,7 +97,8 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, model: InterpretableModel | None = None) -> SAE:
-        """Read a saved SAE; with ``model``, refuse it unless its component fits (see :mod:`.io`)."""
+        """Read a saved SAE; with ``model``, refuse it unless its component fits (see
+        :mod:`.io`)."""
         from .io import load_sae
 
         return load_sae(folder, model)

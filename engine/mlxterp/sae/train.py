@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -63,8 +63,7 @@ def stream_activations(
     ) as bar:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            with model.trace(chunk, capture=[component]) as trace:
-                pass
+            trace = model.run(chunk, capture=[component])
             acts = trace.activations[component]
             if acts.ndim != 3:
                 raise InputError(
@@ -120,7 +119,7 @@ def train_sae(
         component_width(model, name),
         config,
         name,
-        model._index.layer_index_of(name),
+        model.layer_index_of(name),
         model.name or "custom",
     )
     rng = random.Random(config.seed)
@@ -143,7 +142,8 @@ def train_sae(
             optimizer.update(sae, grads)
             sae.normalize_decoder()
             since_fired = mx.where(mx.any(feats > 0, axis=0), 0.0, since_fired + x.shape[0])
-            mx.eval(sae.parameters(), optimizer.state, since_fired, loss)
+            # mlx: Module.parameters is unannotated
+            mx.eval(sae.parameters(), optimizer.state, since_fired, loss)  # type: ignore[no-untyped-call]
             counts["steps"] += 1
         counts["tokens"] += data.shape[0]
 
@@ -151,7 +151,7 @@ def train_sae(
         buffer, held = [], 0
         for acts in stream_activations(model, texts, name, config.text_batch_size, progress):
             if scale_pending:  # from the first batch: inputs to mean norm sqrt(d_model)
-                norm = mx.mean(mx.linalg.norm(acts, axis=-1)).item()
+                norm = cast(float, mx.mean(mx.linalg.norm(acts, axis=-1)).item())
                 sae.scale = sae.d_model**0.5 / max(norm, 1e-12)
                 scale_pending = False
             buffer.append(acts)
@@ -164,8 +164,8 @@ def train_sae(
     sae.set_training_stats(
         {
             **counts,
-            "final_loss": loss.item(),
-            "dead_fraction": mx.mean(since_fired > config.dead_feature_window).item(),
+            "final_loss": cast(float, loss.item()),
+            "dead_fraction": cast(float, mx.mean(since_fired > config.dead_feature_window).item()),
         }
     )
     return sae
