@@ -141,8 +141,7 @@ def _rounded(values: Any, digits: int = 6) -> Any:
 def _run_trace(model, p, active):
     """Full capture (the workbench shows every module's shape); the summary keeps the top
     next tokens and the norm of each layer's residual at the last real token."""
-    with model.trace(p["text"], interventions=active or None) as trace:
-        pass
+    trace = model.run(p["text"], interventions=active or None)
     last = trace.last_token(trace.output)[0]
     probs = mx.softmax(last, axis=-1)
     ids, top = lens.top_entries(probs, p["top_k"])
