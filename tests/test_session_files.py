@@ -96,7 +96,7 @@ def test_sidecar_only_while_there_are_arrays(manager, tmp_path):
     assert sidecars(tmp_path) == {} and "sidecar" not in path.read_text()
 
 
-def test_save_removes_only_its_own_old_sidecars(recorded):
+def test_save_removes_only_the_sidecar_it_named_before(recorded):
     folder = recorded.path.parent
     mine = next(iter(sidecars(folder)))
     keep = [
@@ -104,13 +104,15 @@ def test_save_removes_only_its_own_old_sidecars(recorded):
         "s.0123456789ab.safetensors.bak",
         "other.0123456789ab.safetensors",
         "s.ZZZZZZZZZZZZ.safetensors",
+        "s.0123456789ab.safetensors",  # looks like one of s's, but s.toml does not name it
     ]
     for name in keep:
         (folder / name).write_bytes(b"not mine")
-    (folder / "s.0123456789ab.safetensors").write_bytes(b"an older sidecar of s.toml")
     recorded.save()
-    left = {p.name for p in folder.iterdir()}
-    assert set(keep) | {mine, "s.toml"} == left
+    assert {p.name for p in folder.iterdir()} == set(keep) | {mine, "s.toml", ".mlxterp.lock"}
+    recorded.steps[1].params["intervention"]["params"]["vector"] = mx.zeros((64,))
+    recorded.save()
+    assert mine not in sidecars(folder) and set(keep) <= {p.name for p in folder.iterdir()}
 
 
 def test_sidecar_name_follows_content_shape_and_dtype(tmp_path):
@@ -131,7 +133,7 @@ def test_failed_rename_leaves_previous_files_intact(recorded, manager, monkeypat
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SessionError, match=r"step 5 is recorded, but the autosave.*disk full"):
         recorded.run(
             manager,
             "steering",
@@ -146,6 +148,7 @@ def test_failed_rename_leaves_previous_files_intact(recorded, manager, monkeypat
     assert sidecars(recorded.path.parent) == old_sidecars
     assert not list(recorded.path.parent.glob(".*tmp*"))
     assert len(Session.load(recorded.path).steps) == 5
+    assert len(recorded.steps) == 6 and recorded.dirty  # kept in memory, not lost
 
 
 def test_failed_toml_writer_leaves_previous_files_intact(recorded, monkeypatch):
@@ -174,7 +177,7 @@ def test_failure_between_sidecar_and_toml_keeps_the_old_pair(recorded, monkeypat
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", second_fails)
-    with pytest.raises(OSError, match="power cut"):
+    with pytest.raises(SessionError, match="power cut"):
         recorded.save()
     monkeypatch.undo()
     assert recorded.path.read_bytes() == before
@@ -232,9 +235,9 @@ def test_failure_between_sidecar_and_toml_keeps_the_old_pair(recorded, monkeypat
         ("format = 1\nsidecar = 'gone.safetensors'\n[model]\nref = 'demo'\n", "which is missing"),
         (
             "format = 1\nsidecar = '../../etc/passwd'\n[model]\nref = 'demo'\n",
-            "file name beside it",
+            "cannot be a sidecar: the name must not start with a dot",
         ),
-        ("format = 1\nsidecar = 3\n[model]\nref = 'demo'\n", "file name beside it"),
+        ("format = 1\nsidecar = 3\n[model]\nref = 'demo'\n", "the sidecar must be a file name"),
     ],
 )
 def test_bad_files_get_clear_errors(tmp_path, content, message):
@@ -308,7 +311,7 @@ def test_bad_recorded_interventions_are_refused_on_load(tmp_path, table, message
     path = tmp_path / "iv.toml"
     path.write_text(INTERVENTION + table)
     with pytest.raises(
-        SessionError, match=f"step 0: the recorded intervention is not valid: .*{message}"
+        SessionError, match=f"step 0: the intervention on 'layers.1' is not valid: .*{message}"
     ):
         Session.load(path)
 

@@ -116,8 +116,9 @@ def test_replay_warns_when_the_model_differs(recorded, manager):
 
 
 def test_bad_tolerance_and_missing_model(recorded, manager, tmp_path):
-    with pytest.raises(SessionError, match="tolerance must be a number >= 0"):
-        replay(recorded.path, manager, tolerance=-1)
+    for bad in (-1, float("nan"), float("inf"), True):
+        with pytest.raises(SessionError, match="tolerance must be a finite number >= 0"):
+            replay(recorded.path, manager, tolerance=bad)
     path = tmp_path / "m.toml"
     path.write_text("format = 1\n[model]\nref = 'no/such-model-here'\n")
     with pytest.raises(SessionError, match="cannot be loaded"):

@@ -173,7 +173,7 @@ def test_interventions_do_not_touch_steps_that_do_not_use_them(session, manager)
 
 def test_interventions_steps_record_the_canonical_module(session, manager):
     step = session.set_intervention("layers.3.mlp", iv.clamp(-1.0, 1.0).at(-1))
-    assert step.params["module"] == "layers.3.mlp"
+    assert step.params["module"] == "model.layers.3.mlp"  # params: the one source of truth
     assert step.summary == {
         "module": "model.layers.3.mlp",
         "active": {"model.layers.3.mlp": "clamp(min_val=-1.0, max_val=1.0) at [-1]"},

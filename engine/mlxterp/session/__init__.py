@@ -2,25 +2,43 @@
 
 ``Session.new("demo", path)`` starts one; ``session.run(manager, "logit_lens", text=...)``
 runs and records a step (and autosaves); ``replay(path)`` re-runs a saved session on a
-freshly loaded model and compares every step with what was recorded.  No Textual here.
+freshly loaded model and compares every step with what was recorded.  No Textual here:
+this package is everything the workbench imports from the engine.
 """
 
+from ..errors import InputError, InterventionError, MlxterpError, SessionError
+from ..plotting import color_at  # the workbench colours lens cells as the plots do
+from .active import (
+    ACTIONS,
+    INTERVENTION_KINDS,
+    InterventionEntry,
+    InterventionKind,
+    intervention_from_description,
+)
 from .cli import replay_main
 from .replay import ReplayReport, StepReport, replay
-from .session import Session, SessionManager, Step, summary_text
+from .session import Session, SessionManager, Step
 from .steps import KINDS
-from .storage import FORMAT, SessionError
+from .storage import FORMAT
 
 __all__ = [
+    "ACTIONS",
     "FORMAT",
+    "INTERVENTION_KINDS",
     "KINDS",
+    "InputError",
+    "InterventionEntry",
+    "InterventionError",
+    "InterventionKind",
+    "MlxterpError",
     "ReplayReport",
     "Session",
     "SessionError",
     "SessionManager",
     "Step",
     "StepReport",
+    "color_at",
+    "intervention_from_description",
     "replay",
     "replay_main",
-    "summary_text",
 ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import SessionError
 from .replay import replay
-from .storage import SessionError
 
 
 def replay_main(argv: list[str]) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .session import Session, SessionManager, fingerprint, parameter_count
+from ..errors import SessionError
+from .active import InterventionList
+from .session import Session, SessionManager, fingerprint, model_lock, parameter_count
 from .steps import compare, kind
-from .storage import SessionError
 
 
 @dataclass
@@ -32,9 +34,11 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every step matched."""
         return all(s.ok for s in self.steps)
 
     def format_text(self) -> str:
+        """The report as lines of text: one per step, then the count that matched."""
         lines = [f"replay of {self.path or 'session'} on model {self.model_ref!r}"]
         lines += [f"warning: {w}" for w in self.warnings]
         for s in self.steps:
@@ -53,8 +57,12 @@ def replay(
     tolerance: float = 1e-3,
 ) -> ReplayReport:
     """Re-run every step of ``source`` and compare each with its recorded summary."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise SessionError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not 0 <= tolerance < math.inf
+    ):
+        raise SessionError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     session = source if isinstance(source, Session) else Session.load(source)
     manager = manager or session.manager or SessionManager()
     report = ReplayReport(str(session.path) if session.path else None, session.model_ref)
@@ -69,11 +77,12 @@ def replay(
             f"the model has {parameter_count(model)} parameters; the session was recorded "
             f"on one with {session.parameters}"
         )
-    active: dict = {}
+    state = InterventionList()
     for step in session.steps:
         step_kind = kind(step.kind)
         try:
-            _, summary = step_kind.execute(model, step_kind.complete(step.params), active)
+            with model_lock(model):
+                _, summary = step_kind.execute(model, step_kind.complete(step.params), state)
         except Exception as err:
             known = isinstance(err, (ValueError, KeyError))  # SessionError, mlxterp input errors
             why = str(err) if known else f"{type(err).__name__}: {err}"

@@ -1,10 +1,16 @@
-"""Sessions: a model reference, an ordered history of steps, and the active interventions."""
+"""Sessions: a model reference, an ordered history of steps, and the intervention list.
+
+A step is computed (``Session.compute``: runs on the model, touches no session state, safe
+from a worker thread) and then recorded (``Session.record``: appended, its change to the
+interventions applied, autosaved); ``Session.run`` does both.  Steps on one model run one
+at a time, whichever session or thread asks.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,13 +20,28 @@ from typing import Any
 import mlx.core as mx
 
 from .. import __version__
-from ..errors import ModelLoadError, NotSerializableError
+from ..errors import ModelLoadError, NotSerializableError, SessionError
 from ..interventions import describe
 from ..loading import resolve_reference
 from ..model import InterpretableModel
 from . import storage
+from .active import InterventionEntry, InterventionFn, InterventionList
 from .steps import describe_params, kind, restore
-from .storage import SessionError
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[InterpretableModel, threading.RLock] = (
+    weakref.WeakKeyDictionary()
+)
+_MODEL_LOCKS_LOCK = threading.Lock()
+
+
+def model_lock(model: InterpretableModel) -> threading.RLock:
+    """The lock that steps on ``model`` run under (MLX evaluation is not safe from several
+    threads at once on one model); one per model, shared by every session and manager."""
+    with _MODEL_LOCKS_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
 
 
 def _now() -> str:
@@ -46,7 +67,8 @@ class SessionManager:
 
     def add(self, ref: str, model: InterpretableModel) -> None:
         """Register an already-loaded model under ``ref``."""
-        self._models[ref] = model
+        with self._lock:
+            self._models[ref] = model
 
 
 def fingerprint(ref: str) -> str | None:
@@ -65,7 +87,8 @@ def parameter_count(model: InterpretableModel) -> int:
 
 @dataclass
 class Step:
-    """One recorded action: its inputs, a summary of its result, and the live result."""
+    """One action: its inputs, a summary of its result, and the live result.  ``index``
+    is -1 until the step is recorded in a session."""
 
     index: int
     kind: str
@@ -73,6 +96,11 @@ class Step:
     summary: dict[str, Any]
     created: str = field(default_factory=_now)
     result: Any = None  # live only; not saved
+    # live only: the intervention list version it ran under, the list it leaves, and the
+    # parameter count of the model it ran on
+    basis: int | None = field(default=None, repr=False, compare=False)
+    after: InterventionList | None = field(default=None, repr=False, compare=False)
+    parameters: int | None = field(default=None, repr=False, compare=False)
 
     def title(self) -> str:
         """A one-line description for lists."""
@@ -88,7 +116,11 @@ class Step:
 
 
 class Session:
-    """A model reference, an ordered list of steps and the interventions now active."""
+    """A model reference, an ordered list of steps and the session's interventions.
+
+    ``dirty`` is True once a step is recorded after the last load or save.  ``record``
+    autosaves to ``autosave_path`` (by default the session's own ``path``; None: never).
+    """
 
     def __init__(
         self,
@@ -100,10 +132,15 @@ class Session:
         self.path = Path(path) if path is not None else None
         self.manager = manager
         self.steps: list[Step] = []
-        self.interventions: dict[str, Callable] = {}
         self.created = _now()
         self.fingerprint = fingerprint(model_ref)
         self.parameters: int | None = None
+        self.dirty = False
+        self._state = InterventionList()
+        self._version = 0  # bumped by every change of the intervention list
+        self._autosave: Path | None = None
+        self._autosave_follows = True  # until set, autosave_path is path
+        self._lock = threading.RLock()
 
     @classmethod
     def new(
@@ -115,25 +152,86 @@ class Session:
         """An empty session on ``model_ref``; autosaves to ``path`` after each step if given."""
         return cls(model_ref, path, manager)
 
+    # ------------------------------------------------------------------ state
+    @property
+    def interventions(self) -> dict[str, InterventionFn]:
+        """The enabled interventions, module -> callable: what traces run under."""
+        with self._lock:
+            return self._state.enabled()
+
+    def intervention_entries(self) -> list[InterventionEntry]:
+        """Every intervention of the session, in order, enabled or not."""
+        with self._lock:
+            return self._state.entries()
+
+    @property
+    def autosave_path(self) -> Path | None:
+        """Where :meth:`record` autosaves: ``path`` unless set (None: no autosave)."""
+        return self.path if self._autosave_follows else self._autosave
+
+    @autosave_path.setter
+    def autosave_path(self, where: str | Path | None) -> None:
+        self._autosave = Path(where) if where is not None else None
+        self._autosave_follows = False
+
     # ------------------------------------------------------------------ running
-    def run(self, manager: SessionManager, kind_name: str, **params: Any) -> Step:
-        """Run a step on the session's model, record it, autosave; returns the step."""
-        self.manager = manager
+    def compute(self, manager: SessionManager, kind_name: str, **params: Any) -> Step:
+        """Run a step on the session's model and return it, unrecorded: nothing in the
+        session changes (safe from a worker thread; steps on one model run one at a time)."""
         step_kind = kind(kind_name)
         full = step_kind.complete(params)
-        if kind_name == "interventions" and callable(full.get("intervention")):
-            full["intervention"] = self._describe(full["intervention"], full.get("module"))
         model = manager.model(self.model_ref)
-        if self.parameters is None:
-            self.parameters = parameter_count(model)
-        result, summary = step_kind.execute(model, full, self.interventions)
-        step = Step(len(self.steps), kind_name, describe_params(full), summary, result=result)
-        self.steps.append(step)
-        if self.path is not None:
-            self.save()
+        if kind_name == "interventions":
+            if callable(full.get("intervention")):
+                full["intervention"] = self._describe(full["intervention"], full.get("module"))
+            if "module" in full and full["action"] != "clear":
+                full["module"] = model.resolve(full["module"])  # files keep canonical names
+        with self._lock:
+            state, basis = self._state.copy(), self._version
+        with model_lock(model):
+            result, summary = step_kind.execute(model, full, state)
+        step = Step(-1, kind_name, describe_params(full), summary, result=result)
+        step.parameters = parameter_count(model)
+        if kind_name == "interventions" or step_kind.uses_interventions:
+            step.basis = basis
+        if kind_name == "interventions":
+            step.after = state
         return step
 
-    def _describe(self, fn: Callable, module: str | None) -> dict:
+    def record(self, step: Step) -> Step:
+        """Append a computed step (its index assigned), apply its change to the
+        interventions, autosave; refused if the interventions changed since it ran."""
+        with self._lock:
+            if step.index >= 0:
+                raise SessionError(f"step {step.index} ({step.kind}) is already recorded")
+            if step.basis is not None and step.basis != self._version:
+                raise SessionError(
+                    f"the interventions changed while this {step.kind} step ran; run it again"
+                )
+            if step.after is not None:
+                self._state, step.after = step.after, None
+                self._version += 1
+            if self.parameters is None:
+                self.parameters = step.parameters
+            step.index = len(self.steps)
+            self.steps.append(step)
+            self.dirty = True
+            where = self.autosave_path
+            if where is not None:
+                try:
+                    self._write(where)
+                except SessionError as err:
+                    raise SessionError(
+                        f"step {step.index} is recorded, but the autosave failed: {err}"
+                    ) from None
+            return step
+
+    def run(self, manager: SessionManager, kind_name: str, **params: Any) -> Step:
+        """Compute a step and record it (autosaving); returns the recorded step."""
+        self.manager = manager
+        return self.record(self.compute(manager, kind_name, **params))
+
+    def _describe(self, fn: Callable[..., Any], module: str | None) -> dict[str, Any]:
         try:
             return describe(fn)
         except NotSerializableError as err:
@@ -141,16 +239,19 @@ class Session:
                 f"step {len(self.steps)} (interventions on {module!r}) cannot be recorded: {err}"
             ) from None
 
-    def set_intervention(self, module: str, fn: Callable) -> Step:
-        """Make ``fn`` active on ``module`` for the following trace, lens and generate steps."""
+    def set_intervention(self, module: str, fn: Callable[..., Any]) -> Step:
+        """Make ``fn`` active on ``module`` (replacing one already there) for the
+        following trace, lens and generate steps."""
         return self.run(
             self._manager(), "interventions", action="set", module=module, intervention=fn
         )
 
     def remove_intervention(self, module: str) -> Step:
+        """Remove the intervention on ``module``."""
         return self.run(self._manager(), "interventions", action="remove", module=module)
 
     def clear_interventions(self) -> Step:
+        """Remove every intervention."""
         return self.run(self._manager(), "interventions", action="clear")
 
     def _manager(self) -> SessionManager:
@@ -173,7 +274,7 @@ class Session:
                     "summary": storage.encode_arrays(step.summary, f"{prefix}.summary", arrays),
                 }
             )
-        model = {"ref": self.model_ref}
+        model: dict[str, str | int] = {"ref": self.model_ref}
         if self.fingerprint:
             model["fingerprint"] = self.fingerprint
         if self.parameters is not None:
@@ -186,20 +287,27 @@ class Session:
         }
         return document, arrays
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write the session (atomically) to ``path`` or its own path; returns the path."""
-        if path is not None:
-            self.path = Path(path)
-        if self.path is None:
-            raise SessionError("this session has no file yet: save(path)")
+    def _write(self, path: Path) -> None:
         document, arrays = self.to_document()
-        storage.write(self.path, document, arrays)
-        return self.path
+        storage.write(path, document, arrays)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the session to ``path`` (or its own path) and make that its path; see
+        docs/sessions.md for what a save promises.  A folder that does not exist, or a file
+        name the loader would refuse, is a ``SessionError`` before anything is written."""
+        with self._lock:
+            target = Path(path) if path is not None else self.path
+            if target is None:
+                raise SessionError("this session has no file yet: save(path)")
+            self._write(target)
+            self.path = target
+            self.dirty = False
+            return target
 
     @classmethod
     def load(cls, path: str | Path, manager: SessionManager | None = None) -> Session:
         """Read and check a session file (data only: nothing in it is executed); the
-        interventions its steps left active are active again."""
+        interventions its steps left are there again, enabled or not."""
         document, arrays = storage.read(Path(path))
         session = cls(document["model"]["ref"], path, manager)
         session.fingerprint = document["model"].get("fingerprint")
@@ -216,7 +324,7 @@ class Session:
                 )
                 kind(step.kind).complete(step.params)  # unknown kind, names or types raise
                 if step.kind == "interventions":
-                    restore(session.interventions, step.params, step.summary)
+                    restore(session._state, step.params, step.summary)
             except SessionError as err:
                 raise SessionError(f"{Path(path).name}, step {i}: {err}") from None
             session.steps.append(step)
@@ -225,18 +333,3 @@ class Session:
     def __repr__(self) -> str:
         where = f" at {self.path}" if self.path else ""
         return f"Session({self.model_ref}, {len(self.steps)} steps{where})"
-
-
-def summary_text(step: Step) -> str:
-    """The step's summary as indented JSON (arrays shown by shape)."""
-
-    def plain(v):
-        if isinstance(v, mx.array):
-            return f"<array {tuple(v.shape)}>"
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        return v
-
-    return json.dumps(plain(step.summary), indent=1, ensure_ascii=False)

@@ -1,21 +1,28 @@
-"""Session files: TOML for the history, a safetensors sidecar for arrays; atomic writes.
+"""Session files: TOML for the history, a safetensors sidecar for arrays; safe saves.
 
 A session file is data only: it is read with ``tomllib`` and ``mx.load`` of safetensors,
 nothing in it is evaluated, imported or unpickled.  Arrays appear in the TOML as inline
-tables ``{ array = "steps.3.vector" }`` naming a tensor of the sidecar.  The sidecar's file
-name carries a hash of its content, so a save writes a new sidecar beside the old one,
-then swaps the TOML in with one ``os.replace``: a save that fails at any point leaves the
-previous TOML and the sidecar it names untouched.
+tables ``{ array = "steps.3.vector" }`` naming a tensor of the sidecar, a file beside it
+named ``<stem>.<12 hex digits of a hash of the content>.safetensors``.
+
+A save (see docs/sessions.md for the promises) holds the folder's lock file, writes the
+sidecar under its content name (unless an intact one is there), swaps the TOML in with one
+``os.replace``, and then removes the sidecar the file named before only when no other file
+in the folder names it.  Every temporary file is ``.mlxterp-tmp-*`` in the same folder;
+one left by a killed save is removed by the next save there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
-import re
 import tempfile
+import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,12 @@ import tomli_w
 from ..errors import SessionError
 
 FORMAT = 1
+MAX_FILE_BYTES = 64 * 2**20  # a larger file is refused, so it cannot name a sidecar either
+MAX_STRING = 1_000_000  # characters in one string of a session file
+MAX_DEPTH = 32  # tables and arrays inside each other
+LOCK_NAME = ".mlxterp.lock"
+TEMP_PREFIX = ".mlxterp-tmp-"
+LOCK_TIMEOUT = 30.0  # seconds a save waits for another save in the same folder
 
 _UMASK = os.umask(0)  # read once, at import (setting it is process-wide)
 os.umask(_UMASK)
@@ -68,18 +81,85 @@ def decode_arrays(value: Any, arrays: dict[str, mx.array]) -> Any:
     return value
 
 
-def _has_array_refs(value: Any) -> bool:
-    if isinstance(value, dict):
-        return _is_array_ref(value) or any(_has_array_refs(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_array_refs(v) for v in value)
-    return False
+def check_name(name: str, what: str = "a session file") -> None:
+    """Refuse a file name the loader would refuse: empty, hidden (leading dot), with a
+    path separator or backslash, not UTF-8, longer than the file system allows."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise SessionError(
+            f"{name!r} cannot be {what}: the name must not start with a dot or hold "
+            "a slash, a backslash or a NUL"
+        )
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise SessionError(f"{name!r} cannot be {what}: the name is not valid UTF-8") from None
+    if size > _NAME_MAX:
+        raise SessionError(
+            f"{name[:40]!r}... cannot be {what}: the name is {size} bytes; "
+            f"file names go up to {_NAME_MAX}"
+        )
+    if what == "a session file" and name.endswith(".safetensors"):
+        raise SessionError(f"{name!r} cannot be a session file: .safetensors names sidecars")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+_NAME_MAX = 255  # bytes in one file name on the file systems mlxterp runs on
+
+
+def _real(path: Path) -> Path:
+    """The file a path names, through symbolic links (its sidecar lies beside it)."""
+    return Path(os.path.realpath(path))
+
+
+def content_hash(arrays: dict[str, mx.array]) -> str:
+    """12 hex digits of the sha256 of every array's name, dtype, shape and exact bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(f"{arrays[key].dtype}{tuple(arrays[key].shape)}".encode())
+        digest.update(np.asarray(mx.view(arrays[key], mx.uint8)).tobytes())  # exact bytes
+    return digest.hexdigest()[:12]
+
+
+def sidecar_name(path: Path, arrays: dict[str, mx.array]) -> str:
+    """``<stem>.<content hash>.safetensors``, the stem cut (at a character boundary) so
+    that the name fits the file-system limit."""
+    tail = f".{content_hash(arrays)}.safetensors"
+    stem = path.stem.encode("utf-8")[: _NAME_MAX - len(tail)].decode("utf-8", "ignore")
+    return stem + tail
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the folder's lock file (``flock``): saves in one folder run one at a time,
+    across threads and processes.  ``SessionError`` after ``timeout`` seconds."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as err:
+        raise SessionError(f"cannot save in {str(folder)!r}: {err.strerror or err}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise SessionError(f"cannot lock {LOCK_NAME!r}: {err}") from None
+                if time.monotonic() > deadline:
+                    raise SessionError(
+                        f"another save in {str(folder)!r} has held {LOCK_NAME!r} for "
+                        f"{timeout:g} s; nothing was written"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     # the temporary name keeps the real suffix: mx.save_safetensors appends one otherwise
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix[:16])
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -89,44 +169,122 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
 
 
-def sidecar_name(path: Path, arrays: dict[str, mx.array]) -> str:
-    """``<stem>.<12 hex digits of the content's sha256>.safetensors``."""
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(f"{arrays[key].dtype}{tuple(arrays[key].shape)}".encode())
-        digest.update(np.asarray(mx.view(arrays[key], mx.uint8)).tobytes())  # exact bytes
-    return f"{path.stem}.{digest.hexdigest()[:12]}.safetensors"
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _own_sidecars(path: Path) -> list[Path]:
-    """The sidecars a save of ``path`` may have written (and may now remove)."""
-    pattern = re.compile(re.escape(path.stem) + r"\.[0-9a-f]{12}\.safetensors")
-    return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+def _named_sidecar(path: Path) -> str | None:
+    """The sidecar ``path`` names now (None: no file, no sidecar, or not readable)."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return None
+        sidecar = tomllib.loads(path.read_text(encoding="utf-8")).get("sidecar")
+    except (OSError, ValueError, RecursionError):
+        return None
+    return sidecar if isinstance(sidecar, str) else None
+
+
+def _intact(side: Path, digest: str) -> bool:
+    """Whether the sidecar file holds exactly the arrays whose hash is ``digest``."""
+    try:
+        loaded = mx.load(str(side), format="safetensors")
+        return isinstance(loaded, dict) and content_hash(loaded) == digest
+    except Exception:  # whatever MLX says about a damaged file: it is not intact
+        return False
+
+
+def _named_elsewhere(folder: Path, sidecar: str, besides: str) -> bool:
+    """Whether any file of ``folder`` but ``besides`` may name ``sidecar`` (True when a
+    file cannot be read: a sidecar is removed only when it is proven unused)."""
+    needle = sidecar.encode("utf-8")
+    for entry in folder.iterdir():
+        name = entry.name
+        if name in (besides, LOCK_NAME) or name.endswith(".safetensors"):
+            continue
+        if name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            if not entry.is_file() or entry.stat().st_size > MAX_FILE_BYTES:
+                continue  # folders, and files too large to load as sessions
+            if needle in entry.read_bytes():
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Remove what killed saves left (under the lock, no save is running here)."""
+    for entry in folder.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            entry.unlink()
 
 
 def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> None:
-    """Save ``document`` (TOML-ready) and its ``arrays`` atomically at ``path``."""
+    """Save ``document`` (TOML-ready) and its ``arrays`` at ``path`` (through a symbolic
+    link, to its target); ``SessionError`` before anything is written when the folder is
+    missing or the name is one :func:`read` would refuse."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_name(path.name)
+    target = _real(path)
+    check_name(target.name)
+    folder = target.parent
+    if not folder.is_dir():
+        raise SessionError(f"cannot save {path.name!r}: the folder {str(folder)!r} does not exist")
     document = dict(document)
-    name = sidecar_name(path, arrays) if arrays else None
+    name = sidecar_name(target, arrays) if arrays else None
     if name is not None:
         document["sidecar"] = name
     text = tomli_w.dumps(document)  # before any file is touched: a bad value stops here
-    if name is not None and not (path.parent / name).exists():
-        _atomic_write(path.parent / name, lambda tmp: mx.save_safetensors(str(tmp), arrays))
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    for old in _own_sidecars(path):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    try:
+        with _folder_lock(folder):
+            _remove_temporaries(folder)
+            previous = _named_sidecar(target)
+            if name is not None and not _intact(folder / name, content_hash(arrays)):
+                _atomic_write(folder / name, lambda tmp: mx.save_safetensors(str(tmp), arrays))
+            _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            if previous not in (None, name) and not _named_elsewhere(folder, previous, target.name):
+                (folder / previous).unlink(missing_ok=True)
+            _sync_folder(folder)
+    except OSError as err:
+        raise SessionError(f"cannot save {path.name!r}: {err.strerror or err}") from None
 
 
-def _check_types(where: str, table: dict, types: dict[str, tuple[type, str]]) -> None:
+def _has_array_refs(value: Any) -> bool:
+    if isinstance(value, dict):
+        return _is_array_ref(value) or any(_has_array_refs(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_array_refs(v) for v in value)
+    return False
+
+
+def _check_size(name: str, document: dict[str, Any]) -> None:
+    """Nesting no deeper than ``MAX_DEPTH``, no string over ``MAX_STRING`` characters."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise SessionError(
+                f"{name} holds a string of {len(value):,} characters; a session file's "
+                f"strings go up to {MAX_STRING:,}"
+            )
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise SessionError(f"{name} nests tables or arrays deeper than {MAX_DEPTH}")
+            stack.extend((child, depth + 1) for child in children)
+            if isinstance(value, dict):
+                stack.extend((key, depth) for key in value)
+
+
+def _check_types(where: str, table: dict[str, Any], types: dict[str, tuple[type, str]]) -> None:
     """Each present key of ``table`` must have its type (bool is not an int here)."""
     for key, (kind, expects) in types.items():
         value = table.get(key)
@@ -175,11 +333,10 @@ def _check_document(name: str, document: dict[str, Any]) -> None:
 
 
 def _load_sidecar(path: Path, sidecar: Any) -> dict[str, mx.array]:
-    if not isinstance(sidecar, str) or "/" in sidecar or "\\" in sidecar or sidecar.startswith("."):
-        raise SessionError(
-            f"{path.name}: the sidecar must be a file name beside it, got {sidecar!r}"
-        )
-    side = path.parent / sidecar
+    if not isinstance(sidecar, str):
+        raise SessionError(f"{path.name}: the sidecar must be a file name, got {sidecar!r}")
+    check_name(sidecar, "a sidecar")
+    side = _real(path).parent / sidecar
     if not side.is_file():
         raise SessionError(f"{path.name} refers to the sidecar {sidecar!r}, which is missing")
     try:
@@ -191,22 +348,41 @@ def _load_sidecar(path: Path, sidecar: Any) -> dict[str, mx.array]:
     return loaded
 
 
-def read(path: Path) -> tuple[dict[str, Any], dict[str, mx.array]]:
-    """The validated document and its arrays; ``SessionError`` for anything amiss."""
-    path = Path(path)
-    if not path.is_file():
-        raise SessionError(f"no session file at {str(path)!r}")
+def _parse(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SessionError(
+                f"{path.name} is {size:,} bytes; a session file is at most {MAX_FILE_BYTES:,}"
+            )
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SessionError(f"{path.name} is not a text file, so not a session") from None
     except OSError as err:
         raise SessionError(f"{path.name} cannot be read: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise SessionError(f"{path.name} is not valid TOML: {err}") from None
-    _check_document(path.name, document)
-    if "sidecar" in document:
-        return document, _load_sidecar(path, document["sidecar"])
+    except RecursionError:
+        raise SessionError(f"{path.name} nests tables or arrays too deeply") from None
+
+
+def read(path: Path) -> tuple[dict[str, Any], dict[str, mx.array]]:
+    """The validated document and its arrays; ``SessionError`` for anything amiss."""
+    path = Path(path)
+    if not path.is_file():
+        raise SessionError(f"no session file at {str(path)!r}")
+    check_name(path.name)
+    for attempt in range(5):
+        document = _parse(path)
+        _check_size(path.name, document)
+        _check_document(path.name, document)
+        if "sidecar" not in document:
+            break
+        try:
+            return document, _load_sidecar(path, document["sidecar"])
+        except SessionError:
+            if attempt == 4 or _named_sidecar(path) == document["sidecar"]:
+                raise  # not a save that replaced the file while it was read
     if _has_array_refs(document.get("steps", [])):
         raise SessionError(f"{path.name} refers to arrays but names no sidecar file")
     return document, {}
