@@ -91,7 +91,8 @@ def test_generation_input_errors(llama, text_model):
     with pytest.raises(InputError, match="max_tokens"):
         generate_tokens(llama, PROMPT, 0)
     with pytest.raises(InputError, match="empty"):
-        generate(text_model, "   ")
+        generate(text_model, "")
+    assert isinstance(generate(text_model, "   ", max_tokens=1), str)  # spaces are tokens
     with pytest.raises(InputError, match="empty"):
         generate_tokens(llama, [], 3)
     with pytest.raises(InputError, match="temperature"):

@@ -1,4 +1,6 @@
-"""Turning what a user passes to a trace into the array the model runs on.
+"""Turning what a user passes to a trace into the array the model runs on, and checking
+the scalars (numbers, seeds, token ids) that analyses take, so that MLX never sees a value
+it cannot represent.
 
 Accepted: ``str``; ``list[str]`` (right-padded, true length per row kept);
 ``list[int]`` (one sequence, batch added); ``list[list[int]]``; ``mx.array`` of token ids
@@ -7,13 +9,20 @@ shaped ``(seq,)`` or ``(batch, seq)``; any other array (embeddings, custom model
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MlxterpError
+
+MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32
+FLOAT32_MAX = 3.4028234663852886e38
+PROMPT_SLACK = 4  # normalizers can shorten text; the character bound allows for it
+UNKNOWN_TOKEN_CHARS = 256  # the bound's longest token when the vocabulary cannot be read
 
 
 @dataclass
@@ -31,8 +40,9 @@ class PreparedInput:
 
     @property
     def padded(self) -> bool:
+        """Whether rows differ in length (so some carry padding)."""
         lengths = self.lengths
-        return bool(lengths) and min(lengths) != max(lengths)
+        return lengths is not None and len(set(lengths)) > 1
 
 
 class TextCodec:
@@ -40,8 +50,49 @@ class TextCodec:
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
+        self._token_chars: int | None = None
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` exactly as the tokenizer gives them (BOS included)."""
+        self._check_text(text)
+        ids = self.tokenizer.encode(text)
+        return [int(i) for i in (ids.ids if hasattr(ids, "ids") else ids)]
+
+    def encode_piece(self, text: str) -> list[int]:
+        """Token ids of ``text`` as a continuation: no BOS or other special tokens."""
+        self._check_text(text)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return [int(i) for i in (ids.ids if hasattr(ids, "ids") else ids)]
+
+    def encode_prompt(self, text: str, max_length: int | None) -> list[int]:
+        """Token ids of a prompt to run: refused when empty or when it cannot fit.
+
+        A prompt longer than ``max_length`` tokens of the vocabulary's longest token (in
+        characters, times a slack for normalizers) cannot fit the context whatever the
+        tokenizer does, so it is refused before it is tokenized.
+        """
+        if text == "":
+            raise InputError("the prompt is empty; type some text to run the model on")
+        if max_length is not None:
+            limit = max_length * self.longest_token_chars() * PROMPT_SLACK
+            if len(text) > limit:
+                raise InputError(
+                    f"the prompt has {len(text)} characters; the model takes at most "
+                    f"{max_length} tokens, which no text over {limit} characters fits in; "
+                    "shorten the prompt"
+                )
+        return self.encode(text)
+
+    def longest_token_chars(self) -> int:
+        """Characters in the vocabulary's longest token (read once)."""
+        if self._token_chars is None:
+            get_vocab = getattr(self.tokenizer, "get_vocab", None)
+            vocab = get_vocab() if callable(get_vocab) else None
+            keys = [k for k in vocab if isinstance(k, str)] if isinstance(vocab, dict) else []
+            self._token_chars = max(map(len, keys), default=0) or UNKNOWN_TOKEN_CHARS
+        return self._token_chars
+
+    def _check_text(self, text: Any) -> None:
         if self.tokenizer is None:
             raise InputError(
                 "text input needs a tokenizer: InterpretableModel(model, tokenizer=...), "
@@ -49,15 +100,13 @@ class TextCodec:
             )
         if not isinstance(text, str):
             raise InputError(f"expected a string prompt, got {type(text).__name__}")
-        if not text.strip():
-            raise InputError("the prompt is empty; type some text to run the model on")
-        ids = self.tokenizer.encode(text)
-        return [int(i) for i in (ids.ids if hasattr(ids, "ids") else ids)]
-
-    def encode_piece(self, text: str) -> list[int]:
-        """Token ids of ``text`` as a continuation: no BOS or other special tokens."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return [int(i) for i in (ids.ids if hasattr(ids, "ids") else ids)]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(
+                f"the text has a lone surrogate {text[err.start]!r} at character {err.start}; "
+                "text must be valid Unicode (a surrogate pair is two halves of one character)"
+            ) from None
 
     @property
     def pad_id(self) -> int:
@@ -94,23 +143,10 @@ def prepare(
 
     Token ids outside ``[0, vocab_size)`` are refused (MLX would read out of bounds).
     """
-    prepared = _prepare(inputs, codec, max_length)
-    if vocab_size is not None and prepared.tokens is not None:
-        bad = sorted({t for row in prepared.tokens for t in row if not 0 <= t < vocab_size})
-        if bad:
-            shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-            raise InputError(
-                f"token ids {shown} are outside this model's vocabulary (0..{vocab_size - 1}); "
-                "were they made by another model's tokenizer?"
-            )
-    return prepared
-
-
-def _prepare(inputs: Any, codec: TextCodec, max_length: int | None) -> PreparedInput:
     if isinstance(inputs, str):
-        rows, texts = [codec.encode(inputs)], [inputs]
+        rows, texts = [codec.encode_prompt(inputs, max_length)], [inputs]
     elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
-        rows, texts = [codec.encode(t) for t in inputs], list(inputs)
+        rows, texts = [codec.encode_prompt(t, max_length) for t in inputs], list(inputs)
     elif _is_int_list(inputs):
         rows, texts = [[int(i) for i in inputs]], None
     elif isinstance(inputs, (list, tuple)) and inputs and all(_is_int_list(r) for r in inputs):
@@ -127,7 +163,9 @@ def _prepare(inputs: Any, codec: TextCodec, max_length: int | None) -> PreparedI
                     f"token ids must be shaped (seq,) or (batch, seq); got {tuple(array.shape)}"
                 )
             _check_length(array.shape[1], max_length)
-            return PreparedInput(array, tokens=array.tolist())
+            tokens = cast(list[list[int]], array.tolist())  # a 2-D integer array
+            check_token_ids((t for row in tokens for t in row), vocab_size)
+            return PreparedInput(array, tokens=tokens)
         return PreparedInput(array)
     elif isinstance(inputs, (list, tuple)) and not inputs:
         raise InputError("the input list is empty; give a prompt, prompts or token ids")
@@ -140,7 +178,53 @@ def _prepare(inputs: Any, codec: TextCodec, max_length: int | None) -> PreparedI
         if not row:
             raise InputError("a prompt encodes to no tokens")
         _check_length(len(row), max_length)
+    check_token_ids((t for row in rows for t in row), vocab_size)
     return PreparedInput(_pad(rows, codec.pad_id), tokens=rows, texts=texts)
+
+
+def check_token_ids(ids: Iterable[int], vocab_size: int | None) -> None:
+    """``InputError`` naming the ids outside ``[0, vocab_size)`` (``[0, 2**31)`` if unknown)."""
+    top = vocab_size - 1 if vocab_size is not None else MAX_TOKEN_ID
+    bad = sorted({t for t in ids if not 0 <= t <= top})
+    if bad:
+        listed = ", ".join(map(shown, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        whose = "this model's vocabulary" if vocab_size is not None else "the int32 token range"
+        raise InputError(
+            f"token ids {listed} are outside {whose} (0..{top}); "
+            "were they made by another model's tokenizer?"
+        )
+
+
+def finite_number(name: str, value: Any, error: type[MlxterpError] = InputError) -> float:
+    """``value`` as a float, or ``error`` unless it is a real number within float32's range.
+
+    MLX computes in at most float32, and a Python int beyond 64 bits does not even convert.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise error(f"{name} must be a number, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise error(
+            f"{name} must be a finite number within +/-{FLOAT32_MAX:.4g} (float32's range); "
+            f"got {shown(value)}"
+        )
+    return number
+
+
+def check_seed(name: str, value: Any, error: type[MlxterpError] = InputError) -> int | None:
+    """A random seed: None, or an int in ``0 .. 2**64 - 1`` (what ``mx.random.key`` takes)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not 0 <= value < 2**64
+    ):
+        raise error(f"{name} must be an integer in 0..2**64-1 (or None); got {shown(value)}")
+    return int(value)
 
 
 def _check_length(n: int, max_length: int | None) -> None:
@@ -148,3 +232,9 @@ def _check_length(n: int, max_length: int | None) -> None:
         raise InputError(
             f"the input has {n} tokens but the model takes at most {max_length}; shorten the prompt"
         )
+
+
+def shown(value: Any, width: int = 40) -> str:
+    """``repr(value)`` cut to ``width`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 5]}...({len(text)} chars)"

@@ -13,15 +13,22 @@ each row's real tokens when the trace knows them (padded batches), else from the
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from .errors import InterventionError, NotSerializableError
+from .inputs import check_seed, finite_number, shown
 
-Positions = Union[int, Sequence[int], None]
+Positions = int | Sequence[int] | None
+"""Token positions: one index or several (negative counts from each row's end), or None."""
+
+InterventionFn = Callable[[mx.array], mx.array]
+"""An intervention: a module's output in, what the model sees instead out."""
 
 
 @dataclass
@@ -35,15 +42,25 @@ class SiteContext:
 def _positions_tuple(positions: Positions) -> tuple[int, ...] | None:
     if positions is None:
         return None
-    if isinstance(positions, int):
-        return (positions,)
-    out = tuple(int(p) for p in positions)
+    listed: list[object] = (
+        list(positions) if isinstance(positions, (list, tuple, range)) else [positions]
+    )
+    out: list[int] = []
+    for p in listed:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+            raise InterventionError(
+                "positions must be a token index (an int; negative counts from the end) or a "
+                f"list of them; got {shown(positions)}"
+            )
+        out.append(int(p))
     if not out:
         raise InterventionError("positions= must name at least one position")
-    return out
+    return tuple(out)
 
 
-def _position_mask(shape: tuple[int, ...], positions: tuple[int, ...], ctx: SiteContext):
+def _position_mask(
+    shape: tuple[int, ...], positions: tuple[int, ...], ctx: SiteContext
+) -> mx.array:
     """Boolean mask of shape (batch, seq, 1, ...) selecting ``positions`` in every row."""
     if len(shape) < 2:
         raise InterventionError(
@@ -157,20 +174,71 @@ def from_description(desc: dict[str, Any]) -> Intervention:
     return Intervention(desc["kind"], params, desc.get("positions"))
 
 
-def describe(fn: Callable) -> dict[str, Any]:
+def describe(fn: InterventionFn) -> dict[str, Any]:
     """Description of a built-in; ``NotSerializableError`` for a custom callable."""
     wrapped = fn if isinstance(fn, Intervention) else Intervention("custom", {"fn": fn})
     return wrapped.describe()
 
 
-def apply(fn: Callable, x: mx.array, ctx: SiteContext) -> mx.array:
-    """Run an intervention (built-in or custom) on ``x`` and check what comes back."""
+class _Running(threading.local):
+    """The intervention this thread is running, if any (to refuse re-entry)."""
+
+    site: str | None = None
+
+
+_running = _Running()
+
+
+class ReentryError(InterventionError):
+    """An intervention that ran a forward pass (e.g. called the model) while it was applied."""
+
+
+def check_mapping(interventions: object) -> dict[str, InterventionFn]:
+    """``interventions=`` as a dict of module name -> callable, or a one-line error."""
+    if interventions is None:
+        return {}
+    if not isinstance(interventions, Mapping):
+        raise InterventionError(
+            "interventions= takes a dict of module name -> intervention, e.g. "
+            f"{{'layers.3.mlp': iv.zero_out}}; got a {type(interventions).__name__}"
+        )
+    for name, fn in interventions.items():
+        if not isinstance(name, str):
+            raise InterventionError(f"interventions= keys are module names; got {shown(name)}")
+        if not callable(fn):
+            raise InterventionError(f"intervention for {name!r} is not callable: {shown(fn)}")
+    return dict(interventions)
+
+
+def apply(fn: InterventionFn, x: mx.array, ctx: SiteContext) -> mx.array:
+    """Run an intervention (built-in or custom) on ``x`` and check what comes back.
+
+    An intervention computes from its input only: one that runs a forward pass through
+    hooked modules (calling the model it is applied to) raises ``ReentryError``.
+    """
+    if _running.site is not None:
+        reached = "" if ctx.name == _running.site else f" (it reached {ctx.name!r})"
+        raise ReentryError(
+            f"the intervention on {_running.site!r} ran the model while it was being "
+            f"applied{reached}; an intervention must compute its result from the array it "
+            "is given, without calling the model"
+        )
+    _running.site = ctx.name
     try:
-        new = fn.apply(x, ctx) if isinstance(fn, Intervention) else fn(x)
+        return _run(fn, x, ctx)
+    finally:
+        _running.site = None
+
+
+def _run(fn: InterventionFn, x: mx.array, ctx: SiteContext) -> mx.array:
+    try:
+        new: object = fn.apply(x, ctx) if isinstance(fn, Intervention) else fn(x)
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            new = mx.full(x.shape, finite_number("its value", new, InterventionError), x.dtype)
+    except ReentryError:
+        raise
     except InterventionError as err:
         raise InterventionError(f"intervention on {ctx.name!r}: {err}") from None
-    if isinstance(new, (int, float)):
-        new = mx.full(x.shape, new, dtype=x.dtype)
     if not isinstance(new, mx.array):
         raise InterventionError(
             f"intervention on {ctx.name!r} returned {type(new).__name__}, not an mx.array"
@@ -187,7 +255,7 @@ def apply(fn: Callable, x: mx.array, ctx: SiteContext) -> mx.array:
     return new.astype(x.dtype) if new.dtype != x.dtype else new
 
 
-def at_positions(fn: Callable, positions: Positions) -> Intervention:
+def at_positions(fn: InterventionFn, positions: Positions) -> Intervention:
     """Restrict any intervention, built-in or custom, to token ``positions``."""
     if isinstance(fn, Intervention):
         return fn.at(positions)
@@ -198,19 +266,20 @@ def at_positions(fn: Callable, positions: Positions) -> Intervention:
 @dataclass
 class _Kind:
     apply: Callable[..., mx.array]
-    check: Callable[[dict], None] = field(default=lambda params: None)
+    check: Callable[[dict[str, Any]], None] = field(default=lambda params: None)
 
 
 def _check_number(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InterventionError(f"{name} must be a number, got {value!r}")
+    finite_number(name, value, InterventionError)
 
 
-def _apply_replace(x, ctx, value, align=None):
+def _apply_replace(
+    x: mx.array, ctx: SiteContext, value: mx.array | float, align: str | None = None
+) -> mx.array:
     if not isinstance(value, mx.array):
-        return mx.full(x.shape, value, dtype=x.dtype)
+        return mx.full(x.shape, float(value), dtype=x.dtype)
     if value.shape == x.shape:
         return value
     same_rank_seq = value.ndim == x.ndim >= 2 and value.shape[2:] == x.shape[2:]
@@ -238,7 +307,7 @@ def _apply_replace(x, ctx, value, align=None):
         ) from None
 
 
-def _check_replace(params):
+def _check_replace(params: dict[str, Any]) -> None:
     value = params.get("value")
     if not isinstance(value, mx.array):
         _check_number("replace_with value", value)
@@ -246,7 +315,7 @@ def _check_replace(params):
         raise InterventionError("replace_with align= must be None, 'left' or 'right'")
 
 
-def _apply_add(x, ctx, vector):
+def _apply_add(x: mx.array, ctx: SiteContext, vector: mx.array) -> mx.array:
     if vector.ndim >= 1 and x.ndim >= 1 and vector.shape[-1] != x.shape[-1]:
         raise InterventionError(
             f"add_vector: the vector has {vector.shape[-1]} dimensions but {ctx.name!r} "
@@ -261,18 +330,20 @@ def _apply_add(x, ctx, vector):
         ) from None
 
 
-def _check_add(params):
+def _check_add(params: dict[str, Any]) -> None:
     if not isinstance(params.get("vector"), mx.array):
         raise InterventionError("add_vector needs an mx.array vector")
 
 
-def _apply_clamp(x, ctx, min_val=None, max_val=None):
-    lo = -float("inf") if min_val is None else min_val
-    hi = float("inf") if max_val is None else max_val
+def _apply_clamp(
+    x: mx.array, ctx: SiteContext, min_val: float | None = None, max_val: float | None = None
+) -> mx.array:
+    lo = -float("inf") if min_val is None else float(min_val)
+    hi = float("inf") if max_val is None else float(max_val)
     return mx.clip(x, lo, hi)
 
 
-def _check_clamp(params):
+def _check_clamp(params: dict[str, Any]) -> None:
     lo, hi = params.get("min_val"), params.get("max_val")
     _check_number("clamp min_val", lo, allow_none=True)
     _check_number("clamp max_val", hi, allow_none=True)
@@ -282,33 +353,35 @@ def _check_clamp(params):
         raise InterventionError(f"clamp min_val {lo} is above max_val {hi}")
 
 
-def _apply_noise(x, ctx, std=0.1, seed=None):
+def _apply_noise(
+    x: mx.array, ctx: SiteContext, std: float = 0.1, seed: int | None = None
+) -> mx.array:
     key = mx.random.key(seed) if seed is not None else None
-    return x + (std * mx.random.normal(x.shape, key=key)).astype(x.dtype)
+    return x + (float(std) * mx.random.normal(x.shape, key=key)).astype(x.dtype)
 
 
-def _check_noise(params):
+def _check_noise(params: dict[str, Any]) -> None:
     _check_number("noise std", params.get("std"))
     if params["std"] < 0:
         raise InterventionError(f"noise std must be >= 0, got {params['std']}")
-    if params.get("seed") is not None and type(params["seed"]) is not int:
-        raise InterventionError(f"noise seed must be an integer, got {params['seed']!r}")
+    check_seed("noise seed", params.get("seed"), InterventionError)
 
 
-def _apply_compose(x, ctx, steps):
+def _apply_compose(x: mx.array, ctx: SiteContext, steps: list[Intervention]) -> mx.array:
     for step in steps:
-        x = apply(step, x, ctx)
+        x = _run(step, x, ctx)
     return x
 
 
-def _apply_custom(x, ctx, fn):
+def _apply_custom(x: mx.array, ctx: SiteContext, fn: InterventionFn) -> mx.array:
     return fn(x)
 
 
 _KINDS: dict[str, _Kind] = {
     "zero_out": _Kind(lambda x, ctx: mx.zeros_like(x)),
     "scale": _Kind(
-        lambda x, ctx, factor: x * factor, lambda p: _check_number("scale factor", p.get("factor"))
+        lambda x, ctx, factor: x * float(factor),
+        lambda p: _check_number("scale factor", p.get("factor")),
     ),
     "add_vector": _Kind(_apply_add, _check_add),
     "replace_with": _Kind(_apply_replace, _check_replace),
@@ -361,9 +434,9 @@ class InterventionComposer:
     """Chain interventions: ``compose().add(a).add(b).build()`` applies a, then b."""
 
     def __init__(self) -> None:
-        self._steps: list[Callable] = []
+        self._steps: list[Intervention] = []
 
-    def add(self, fn: Callable) -> InterventionComposer:
+    def add(self, fn: InterventionFn) -> InterventionComposer:
         if not callable(fn):
             raise InterventionError(f"compose().add() needs a callable, got {fn!r}")
         self._steps.append(
@@ -382,7 +455,7 @@ def compose() -> InterventionComposer:
     return InterventionComposer()
 
 
-def is_serializable(fn: Callable) -> bool:
+def is_serializable(fn: InterventionFn) -> bool:
     """Whether a session can save this intervention."""
     try:
         describe(fn)
@@ -394,10 +467,13 @@ def is_serializable(fn: Callable) -> bool:
 __all__ = [
     "Intervention",
     "InterventionComposer",
+    "InterventionFn",
+    "ReentryError",
     "SiteContext",
     "add_vector",
     "apply",
     "at_positions",
+    "check_mapping",
     "clamp",
     "compose",
     "describe",
