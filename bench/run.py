@@ -17,22 +17,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "engine"), str(ROOT)]
 
+import mlxterp  # noqa: E402  (first: it preloads OpenBLAS, which must precede mlx.core)
+
+# isort: split
 import mlx.core as mx  # noqa: E402
 
-import mlxterp  # noqa: E402  (preloads OpenBLAS before mlx)
-from mlxterp import InterpretableModel, _blas, batch_get_activations  # noqa: E402  # noqa: E402
+from mlxterp import InterpretableModel, _blas, batch_get_activations  # noqa: E402
 from mlxterp.attribution import attribution_patching  # noqa: E402
 from mlxterp.checkpoints import build_checkpoint  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
 from mlxterp.patching import patching_sweep  # noqa: E402
 
+Rows = list[tuple[str, str]]
 
-def median_seconds(fn, repeats: int) -> float:
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up (kernels, caches)
     times = []
     for _ in range(repeats):
@@ -51,85 +57,84 @@ def token_rows(model: InterpretableModel, batch: int, length: int) -> list[list[
     return [ids[:1] + ids[1 + b : length + b] for b in range(batch)]
 
 
-def bare_forward(model: InterpretableModel, ids: mx.array):
-    return lambda: mx.eval(model.model(ids))
-
-
 def bench_model(
-    label: str, model: InterpretableModel, shapes, repeats: int
-) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    L = model.num_layers
+    label: str, model: InterpretableModel, shapes: list[tuple[int, int]], repeats: int
+) -> Rows:
+    rows: Rows = []
     for batch, length in shapes:
-        tag = f"{label} {batch}x{length}"
         prompts = token_rows(model, batch, length)
-        ids = mx.array(prompts)
-        bare = median_seconds(bare_forward(model, ids), repeats)
-        rows.append((f"{tag}: bare forward", f"{bare * 1e3:.2f} ms"))
-
-        def traced(capture=None):
-            with model.trace(ids, capture=capture) as t:
-                pass
-            return t
-
-        full = median_seconds(lambda: traced(), repeats)
-        one = median_seconds(lambda: traced([model.layer_name(L // 2)]), repeats)
-        rows.append((f"{tag}: trace, full capture / bare", f"{full / bare:.2f}x"))
-        rows.append((f"{tag}: trace, one module / bare", f"{one / bare:.2f}x"))
-
-        if batch == 1:  # the lens and the patching helpers read one prompt at a time
-            # logit lens over all layers and positions, and its compute floor:
-            # one forward + final norm and unembedding of every layer's residual
-            lens_t = median_seconds(lambda: model.logit_lens(prompts[0], top_k=1), repeats)
-            probs_t = median_seconds(lambda: lens(model, prompts, top_k=1), repeats)
-            with model.trace(ids, capture=model._index.layer_names) as t:
-                stacked = mx.stack([t.activations[n] for n in model._index.layer_names])
-            mx.eval(stacked)
-            unembed = median_seconds(lambda: mx.eval(model.unembedder(stacked)), repeats)
-            floor = bare + unembed
-            rows.append(
-                (
-                    f"{tag}: logit lens / bare",
-                    f"{lens_t / bare:.2f}x (floor {floor / bare:.2f}x, "
-                    f"{lens_t / floor:.2f}x of floor; aim <= 1.3x of floor)",
-                )
-            )
-            rows.append(
-                (
-                    f"{tag}: logit lens with probabilities (lens()) / bare",
-                    f"{probs_t / bare:.2f}x (a softmax over every cell's vocabulary)",
-                )
-            )
-
-            clean = prompts[0]
-            corrupted = [*clean[:2], clean[2 + length // 3], *clean[3:]]
-            sweep = median_seconds(
-                lambda: patching_sweep(model, clean, corrupted, component="output"), repeats
-            )
-            rows.append(
-                (
-                    f"{tag}: patching sweep, {L} layers / bare",
-                    f"{sweep / bare:.1f}x (aim <= {L + 2}, stretch {0.6 * (L + 2):.1f})",
-                )
-            )
-            grid = median_seconds(
-                lambda: patching_sweep(
-                    model, clean, corrupted, component="output", by_position=True
-                ),
-                max(1, repeats // 2),
-            )
-            rows.append(
-                (
-                    f"{tag}: patching sweep, {L} layers x {length} positions / bare",
-                    f"{grid / bare:.1f}x",
-                )
-            )
-            answer = (clean[2], corrupted[2])
-            attrib = median_seconds(
-                lambda: attribution_patching(model, clean, corrupted, answer=answer), repeats
-            )
-            rows.append((f"{tag}: attribution patching / bare", f"{attrib / bare:.2f}x (aim <= 4)"))
+        rows += bench_shape(f"{label} {batch}x{length}", model, prompts, repeats)
     return rows
+
+
+def bench_shape(
+    tag: str, model: InterpretableModel, prompts: list[list[int]], repeats: int
+) -> Rows:
+    """Every figure for one batch of equal-length prompts, as ratios to its bare forward."""
+    ids = mx.array(prompts)
+    bare = median_seconds(lambda: mx.eval(model.model(ids)), repeats)
+    full = median_seconds(lambda: model.run(ids), repeats)
+    one = median_seconds(
+        lambda: model.run(ids, capture=[model.layer_name(model.num_layers // 2)]), repeats
+    )
+    rows = [
+        (f"{tag}: bare forward", f"{bare * 1e3:.2f} ms"),
+        (f"{tag}: trace, full capture / bare", f"{full / bare:.2f}x"),
+        (f"{tag}: trace, one module / bare", f"{one / bare:.2f}x"),
+    ]
+    if len(prompts) == 1:  # the lens and the patching helpers read one prompt at a time
+        rows += bench_one_prompt(tag, model, prompts[0], bare, repeats)
+    return rows
+
+
+def bench_one_prompt(
+    tag: str, model: InterpretableModel, clean: list[int], bare: float, repeats: int
+) -> Rows:
+    """The lens, patching and attribution figures for one prompt (``bare``: its forward)."""
+    L = model.num_layers
+    # logit lens over all layers and positions, and its compute floor:
+    # one forward + final norm and unembedding of every layer's residual
+    lens_t = median_seconds(lambda: model.logit_lens(clean, top_k=1), repeats)
+    probs_t = median_seconds(lambda: lens(model, [clean], top_k=1), repeats)
+    names = [model.layer_name(i) for i in range(L)]
+    residuals = model.run([clean], capture=names).activations
+    stacked = mx.stack([residuals[n] for n in names])
+    mx.eval(stacked)
+    unembed = median_seconds(lambda: mx.eval(model.unembedder(stacked)), repeats)
+    floor = bare + unembed
+
+    corrupted = [*clean[:2], clean[2 + len(clean) // 3], *clean[3:]]
+    sweep = median_seconds(
+        lambda: patching_sweep(model, clean, corrupted, component="output"), repeats
+    )
+    grid = median_seconds(
+        lambda: patching_sweep(model, clean, corrupted, component="output", by_position=True),
+        max(1, repeats // 2),
+    )
+    answer = (clean[2], corrupted[2])
+    attrib = median_seconds(
+        lambda: attribution_patching(model, clean, corrupted, answer=answer), repeats
+    )
+    return [
+        (
+            f"{tag}: logit lens / bare",
+            f"{lens_t / bare:.2f}x (floor {floor / bare:.2f}x, "
+            f"{lens_t / floor:.2f}x of floor; aim <= 1.3x of floor)",
+        ),
+        (
+            f"{tag}: logit lens with probabilities (lens()) / bare",
+            f"{probs_t / bare:.2f}x (a softmax over every cell's vocabulary)",
+        ),
+        (
+            f"{tag}: patching sweep, {L} layers / bare",
+            f"{sweep / bare:.1f}x (aim <= {L + 2}, stretch {0.6 * (L + 2):.1f})",
+        ),
+        (
+            f"{tag}: patching sweep, {L} layers x {len(clean)} positions / bare",
+            f"{grid / bare:.1f}x",
+        ),
+        (f"{tag}: attribution patching / bare", f"{attrib / bare:.2f}x (aim <= 4)"),
+    ]
 
 
 def peak_memory_rows(model: InterpretableModel) -> list[tuple[str, str]]:
@@ -197,7 +202,7 @@ def startup_rows() -> list[tuple[str, str]]:
     ]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -207,7 +212,7 @@ def main(argv=None) -> int:
     shapes = [(1, 32)] if args.quick else [(1, 32), (8, 64)]
 
     print(
-        f"mlxterp {mlxterp.__version__} | mlx {mx.__version__} | {platform.platform()} | "
+        f"mlxterp {mlxterp.__version__} | mlx {metadata.version('mlx')} | {platform.platform()} | "
         f"{os.cpu_count()} cores | BLAS preload: {_blas.loaded_path or 'none'}"
     )
 

@@ -24,6 +24,7 @@ import mlx.nn as nn
 
 from .activations import Layers, layer_indices
 from .errors import ModuleNameError, UnsupportedAttentionError
+from .hooks import Site
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -37,7 +38,7 @@ def explicit_attention(
     keys: mx.array,
     values: mx.array,
     scale: float,
-    mask: Any = None,
+    mask: mx.array | str | None = None,
     sinks: mx.array | None = None,
 ) -> tuple[mx.array, mx.array]:
     """``(output, weights)`` of scaled dot-product attention computed step by step.
@@ -87,10 +88,10 @@ class _Recorder:
         """Weights shaped ``(B, heads, L, S)`` or grouped ``(B, kv_heads, repeats, L, S)``."""
         self.pending.append(weights.reshape(weights.shape[0], -1, *weights.shape[-2:]))
 
-    def done(self, layer: int) -> Callable[[mx.array], mx.array]:
+    def done(self, layer: int) -> Site:
         """Site for layer ``layer``'s attention module: files the pending weights."""
 
-        def site(output: mx.array) -> mx.array:
+        def site(output: Any) -> Any:
             if self.pending and layer in self.wanted:
                 self.weights[layer] = self.pending[-1]
             self.pending.clear()
@@ -98,10 +99,16 @@ class _Recorder:
 
         return site
 
-    def sdpa(self, original: Callable) -> Callable:
+    def sdpa(self, original: Callable[..., mx.array]) -> Callable[..., mx.array]:
         def scaled_dot_product_attention(
-            queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None
-        ):
+            queries: mx.array,
+            keys: mx.array,
+            values: mx.array,
+            cache: Any = None,
+            scale: float = 1.0,
+            mask: mx.array | str | None = None,
+            sinks: mx.array | None = None,
+        ) -> mx.array:
             if not self.active():  # another thread: untouched behaviour
                 extra = {} if sinks is None else {"sinks": sinks}
                 return original(queries, keys, values, cache=cache, scale=scale, mask=mask, **extra)
@@ -121,23 +128,26 @@ class _SoftmaxWatch:
     def __getattr__(self, name: str) -> Any:
         return getattr(mx, name)
 
-    def softmax(self, *args, **kwargs) -> mx.array:
+    def softmax(self, *args: Any, **kwargs: Any) -> mx.array:
         out = mx.softmax(*args, **kwargs)
         if self._recorder.active() and out.ndim >= 4:
             self._recorder.keep(out)
         return out
 
 
-def _patches(
-    attn_modules: list[nn.Module], recorder: _Recorder, arch: str
-) -> list[tuple[ModuleType, str, Any]]:
+Patch = tuple[ModuleType, str, object]
+"""A name to replace in a module's namespace, and what replaces it."""
+
+
+def _patches(attn_modules: list[nn.Module], recorder: _Recorder, arch: str) -> list[Patch]:
     """``(namespace, name, replacement)`` for the modules defining the attention classes."""
-    patches: dict[str, tuple[ModuleType, str, Any]] = {}
+    patches: dict[str, Patch] = {}
     for module in attn_modules:
         cls = type(module)
         namespace = sys.modules.get(cls.__module__)
         if namespace is None or namespace.__name__ in patches:
             continue
+        patch: Patch
         if callable(getattr(namespace, SDPA_NAME, None)):
             patch = (namespace, SDPA_NAME, recorder.sdpa(getattr(namespace, SDPA_NAME)))
         elif namespace.__dict__.get("mx") is mx:
@@ -152,8 +162,8 @@ def _patches(
 
 
 @contextmanager
-def _patched(patches: list[tuple[ModuleType, str, Any]]) -> Iterator[None]:
-    saved = []
+def _patched(patches: list[Patch]) -> Iterator[None]:
+    saved: list[Patch] = []
     with _PATCH_LOCK:
         try:
             for namespace, name, replacement in patches:
@@ -177,7 +187,8 @@ def attention_patterns(
     wanted = layer_indices(model, layers)
     arch = model.config.get("model_type") or type(model.model).__name__
     recorder = _Recorder(set(wanted))
-    sites, modules = {}, []
+    sites: list[tuple[str, Site]] = []
+    modules: list[nn.Module] = []
     for i in range(model.num_layers):
         try:
             name = model.layer_name(i, "attn")
@@ -186,9 +197,9 @@ def attention_patterns(
                 f"attention_patterns: layer {i} of this {arch} model has no attention module "
                 "(looked for attn, self_attn, attention ...)"
             ) from None
-        sites[name] = recorder.done(i)
+        sites.append((name, recorder.done(i)))
         modules.append(model.module(name).module)
-    with _patched(_patches(modules, recorder, arch)), model.intervened(sites):
+    with _patched(_patches(modules, recorder, arch)), model.hooked(sites):
         logits = model(text)
     mx.eval(logits, *recorder.weights.values())
     missing = [i for i in wanted if i not in recorder.weights]

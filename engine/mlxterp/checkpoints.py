@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import UnknownArchitectureError
+
 _BASE = dict(
     hidden_size=64,
     num_hidden_layers=2,
@@ -177,7 +179,7 @@ def _loaded_tokenizer_size(folder: Path, config: dict[str, Any]) -> int:
         return 0
 
 
-def _model_classes(config: dict[str, Any]):
+def _model_classes(config: dict[str, Any]) -> tuple[type[Any], type[Any]]:
     """``(Model, ModelArgs)`` for ``config``, picked exactly as ``mlx_lm.load`` picks them."""
     try:
         from mlx_lm.utils import _get_classes
@@ -189,7 +191,8 @@ def _model_classes(config: dict[str, Any]):
         model_type = MODEL_REMAPPING.get(config["model_type"], config["model_type"])
         module = importlib.import_module(f"mlx_lm.models.{model_type}")
         return module.Model, module.ModelArgs
-    return _get_classes(config)
+    classes: tuple[type[Any], type[Any]] = _get_classes(config)
+    return classes
 
 
 def _quantize(model: Any, config: dict[str, Any], bits: int) -> dict[str, Any]:
@@ -228,7 +231,9 @@ def build_checkpoint(
     from mlx.utils import tree_flatten
 
     if arch not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise UnknownArchitectureError(
+            f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder)

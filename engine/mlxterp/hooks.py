@@ -17,9 +17,13 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-# Output handler of one hooked module: receives the module's output, returns what the
-# model should see instead.
+from .errors import TraceError
+
+# Output handler of one hooked module: receives the module's output (an array, a tuple, or
+# whatever the module returns), returns what the model should see instead.
 Site = Callable[[Any], Any]
+# Puts a new array where a module's output held its primary one.
+Rebuild = Callable[[mx.array], Any]
 
 _SITES: dict[int, Site] = {}
 _HOOKED_CLASSES: dict[type, type] = {}
@@ -32,7 +36,7 @@ def _hooked_class(cls: type) -> type:
         return hooked
     original_call = cls.__call__
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         out = original_call(self, *args, **kwargs)
         site = _SITES.get(id(self))
         return out if site is None else site(out)
@@ -44,16 +48,16 @@ def _hooked_class(cls: type) -> type:
     return hooked
 
 
-def primary_array(out: Any):
+def primary_array(out: Any) -> tuple[mx.array, Rebuild] | None:
     """The array a module returns (the first one of a tuple) and how to put a new one back.
 
-    ``(None, None)`` for outputs that hold no array.
+    None for outputs that hold no array.
     """
     if isinstance(out, mx.array):
         return out, lambda a: a
     if isinstance(out, tuple) and out and isinstance(out[0], mx.array):
         return out[0], lambda a: (a, *tuple(out[1:]))
-    return None, None
+    return None
 
 
 @contextmanager
@@ -70,7 +74,7 @@ def hooked(sites: list[tuple[nn.Module, Site]]) -> Iterator[None]:
             for module, site in items:
                 cls = type(module)
                 if id(module) in _SITES or hasattr(cls, "_mlxterp_original"):
-                    raise RuntimeError(
+                    raise TraceError(
                         f"module {cls.__name__} is already hooked by another trace; "
                         "traces of one model cannot overlap"
                     )

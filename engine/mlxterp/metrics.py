@@ -13,7 +13,7 @@ into the percentage of the clean-vs-corrupted gap that a patch closes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
@@ -22,7 +22,7 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
-Answer = Union[int, str]
+Answer = int | str
 
 
 def _rows(x: mx.array) -> mx.array:
@@ -80,18 +80,15 @@ def check_metric(name: str) -> None:
 
 
 def answer_ids(model: InterpretableModel, answer: Sequence[Answer] | None) -> tuple[int, int]:
-    """``(clean_id, corrupted_id)`` from a pair of token ids or strings (a string counts by its
-    first token, without BOS)."""
+    """``(clean_id, corrupted_id)`` from a pair of token ids or one-token strings (read by
+    ``model.token_id``, as every answer and target is)."""
     if answer is None or isinstance(answer, str) or len(answer) != 2:
         raise InputError(
             "metric='logit_diff' needs answer=(clean_answer, corrupted_answer), e.g. "
             "(' Paris', ' London') or two token ids"
         )
-    return tuple(_answer_id(model, a) for a in answer)  # type: ignore[return-value]
-
-
-def _answer_id(model: InterpretableModel, answer: Answer) -> int:
-    return model.token_id(answer, first=True)
+    clean, corrupted = answer
+    return model.token_id(clean), model.token_id(corrupted)
 
 
 class Metric:
@@ -116,11 +113,11 @@ class Metric:
         self.answer = answer
 
     def __call__(self, logits: mx.array) -> mx.array:
-        if self.name == "logit_diff":
-            rows = _rows(logits)
-            a, b = self.answer  # type: ignore[misc]
-            return rows[:, a] - rows[:, b]
-        return DISTANCES[self.name](logits, self.clean_logits)
+        if self.name != "logit_diff" or self.answer is None:  # the answer comes with logit_diff
+            return DISTANCES[self.name](logits, self.clean_logits)
+        rows = _rows(logits)
+        a, b = self.answer
+        return rows[:, a] - rows[:, b]
 
 
 def recovery(

@@ -15,8 +15,8 @@ from mlx.utils import tree_flatten
 from . import loading
 from .errors import InputError, ModelAttributeError, ModelTypeError
 from .hooks import Site, hooked, primary_array
-from .inputs import PreparedInput, TextCodec, prepare
-from .interventions import SiteContext
+from .inputs import PreparedInput, TextCodec, check_token_ids, prepare
+from .interventions import SiteContext, check_mapping
 from .interventions import apply as apply_intervention
 from .names import MODEL_OUTPUT, ModuleIndex
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy
@@ -153,6 +153,12 @@ class InterpretableModel:
         return self._config_int(("vocab_size",))
 
     @property
+    def _token_limit(self) -> int | None:
+        """How many token ids exist: the larger of the embedding's and the tokenizer's count."""
+        sizes = [s for s in (self._input_vocab, self.vocab_size) if s]
+        return max(sizes) if sizes else None
+
+    @property
     def max_length(self) -> int | None:
         """Longest input the model's configuration admits, if it states one."""
         return self._config_int(_ARCH_CONTEXT_KEYS)
@@ -176,12 +182,15 @@ class InterpretableModel:
                     raise InputError(f"decode takes one sequence; got shape {tuple(tokens.shape)}")
                 tokens = tokens[0]
             tokens = cast(list[int], tokens.reshape(-1).tolist())  # 1-D: a list of ints
-        text: str = tokenizer.decode([int(t) for t in tokens])
+        ids = [int(t) for t in tokens]
+        check_token_ids(ids, self._token_limit)
+        text: str = tokenizer.decode(ids)
         return text
 
     def token_to_str(self, token_id: int) -> str:
         """The text of one token (``' world'``)."""
         tokenizer = self.require_tokenizer()
+        check_token_ids([int(token_id)], self._token_limit)
         text: str = tokenizer.decode([int(token_id)])
         return text
 
@@ -189,14 +198,14 @@ class InterpretableModel:
         """Readable text of one token: its text, or the id as text when there is no tokenizer."""
         return self.token_to_str(token_id) if self.tokenizer is not None else str(int(token_id))
 
-    def token_id(self, token: int | str, *, first: bool = False) -> int:
+    def token_id(self, token: int | str) -> int:
         """A token id from an id or a string (``" Paris"``, leading space included).
 
-        The string must be exactly one token, unless ``first=True`` takes its first token.
+        Every analysis that takes an answer or target reads it here.  The string must be
+        exactly one token: a longer one is refused with the tokens it splits into.
         """
-        if isinstance(token, int) and not isinstance(token, bool):
-            if token < 0:
-                raise InputError(f"token id must be non-negative; got {token}")
+        if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+            check_token_ids([int(token)], self._token_limit)
             return int(token)
         if not isinstance(token, str) or not token:
             raise InputError(f"a token is a token id or a non-empty string; got {token!r}")
@@ -204,10 +213,11 @@ class InterpretableModel:
         ids = self._codec.encode_piece(token)
         if not ids:
             raise InputError(f"{token!r} encodes to no tokens")
-        if len(ids) != 1 and not first:
+        if len(ids) != 1:
             pieces = [self.token_to_str(i) for i in ids]
             raise InputError(
-                f"{token!r} is {len(ids)} tokens {pieces}; give a string that is one token "
+                f"{token!r} is {len(ids)} tokens {pieces}, but an answer or target must be "
+                f"one token: give its first token {pieces[0]!r}, another one-token string "
                 "(often with its leading space) or a token id"
             )
         return ids[0]
@@ -289,7 +299,7 @@ class InterpretableModel:
         """Context manager: the interventions stay installed (no capture) for every forward
         in the block, e.g. during generation."""
         sites: list[tuple[str, Site]] = []
-        for name, fn in interventions.items():
+        for name, fn in check_mapping(interventions).items():
             canonical = self._index.resolve(name)
             ctx = SiteContext(name=canonical, lengths=lengths)
             sites.append((canonical, _intervention_site(fn, ctx)))
@@ -418,8 +428,11 @@ class InterpretableModel:
 
 def _intervention_site(fn: InterventionFn, ctx: SiteContext) -> Site:
     def site(out: Any) -> Any:
-        array, rebuild = primary_array(out)
-        return out if array is None else rebuild(apply_intervention(fn, array, ctx))
+        found = primary_array(out)
+        if found is None:
+            return out
+        array, rebuild = found
+        return rebuild(apply_intervention(fn, array, ctx))
 
     return site
 

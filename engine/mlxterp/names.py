@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import mlx.nn as nn
 
-from .errors import ModuleNameError
+from .errors import LayerIndexError, ModelAttributeError, ModuleNameError
 
 MODEL_OUTPUT = "__model_output__"
 
@@ -70,6 +70,8 @@ class ModuleIndex:
         ]
 
     def _layer_children(self) -> list[str]:
+        if not self.layer_path:
+            return []
         return sorted(self._children.get(self.layer_path, []), key=int)
 
     def _find_layer_list(self, layer_attr: str | None) -> str | None:
@@ -80,7 +82,7 @@ class ModuleIndex:
             found = exact or sorted(ending, key=lambda p: p.count("."))
             if not found:
                 hint = ", ".join(repr(p) for p in lists) or "none"
-                raise AttributeError(
+                raise ModelAttributeError(
                     f"layer_attr={layer_attr!r}: the model has no list of modules there. "
                     f"Lists of modules it has: {hint}. Leave layer_attr out to detect it."
                 )
@@ -88,7 +90,7 @@ class ModuleIndex:
         if not lists:
             return None
 
-        def rank(path: str) -> tuple:
+        def rank(path: str) -> tuple[bool, int, int]:
             last = path.rsplit(".", 1)[-1]
             preferred = last in _PREFERRED_LAYER_LISTS
             return (not preferred, -len(self._children[path]), path.count("."))
@@ -98,12 +100,12 @@ class ModuleIndex:
     def layer_name(self, index: int) -> str:
         """Canonical name of layer ``index`` (negative indices count from the end)."""
         if not self.layer_path:
-            raise AttributeError(
+            raise ModelAttributeError(
                 "this model has no detected layer list; pass layer_attr= to name it"
             )
         n = self.num_layers
         if not -n <= index < n:
-            raise IndexError(f"layer {index} out of range: the model has {n} layers")
+            raise LayerIndexError(f"layer {index} out of range: the model has {n} layers")
         return f"{self.layer_path}.{index % n}"
 
     @property
@@ -218,7 +220,7 @@ class ModuleIndex:
         )
 
 
-def _natural_key(name: str) -> tuple:
+def _natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
 
 

@@ -37,7 +37,8 @@ def color_at(cmap: str, value: float) -> tuple[int, int, int]:
     v = min(max(float(value), 0.0), 1.0) * (len(anchors) - 1)
     lo = min(int(v), len(anchors) - 2)
     t = v - lo
-    return tuple(round(a + (b - a) * t) for a, b in zip(anchors[lo], anchors[lo + 1]))
+    r, g, b = (round(a + (z - a) * t) for a, z in zip(anchors[lo], anchors[lo + 1], strict=True))
+    return r, g, b
 
 
 def _fit(label: str, width: int) -> str:
@@ -154,5 +155,5 @@ def _decorate(fig: Any, title: str | None, xlabel: str | None, ylabel: str | Non
 def to_text(fig: Any, width: int = 80, height: int = 20, color: bool = True) -> str:
     """The figure rendered as terminal text of ``width`` x ``height`` characters."""
     fig.plotsize(width, height)
-    text = fig.build()
+    text: str = fig.build()
     return text if color else plotext.uncolorize(text)

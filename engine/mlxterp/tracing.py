@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import mlx.core as mx
 
 from . import interventions as iv
-from .errors import InterventionError, ModuleNameError, NotCapturedError, TraceError
+from .errors import InputError, InterventionError, ModuleNameError, NotCapturedError, TraceError
 from .hooks import Site, primary_array
-from .inputs import PreparedInput
+from .inputs import PreparedInput, shown
 from .names import MODEL_OUTPUT, ModuleIndex
 
 if TYPE_CHECKING:
@@ -96,9 +96,10 @@ class _Recorder:
 
     def site(self, name: str) -> Site:
         def on_output(out: Any) -> Any:
-            array, rebuild = primary_array(out)
-            if array is None:
+            found = primary_array(out)
+            if found is None:
                 return out
+            array, rebuild = found
             count = self.call_counts.get(name, 0)
             self.call_counts[name] = count + 1
             fn = self.interventions.get(name)
@@ -118,7 +119,12 @@ def resolve_capture(index: ModuleIndex, capture: CaptureSpec) -> list[str]:
     """Canonical names for ``capture`` (None: every module). Unknown names raise."""
     if capture is None:
         return list(index.modules)
-    patterns = [capture] if isinstance(capture, str) else list(capture)
+    patterns = [capture] if isinstance(capture, str) else capture
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise InputError(
+            "capture= takes a module name or glob pattern, a list of them, or None for "
+            f"every module; got {shown(capture)}"
+        )
     names: list[str] = []
     for pattern in patterns:
         found = index.match(pattern)
@@ -149,9 +155,7 @@ class Trace:
         index = model.module_index
         self._prepared: PreparedInput = model.prepare(inputs)
         self.interventions: dict[str, InterventionFn] = {}
-        for name, fn in (interventions or {}).items():
-            if not callable(fn):
-                raise InterventionError(f"intervention for {name!r} is not callable: {fn!r}")
+        for name, fn in iv.check_mapping(interventions).items():
             canonical = index.resolve(name)
             if canonical == MODEL_OUTPUT:
                 raise InterventionError("intervene on a module, not on the model output")

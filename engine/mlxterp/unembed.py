@@ -44,16 +44,17 @@ class Unembedder:
         self.norm_name = _first(index, parents, NORM_NAMES)
         self.head_name = _first(index, ["", layer_parent], HEAD_NAMES)
         self.embed_name = _first(index, parents, EMBED_NAMES)
-        if self.head_name is None and self.embed_name is None:
+        self._head: Callable[[mx.array], mx.array]
+        if self.head_name is not None:
+            self._head = index.modules[self.head_name]
+        elif self.embed_name is not None:
+            self._head = index.modules[self.embed_name].as_linear
+        else:
             raise UnembedError(
                 "cannot find this model's unembedding (no lm_head-like module and no token "
                 "embedding); token predictions and the logit lens need one"
             )
         self._norm = index.modules[self.norm_name] if self.norm_name else None
-        if self.head_name is not None:
-            self._head: Callable = index.modules[self.head_name]
-        else:
-            self._head = index.modules[self.embed_name].as_linear
         self.softcap = _softcap(root)
 
     @property
