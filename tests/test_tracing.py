@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from conftest import SimpleTransformer, build_tiny_llama
 
-from mlxterp import InputError, InterpretableModel, InterventionError
+from mlxterp import (
+    InputError,
+    InterpretableModel,
+    InterventionError,
+    MlxterpError,
+    ModuleNameError,
+    collect_activations,
+)
 from mlxterp import interventions as iv
+from mlxterp.checkpoints import build_checkpoint
 from mlxterp.hooks import _SITES
 
 TOKENS = mx.array([[1, 5, 9, 13, 17, 21]])
@@ -211,3 +220,96 @@ def test_token_ids_outside_the_vocabulary_are_refused(tiny_llama):
         tiny_llama.trace([1, 2, 128000])
     with pytest.raises(InputError, match="-1"):
         tiny_llama.trace(mx.array([[1, -1]]))
+
+
+# --------------------------------------------------------------------------- model.run
+def test_run_equals_trace_bit_for_bit(tiny_llama):
+    with tiny_llama.trace(TOKENS) as traced:
+        pass
+    ran = tiny_llama.run(TOKENS)
+    assert mx.array_equal(ran.output, traced.output).item()
+    assert list(ran.activations) == list(traced.activations)
+    for name in traced.activations:
+        assert mx.array_equal(ran.activations[name], traced.activations[name]).item(), name
+    assert ran.lengths == traced.lengths and ran.inputs == traced.inputs
+
+
+def test_run_honours_capture_and_interventions(tiny_llama):
+    bare = tiny_llama.run(TOKENS, capture=["layers.1", "layers.2.mlp"])
+    assert sorted(bare.activations) == [
+        "__model_output__",
+        "model.layers.1",
+        "model.layers.2.mlp",
+    ]
+    zeroed = tiny_llama.run(TOKENS, interventions={"layers.1": iv.zero_out}, capture=["layers.1"])
+    assert not mx.any(zeroed.activations["layers.1"]).item()
+    assert not mx.array_equal(zeroed.output, bare.output).item()
+    with tiny_llama.trace(TOKENS, interventions={"layers.1": iv.zero_out}) as traced:
+        pass
+    assert mx.array_equal(zeroed.output, traced.output).item()
+
+
+def test_run_needs_no_block_and_leaves_no_open_trace(tiny_llama):
+    trace = tiny_llama.run(TOKENS, capture=[])
+    assert trace.output.shape == (1, 6, 128)
+    with pytest.raises(MlxterpError, match=r"inside `with model\.trace"):
+        tiny_llama.layers[0].output.save()  # run() opened no trace block
+    assert not _SITES
+
+
+# --------------------------------------------------------------------------- public surface
+def test_public_names_replace_the_private_ones(tiny_llama, demo):
+    assert tiny_llama.layer_index_of("model.model.layers.2.attn") == 2
+    assert tiny_llama.layer_index_of("lm_head") is None
+    assert tiny_llama.module_index.layer_path == "model.layers"
+    assert tiny_llama.token_text(17) == "17"  # no tokenizer: the id as text
+    assert demo.token_text(demo.token_id(" Paris")) == " Paris"
+    with pytest.raises(InputError, match="no tokenizer"):
+        tiny_llama.require_tokenizer()
+    prepared = tiny_llama.prepare([1, 5, 9])
+    assert prepared.lengths == [3]
+    assert mx.array_equal(tiny_llama.forward(prepared), tiny_llama.model(prepared.array)).item()
+
+
+# --------------------------------------------------------------------------- errors
+def _no_layer_list():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def __call__(self, x):
+            return self.proj(x)
+
+    return InterpretableModel(Flat()).layers
+
+
+@pytest.mark.parametrize(
+    ("call", "builtin", "error"),
+    [
+        (lambda m: m.module("layers.0.mpl"), KeyError, ModuleNameError),
+        (lambda m: m.run(TOKENS, capture=["layers.0"]).activations["layers.1"], KeyError, None),
+        (lambda m: m.layers[0].output.save(), RuntimeError, None),
+        (lambda m: m.layers[99], IndexError, None),
+        (lambda m: m.layer_name(99), IndexError, None),
+        (lambda m: m.layers[0].no_such_thing, AttributeError, None),
+        (lambda m: setattr(m.layers[0], "mlp", None), AttributeError, None),
+        (lambda m: m.encode("hello"), ValueError, InputError),
+        (lambda m: InterpretableModel(42), TypeError, None),
+        (lambda m: _no_layer_list(), AttributeError, None),
+        (lambda m: build_checkpoint("no_such_arch", "/nonexistent"), KeyError, None),
+        (
+            lambda m: collect_activations(m, TOKENS, layers=["layers.0"])["layers.1"],
+            KeyError,
+            None,
+        ),
+    ],
+)
+def test_errors_raised_on_purpose_are_mlxterp_errors(tiny_llama, call, builtin, error):
+    """Every error the library means to raise is catchable as MlxterpError and still as the
+    builtin a caller would expect there."""
+    with pytest.raises(MlxterpError) as info:
+        call(tiny_llama)
+    assert isinstance(info.value, builtin)
+    if error is not None:
+        assert isinstance(info.value, error)

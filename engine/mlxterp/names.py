@@ -108,10 +108,6 @@ class ModuleIndex:
             raise LayerIndexError(f"layer {index} out of range: the model has {n} layers")
         return f"{self.layer_path}.{index % n}"
 
-    @property
-    def layer_names(self) -> list[str]:
-        return [f"{self.layer_path}.{k}" for k in self._layer_children()] if self.layer_path else []
-
     def layer_index_of(self, canonical: str) -> int | None:
         """The layer a canonical name sits in, or None outside the layer list."""
         if not self.layer_path or not canonical.startswith(self.layer_path + "."):

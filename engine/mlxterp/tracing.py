@@ -221,11 +221,6 @@ class Trace:
         return self._prepared.tokens
 
     @property
-    def input_ids(self) -> mx.array:
-        """The array the model ran on (padded token ids, or the raw input array)."""
-        return self._prepared.array
-
-    @property
     def lengths(self) -> list[int] | None:
         """Real tokens per row (padded batches: position ``lengths[b]-1`` is row b's last)."""
         return self._prepared.lengths

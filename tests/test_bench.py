@@ -1,0 +1,33 @@
+"""The benchmark script: it must measure the engine as users run it (OpenBLAS loaded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlxterp import _blas
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not any(map(os.path.exists, _blas.CANDIDATES)),
+    reason="the OpenBLAS preload only exists on Linux with the library installed",
+)
+def test_bench_imports_mlxterp_before_mlx_so_openblas_is_loaded():
+    """Regression: sorting imports once put `import mlx.core` above `import mlxterp` in
+    bench/run.py, so the preload silently did nothing and every figure used MLX's slow
+    reference BLAS."""
+    code = (
+        "import runpy; ns = runpy.run_path('bench/run.py', run_name='bench'); "
+        "print(ns['_blas'].loaded_path)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLXTERP_NO_OPENBLAS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] in _blas.CANDIDATES
