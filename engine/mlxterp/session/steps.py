@@ -438,7 +438,8 @@ def _gap(recorded: np.ndarray, replayed: np.ndarray) -> float:
     finite = np.isfinite(a) & np.isfinite(b)
     if not np.all(finite | (a == b)):
         return math.inf
-    return float(np.max(np.where(finite, np.abs(a - b), 0.0)))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both are inf
+        return float(np.max(np.where(finite, np.abs(a - b), 0.0)))
 
 
 def _as_numbers(value: Any) -> np.ndarray:

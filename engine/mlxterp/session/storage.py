@@ -129,15 +129,15 @@ def sidecar_name(path: Path, arrays: dict[str, mx.array]) -> str:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+def _folder_lock(folder: Path) -> Iterator[None]:
     """Hold the folder's lock file (``flock``): saves in one folder run one at a time,
-    across threads and processes.  ``SessionError`` after ``timeout`` seconds."""
+    across threads and processes.  ``SessionError`` after ``LOCK_TIMEOUT`` seconds."""
     try:
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     except OSError as err:
         raise SessionError(f"cannot save in {str(folder)!r}: {err.strerror or err}") from None
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + LOCK_TIMEOUT
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -148,7 +148,7 @@ def _folder_lock(folder: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise SessionError(
                         f"another save in {str(folder)!r} has held {LOCK_NAME!r} for "
-                        f"{timeout:g} s; nothing was written"
+                        f"{LOCK_TIMEOUT:g} s; nothing was written"
                     ) from None
                 time.sleep(0.02)
         yield
