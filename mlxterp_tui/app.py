@@ -1,127 +1,125 @@
-"""The workbench application: layout, key bindings, workers, and the session it drives.
+"""The workbench application: its actions, the workers, and the handlers that record.
 
-Workers (model load, session steps, replay) run in threads and only post messages; the
-``on_*`` handlers below own every widget.  All computing goes through ``mlxterp.session``.
+Workers (model load, a step's computation, replay, tokenizing the prompt) run in threads,
+compute only, and post a message with what they computed.  The handlers below run on the UI
+thread: they record steps in the session (which owns every step and every intervention),
+and each pane renders the step kinds it knows.  A cancelled run's message is dropped.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingsMap
-from textual.containers import Horizontal
-from textual.widgets import Footer, Input, ListView, ProgressBar, Static, TabbedContent, TabPane
-from textual.worker import get_current_worker
+from textual.app import App
+from textual.binding import Binding, BindingsMap, BindingType
+from textual.timer import Timer
+from textual.widgets import Input, ListView, TabbedContent, Tabs
+from textual.worker import Worker, WorkerState
 
-from mlxterp.session import Session, SessionManager, replay
+from mlxterp.session import InputError, MlxterpError, Session, SessionManager, Step, replay
 
+from . import checks
+from .actions import PANES, bindings
 from .commands import WorkbenchCommands
 from .keymap import KeymapError, load_keymap
-from .messages import ModelReady, ReplayDone, StepDone, WorkFailed
+from .main_screen import HOME_PANE, PANE_TYPES, MainScreen
+from .messages import (
+    ModelLoaded,
+    ReplayDone,
+    SessionOpened,
+    StepComputed,
+    TokensReady,
+    WorkFailed,
+)
+from .panes import Pane
 from .panes.charts import ChartsPane
 from .panes.history import HistoryPane
-from .panes.interventions import Entry, InterventionScreen, InterventionsPane, entry_for
+from .panes.interventions import InterventionForm, InterventionScreen, InterventionsPane
 from .panes.lens import LensPane
 from .panes.model_tree import ModelPane
 from .panes.patching import PatchingPane
-from .panes.prompt import PromptBar
+from .panes.prompt import MAX_CHIPS, PromptBar
 from .panes.steering import SteeringPane
-from .screens import HelpScreen, PathScreen, ReportScreen
-
-PANES = (  # (tab id, tab label); number keys 1..7 select them
-    ("model", "1 Model"),
-    ("lens", "2 Lens"),
-    ("charts", "3 Chart"),
-    ("patching", "4 Patch"),
-    ("interventions", "5 Interv."),
-    ("steering", "6 Steer"),
-    ("history", "7 History"),
+from .screens import ChoiceScreen, HelpScreen, PathScreen, ReportScreen
+from .state import (
+    SHIPPED_SESSIONS,
+    ModelView,
+    WorkbenchState,
+    discard_recovery,
+    new_recovery_path,
+    recovery_files,
+    state_dir,
 )
+
+TEXT_KINDS = ("logit_lens", "trace", "attention")  # steps whose ``text`` is the prompt
+PANE_ACTIONS = {  # Enter in a pane's field runs the pane's action
+    "lens-pane": "run_lens",
+    "charts-pane": "run_attention",
+    "patching-pane": "run_patching",
+    "steering-pane": "run_steering",
+}
 
 
 def error_text(err: BaseException) -> str:
     """One line saying what went wrong (the exception's own message, its type if empty)."""
-    text = (
-        str(err.args[0])
-        if isinstance(err, KeyError) and err.args and type(err) is KeyError
-        else str(err)
-    )
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"{type(err).__name__}: {first}"
 
 
-class WorkbenchApp(App):
+class WorkbenchApp(App[None]):
     """Keyboard-driven interpretability workbench over one model and one session."""
 
     CSS_PATH = "workbench.tcss"
     TITLE = "mlxterp"
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
-    BINDINGS = [
-        Binding("f1,question_mark", "help", "Help", id="help"),
-        Binding("ctrl+r", "run_lens", "Lens", id="run_lens"),
-        Binding("ctrl+t", "run_trace", "Trace", id="run_trace"),
-        Binding("ctrl+k", "run_patching", "Patch", id="run_patching", show=False),
-        Binding("ctrl+g", "run_steering", "Steer", id="run_steering", show=False),
-        Binding("f6", "run_attention", "Attention", id="run_attention", show=False),
-        Binding("i", "add_intervention", "Intervene", id="add_intervention", show=False),
-        Binding("ctrl+s", "save", "Save", id="save"),
-        Binding("f4", "save_as", "Save as", id="save_as", show=False),
-        Binding("ctrl+o", "open", "Open", id="open"),
-        Binding("f5", "replay", "Replay", id="replay", show=False),
-        Binding("escape", "cancel", "Cancel", id="cancel", show=False),
-        *[
-            Binding(
-                str(n),
-                f"show_pane('{pane}')",
-                label.split(" ", 1)[1],
-                id=f"pane_{pane}",
-                show=False,
-            )
-            for n, (pane, label) in enumerate(PANES, 1)
-        ],
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings()
 
     def __init__(
         self,
         model: str = "demo",
-        session: Any | None = None,
+        session: Session | None = None,
         manager: SessionManager | None = None,
+        state_folder: Path | None = None,
     ) -> None:
         super().__init__()
         self.mgr = manager or SessionManager()
-        self.session = session or Session.new(model, manager=self.mgr)
-        self.model_name = self.session.model_ref
-        self.model: Any = None
-        self.entries: list[Entry] = []
-        self.baselines: dict[tuple, dict] = {}  # lens summaries with no intervention, by tokens
-        self.last_lens: dict | None = None
-        self._busy: str | None = None
+        self.state_folder = state_folder or state_dir()
+        self._offer_recovery = session is None
+        session = session or Session.new(model, manager=self.mgr)
+        self.state = WorkbenchState(
+            session.model_ref, session, new_recovery_path(self.state_folder)
+        )
+        self._copy_reason = self.state.adopt(session)
         self.user_keymap: dict[str, str] = {}
-        self.attention_head = 0
+        self.token_delay = 0.15  # seconds of quiet typing before the token strip updates
+        self._token_timer: Timer | None = None
+        self.main = MainScreen()
 
-    # ------------------------------------------------------------------ layout
-    def compose(self) -> ComposeResult:
-        yield PromptBar(id="prompt-bar")
-        with TabbedContent(initial="model", id="panes"):
-            for pane_id, label in PANES:
-                with TabPane(label, id=pane_id):
-                    yield {
-                        "model": ModelPane,
-                        "lens": LensPane,
-                        "charts": ChartsPane,
-                        "patching": PatchingPane,
-                        "interventions": InterventionsPane,
-                        "steering": SteeringPane,
-                        "history": HistoryPane,
-                    }[pane_id](id=f"{pane_id}-pane")
-        with Horizontal(id="status-row"):
-            yield Static("", id="status")
-            yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
-        yield Footer()
+    # ------------------------------------------------------------------ state views
+    @property
+    def session(self) -> Session:
+        return self.state.session
+
+    @property
+    def model(self) -> ModelView | None:
+        return self.state.model
+
+    def get_default_screen(self) -> MainScreen:
+        return self.main
+
+    def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:
+        """A notification; its text is shown as written (never read as markup)."""
+        super().notify(message, markup=markup, **kwargs)
+
+    def show_status(self) -> None:
+        self.main.show_status(self.state)
+
+    def _busy(self, what: str | None) -> None:
+        self.state.busy = what
+        self.show_status()
 
     def on_mount(self) -> None:
         try:
@@ -132,448 +130,588 @@ class WorkbenchApp(App):
             if keymap:
                 self.user_keymap = keymap
                 self.set_keymap(keymap)
-        self.query_one("#prompt", Input).focus()
-        self._set_busy("loading model")
-        self.load_model()
+        self.call_after_refresh(self._first_screen)
 
-    # ------------------------------------------------------------------ status
-    def _status_text(self) -> str:
-        path = self.session.path
-        name = Path(path).name if path else "unsaved session"
-        parts = [
-            f"model: {Path(self.model_name).name}",
-            f"session: {name}",
-            f"{len(self.session.steps)} steps",
-        ]
-        active = sum(e.on for e in self.entries)
-        if active:
-            parts.append(f"{active} interventions")
-        if self._busy:
-            parts.append(f"{self._busy}… (Esc cancels)")
-        return " │ ".join(parts)
-
-    def _set_busy(self, what: str | None) -> None:
-        self._busy = what
-        self.query_one("#progress", ProgressBar).display = what is not None
-        self.query_one("#status", Static).update(self._status_text())
+    async def _first_screen(self) -> None:
+        """The main screen is up: load the model, show the session, say what was opened
+        how, offer unsaved work back."""
+        self.query_one(PromptBar).prompt.focus()
+        self._busy("loading model")
+        self._load_model(self.state.next_run(), self.state.model_ref)
+        await self._show_session(True)
+        if self._copy_reason:
+            self._tell_copy(self._copy_reason)
+        if self._offer_recovery:
+            self._offer_recovered()
 
     # ------------------------------------------------------------------ workers
-    @work(thread=True, exclusive=True, group="compute")
-    def load_model(self) -> None:
-        """Load the session's model once (the manager caches it)."""
+    @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
+    def _load_model(self, run_id: int, ref: str) -> None:
+        """Load the session's model once (the manager keeps it)."""
         try:
-            model = self.mgr.model(self.model_name)
-        except Exception as err:
-            self.post_message(WorkFailed("load", error_text(err)))
+            model = self.mgr.model(ref)
+        except MlxterpError as err:
+            self.post_message(WorkFailed(run_id, "load", error_text(err)))
             return
-        self.post_message(ModelReady(model, self.session))
+        self.post_message(ModelLoaded(run_id, ref, model))
 
-    @work(thread=True, exclusive=True, group="compute")
-    def run_step(self, kind: str, params: dict) -> None:
-        """One session step; the result comes back as ``StepDone``."""
-        worker = get_current_worker()
+    @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
+    def _compute(self, run_id: int, kind: str, params: dict[str, Any]) -> None:
+        """Compute one step (nothing is recorded here); the result comes as ``StepComputed``."""
         try:
-            step = self.session.run(self.mgr, kind, **params)
-        except Exception as err:
-            if not worker.is_cancelled:
-                self.post_message(WorkFailed(kind, error_text(err)))
+            step = self.state.session.compute(self.mgr, kind, **params)
+        except MlxterpError as err:
+            self.post_message(WorkFailed(run_id, kind, error_text(err)))
             return
-        if not worker.is_cancelled:
-            self.post_message(StepDone(step))
+        self.post_message(StepComputed(run_id, step))
 
-    @work(thread=True, exclusive=True, group="compute")
-    def run_replay(self, session: Any) -> None:
+    @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
+    def _replay(self, run_id: int, session: Session) -> None:
         """Replay every step of ``session`` against its recorded summaries."""
         try:
             report = replay(session, self.mgr)
-        except Exception as err:
-            self.post_message(WorkFailed("replay", error_text(err)))
+        except MlxterpError as err:
+            self.post_message(WorkFailed(run_id, "replay", error_text(err)))
             return
-        if not get_current_worker().is_cancelled:
-            self.post_message(ReplayDone(report))
+        self.post_message(ReplayDone(run_id, report))
 
-    @work(thread=True, exclusive=True, group="compute")
-    def open_session(self, path: str) -> None:
-        """Load a session file and its model."""
+    @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
+    def _open(self, run_id: int, path: Path, recovered: bool) -> None:
+        """Read a session file and load its model."""
         try:
             session = Session.load(path, manager=self.mgr)
             model = self.mgr.model(session.model_ref)
-        except Exception as err:
-            self.post_message(WorkFailed("open", error_text(err)))
+        except MlxterpError as err:
+            self.post_message(WorkFailed(run_id, "open", error_text(err)))
             return
-        self.post_message(ModelReady(model, session))
+        self.post_message(SessionOpened(run_id, session, model, recovered))
+
+    @work(thread=True, exclusive=True, group="tokens", exit_on_error=False)
+    def _tokenize(self, model: ModelView, text: str) -> None:
+        """The prompt's first tokens as ``(piece, id)`` and their count."""
+        try:
+            ids = model.encode(text)
+        except MlxterpError as err:
+            self.post_message(TokensReady(text, [], 0, f"(no tokens: {err})"))
+            return
+        pieces = [(model.token_to_str(i), i) for i in ids[:MAX_CHIPS]]
+        self.post_message(TokensReady(text, pieces, len(ids), "(no tokens)"))
 
     def start_step(self, kind: str, **params: Any) -> None:
-        """Run a session step in a worker, if the model is ready."""
-        if self.model is None:
+        """Compute a step in a worker, if the model is ready."""
+        if self.state.model is None:
             self.notify("the model is still loading", severity="warning")
             return
-        self._set_busy(f"running {kind}")
-        self.run_step(kind, params)
+        self._busy(f"running {kind}")
+        self._compute(self.state.next_run(), kind, params)
 
     # ------------------------------------------------------------------ worker results
-    @on(ModelReady)
-    def _model_ready(self, message: ModelReady) -> None:
-        self.model, self.session = message.model, message.session
-        self.model_name = self.session.model_ref
-        # a reopened session's active interventions apply, so they are listed too
-        self.entries = [entry_for(name, fn) for name, fn in self.session.interventions.items()]
-        self.baselines, self.last_lens = {}, None
-        self.query_one(InterventionsPane).show(self.entries)
-        self.query_one(ModelPane).show_model(self.model, Path(self.model_name).name)
-        self.query_one(PromptBar).show_tokens(self.model)
-        self.query_one(HistoryPane).show(self.session.steps)
-        self._set_busy(None)
+    def _current(self, run_id: int) -> bool:
+        """Whether a message belongs to the run awaited now (a cancelled one does not)."""
+        if run_id != self.state.run_id or not self.main.is_attached:
+            return False
+        self._busy(None)
+        return True
 
-    @on(WorkFailed)
-    def _work_failed(self, message: WorkFailed) -> None:
-        self._set_busy(None)
-        if message.what == "load":
-            self.query_one("#model-info", Static).update(Text(f"no model: {message.text}"))
-        self.notify(message.text, severity="error", title=f"{message.what} failed", timeout=8)
+    @on(ModelLoaded)
+    def _model_loaded(self, message: ModelLoaded) -> None:
+        if not self._current(message.run_id):
+            return
+        self.state.model = message.model
+        self.query_one(ModelPane).show_model(message.model, Path(message.model_ref).name)
+        self._prompt_changed()
 
-    @on(StepDone)
-    def _step_done(self, message: StepDone) -> None:
-        self._set_busy(None)
-        self.show_step(message.step)
-        self.query_one(HistoryPane).show(self.session.steps)
+    @on(SessionOpened)
+    async def _session_opened(self, message: SessionOpened) -> None:
+        if not self._current(message.run_id):
+            return
+        session, source = message.session, message.session.path
+        if message.recovered:
+            session.path = None
+        self.state.model = message.model
+        why = self.state.adopt(session)
+        if message.recovered and source is not None:
+            session.autosave_path = self.state.recovery = source
+            session.dirty = True
+        self.query_one(ModelPane).show_model(message.model, Path(session.model_ref).name)
+        await self._show_session(True)
+        if why:
+            self._tell_copy(why)
+        self.notify(f"opened {len(session.steps)} steps", timeout=3)
+
+    @on(StepComputed)
+    async def _step_computed(self, message: StepComputed) -> None:
+        if not self._current(message.run_id):
+            return  # cancelled: nothing is recorded
+        await self._record(message.step)
 
     @on(ReplayDone)
     def _replay_done(self, message: ReplayDone) -> None:
-        self._set_busy(None)
+        if not self._current(message.run_id):
+            return
         report = message.report
         self.push_screen(
             ReportScreen("Replay: OK" if report.ok else "Replay: MISMATCH", report.format_text())
         )
 
-    def show_step(self, step: Any) -> None:
-        """Render a step's result in its pane (from its summary; ``result`` adds detail)."""
-        summary, result = step.summary, step.result
+    @on(WorkFailed)
+    def _work_failed(self, message: WorkFailed) -> None:
+        if not self._current(message.run_id):
+            return
+        if message.what == "load":
+            self.query_one(ModelPane).show_failure(message.text)
+        self.notify(message.text, severity="error", title=f"{message.what} failed", timeout=8)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised something unexpected: say so, keep the app up."""
+        if event.state != WorkerState.ERROR:
+            return
+        if event.worker.group == "compute":
+            self._busy(None)
+        err = event.worker.error
+        text = error_text(err) if err is not None else "unknown error"
+        self.notify(text, severity="error", title=f"{event.worker.name} failed", timeout=8)
+
+    @on(TokensReady)
+    def _tokens_ready(self, message: TokensReady) -> None:
+        if not self.main.is_attached:
+            return  # the app is closing
+        bar = self.query_one(PromptBar)
+        if message.text == bar.text:
+            bar.show_tokens(message.pieces, message.count, message.note)
+
+    # ------------------------------------------------------------------ recording
+    async def _record(self, step: Step) -> None:
+        """Record a computed step in the session and show it in every pane that knows it."""
+        try:
+            self.session.record(step)
+        except MlxterpError as err:
+            self.notify(error_text(err), severity="error", title="not recorded", timeout=8)
+            if step.index < 0:
+                return
+        await self._shown(step)
+
+    async def _shown(self, step: Step, switch: bool = False) -> None:
+        """Render ``step`` in every pane that knows its kind (``switch``: and show its pane)."""
         if step.kind == "logit_lens":
-            self.query_one(LensPane).show(summary, result)
-            self._lens_compared(summary)
-            if summary.get("target_probs"):
-                self.query_one(ChartsPane).line(
-                    "p(target) at the last position per layer",
-                    summary["layers"],
-                    summary["target_probs"],
-                    "layer",
-                    "probability",
-                )
-        elif step.kind == "activation_patching":
-            self.query_one(PatchingPane).show(summary)
-            charts = self.query_one(ChartsPane)
-            if summary.get("matrix"):
-                charts.grid("Recovery % by layer (rows) x position (columns)", summary["matrix"])
-            else:
-                charts.bars(
-                    f"Recovery % patching {summary['component']} ({summary['metric']})",
-                    summary["layers"],
-                    summary["recovery"],
-                    "layer",
-                    "recovery %",
-                )
-        elif step.kind == "trace":
-            self.query_one(ModelPane).show_shapes(trace_shapes(step))
-            norms = summary.get("layer_norms")
-            if norms:
-                self.query_one(ChartsPane).line(
-                    "residual norm at the last token per layer",
-                    list(range(len(norms))),
-                    norms,
-                    "layer",
-                    "norm",
-                )
-            self.notify(
-                "next tokens: "
-                + ", ".join(
-                    f"{t!r} {p:.3f}" for t, p in zip(summary["top_tokens"], summary["top_probs"])
-                ),
-                timeout=6,
-            )
-        elif step.kind == "steering":
-            self.query_one(SteeringPane).show(summary)
-        elif step.kind == "attention":
-            self._show_attention(step)
-        else:
-            self.notify(f"{step.kind} step done", timeout=3)
+            self._lens_seen(step)
+        if step.params.get("text") and step.kind in TEXT_KINDS:
+            self.query_one(PromptBar).prompt.remember(step.params["text"])
+        for pane in self.main.panes():
+            if step.kind in pane.KINDS:
+                pane.show_step(step, self.state)
+        await self.query_one(HistoryPane).show(self.session.steps)
+        self.show_status()
+        if switch and step.kind in HOME_PANE:
+            self.action_show_pane(HOME_PANE[step.kind])
 
-    def _show_attention(self, step: Any) -> None:
-        """Chart the chosen head of an attention step (recorded steps have no weights)."""
-        layer = step.summary["layer"]
-        if not isinstance(step.result, dict) or layer not in step.result:
-            self.notify(
-                f"attention of layer {layer}: most attended key per head at the last "
-                f"query {step.summary['last_query_argmax']}",
-                timeout=8,
-            )
-            return
-        weights = step.result[layer][0]  # (heads, q, k)
-        head = self.attention_head
-        if not 0 <= head < weights.shape[0]:
-            self.notify(
-                f"head {head} is out of range: layer {layer} has {weights.shape[0]} heads",
-                severity="error",
-            )
-            return
-        self.query_one(ChartsPane).grid(
-            f"Attention, layer {layer} head {head} (rows: queries, columns: keys)",
-            weights[head].tolist(),
-        )
+    def _lens_seen(self, step: Step) -> None:
+        if not self.session.interventions:
+            self.state.baselines[tuple(step.summary.get("tokens") or ())] = step.summary
+        self.state.last_lens = step.summary
 
-    def _lens_compared(self, summary: dict) -> None:
-        key = tuple(summary.get("tokens") or ())
-        if not any(e.on for e in self.entries):
-            self.baselines[key] = summary
-        self.last_lens = summary
-        self.query_one(InterventionsPane).show_comparison(self.baselines.get(key), summary)
+    async def _show_session(self, restore_forms: bool) -> None:
+        """Show the session: its history, every pane's last result, and (for a reopened
+        session) the prompt and the forms as they were."""
+        steps = self.session.steps
+        prompt = self.query_one(PromptBar).prompt
+        prompt.history = []
+        for step in steps:
+            if step.kind in TEXT_KINDS and step.params.get("text"):
+                prompt.remember(step.params["text"])
+        for pane in self.main.panes():
+            last = next((s for s in reversed(steps) if s.kind in pane.KINDS), None)
+            if last is not None:
+                pane.show_step(last, self.state)
+                if restore_forms:
+                    pane.restore(last)
+        self.query_one(InterventionsPane).show(self.session.intervention_entries())
+        await self.query_one(HistoryPane).show(steps)
+        if restore_forms and prompt.history:
+            prompt.value = prompt.history[-1]
+            prompt.cursor_position = len(prompt.value)
+        self.show_status()
 
-    # ------------------------------------------------------------------ actions
+    # ------------------------------------------------------------------ actions: panes, keys
     def action_show_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
+
+    def _active_pane(self) -> Pane:
+        return self.query_one(f"#{self.query_one(TabbedContent).active}-pane", Pane)
+
+    def action_escape(self) -> None:
+        """Leave a text field; outside fields, cancel running work."""
+        if isinstance(self.focused, Input):
+            pane = self._active_pane()
+            home = pane.query_one(pane.HOME) if pane.HOME else None
+            (home or self.query_one(TabbedContent).query_one(Tabs)).focus()
+            return
+        self.action_cancel()
+
+    def action_cancel(self) -> None:
+        if self.state.busy is None:
+            return
+        self.state.next_run()  # whatever the running worker posts is dropped
+        self.workers.cancel_group(self, "compute")
+        self._busy(None)
+        self.notify("cancelled: nothing was recorded", timeout=3)
 
     def key_rows(self) -> list[tuple[str, str, str]]:
         """``(keys, description, binding id)`` of every binding, with the user's keymap."""
         rows = [
             ("tab / shift+tab", "Next / previous widget", "-"),
-            ("ctrl+p", "Command palette", "-"),
-            ("ctrl+q", "Quit", "-"),
+            ("ctrl+p", "Command palette: every action", "-"),
+            ("ctrl+z / ctrl+y", "Prompt: undo / redo an edit", "prompt_undo / prompt_redo"),
+            ("up / down", "Prompt: earlier / later prompts", "prompt_earlier / prompt_later"),
         ]
-        for where, bindings in (
-            ("", self.BINDINGS),
-            ("Interventions: ", InterventionsPane.BINDINGS),
-        ):
-            keymap = BindingsMap(bindings)
+        for where, keyed in (("", self.BINDINGS), ("Interventions: ", InterventionsPane.BINDINGS)):
+            keymap = BindingsMap(keyed)
             keymap.apply_keymap(self.user_keymap)
             by_id: dict[str, list[Binding]] = {}
             for group in keymap.key_to_bindings.values():
                 for b in group:
                     by_id.setdefault(b.id or b.action, []).append(b)
-            for bid, group in by_id.items():
-                keys = " / ".join(self.get_key_display(b) for b in group)
-                rows.append((keys, where + (group[0].description or group[0].action), bid))
+            for bid, found in by_id.items():
+                keys = " / ".join(self.get_key_display(b) for b in found)
+                rows.append((keys, where + (found[0].description or found[0].action), bid))
         return rows
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.key_rows()))
+        panes = [(label, PANE_TYPES[pane].HELP) for pane, label, _name in PANES]
+        self.push_screen(HelpScreen(panes, self.key_rows()))
 
-    @on(Input.Submitted, "#prompt")
-    def action_run_lens(self) -> None:
+    # ------------------------------------------------------------------ actions: steps
+    def _prompt_text(self) -> str | None:
         text = self.query_one(PromptBar).text
         if not text.strip():
             self.notify("the prompt is empty: type some text first", severity="warning")
+            return None
+        return text
+
+    def _model_or_warn(self) -> ModelView | None:
+        if self.state.model is None:
+            self.notify("the model is still loading", severity="warning")
+        return self.state.model
+
+    @on(Input.Submitted, "#prompt")
+    def action_run_lens(self) -> None:
+        model, text = self._model_or_warn(), self._prompt_text()
+        if model is None or text is None:
             return
-        lens = self.query_one(LensPane)
-        params: dict[str, Any] = {"text": text}
-        if lens.top_k.strip():
-            params["top_k"] = int(lens.top_k)
-        if lens.target:
-            params["target"] = lens.target
+        try:
+            params = self.query_one(LensPane).params(model, text)
+        except MlxterpError:
+            self.action_show_pane("lens")
+            return
         self.action_show_pane("lens")
         self.start_step("logit_lens", **params)
 
     def action_run_trace(self) -> None:
-        text = self.query_one(PromptBar).text
-        if not text.strip():
-            self.notify("the prompt is empty: type some text first", severity="warning")
-            return
-        self.start_step("trace", text=text)
+        text = self._prompt_text()
+        if text is not None:
+            self.start_step("trace", text=text)
 
     def action_run_patching(self) -> None:
-        params = self.query_one(PatchingPane).params()
-        if not params["clean"].strip() or not params["corrupted"].strip():
-            self.notify("patching needs a clean and a corrupted prompt", severity="warning")
+        model = self._model_or_warn()
+        if model is None:
             return
         self.action_show_pane("patching")
+        try:
+            params = self.query_one(PatchingPane).params(model)
+        except MlxterpError:
+            return
         self.start_step("activation_patching", **params)
 
     def action_run_steering(self) -> None:
-        try:
-            params = self.query_one(SteeringPane).params()
-        except ValueError as err:
-            self.notify(str(err), severity="warning")
+        model = self._model_or_warn()
+        if model is None:
             return
         self.action_show_pane("steering")
+        try:
+            params = self.query_one(SteeringPane).params(model)
+        except MlxterpError:
+            return
         self.start_step("steering", **params)
 
     def action_run_attention(self) -> None:
-        text = self.query_one(PromptBar).text
-        try:
-            layer, self.attention_head = self.query_one(ChartsPane).attention_choice()
-        except ValueError as err:
-            self.notify(str(err), severity="warning")
-            return
-        if not text.strip():
-            self.notify("the prompt is empty: type some text first", severity="warning")
+        model = self._model_or_warn()
+        if model is None:
             return
         self.action_show_pane("charts")
-        self.start_step("attention", text=text, layer=layer)
-
-    def action_cancel(self) -> None:
-        if self._busy is None:
-            return
-        self.workers.cancel_group(self, "compute")
-        self._set_busy(None)
-        self.notify("cancelled", timeout=3)
-
-    # interventions ------------------------------------------------------
-    def _check_module(self, name: str) -> str | None:
-        if self.model is None:
-            return "the model is still loading"
-        if not name:
-            return "name a module, e.g. layers.0.mlp"
         try:
-            self.model.resolve(name)
-        except KeyError as err:
-            return error_text(err)
-        return None
+            layer = self.query_one(ChartsPane).attention_layer(model)
+        except MlxterpError:
+            return
+        text = self._prompt_text()
+        if text is not None:
+            self.start_step("attention", text=text, layer=layer)
 
-    def action_add_intervention(self) -> None:
-        module = self.query_one(ModelPane).selected_module() or ""
-        self.push_screen(InterventionScreen(self._check_module, module), self._added)
+    @on(Input.Submitted)
+    def _pane_field_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a pane's field runs that pane's action (the prompt runs the lens)."""
+        if event.input.id == "prompt":
+            return
+        for ancestor in event.input.ancestors:
+            action = PANE_ACTIONS.get(ancestor.id or "")
+            if action is not None:
+                getattr(self, f"action_{action}")()
+                return
 
-    def _apply(self, change) -> bool:
-        """Run an intervention change on the session; errors become notifications."""
-        if self._busy is not None:
+    # ------------------------------------------------------------------ interventions
+    def _resolve(self, name: str) -> str:
+        model = self.state.model
+        if model is None:
+            raise InputError("the model is still loading")
+        return model.resolve(name)
+
+    def _change_interventions(self, **params: Any) -> bool:
+        """Record one change of the session's intervention list (on the UI thread: it runs
+        no model), then show it and re-run the lens to compare with the baseline."""
+        if self.state.busy is not None:
             self.notify(
                 "wait for the running step (or Esc) before changing interventions",
                 severity="warning",
             )
             return False
         try:
-            change()
-        except Exception as err:
+            step = self.session.run(self.mgr, "interventions", **params)
+        except MlxterpError as err:
             self.notify(error_text(err), severity="error", title="intervention refused")
             return False
+        self.call_later(self._shown, step)
+        text = self.query_one(PromptBar).text
+        if self.state.last_lens is not None and text.strip() and self.state.model is not None:
+            try:
+                params = self.query_one(LensPane).params(self.state.model, text)
+            except MlxterpError:
+                return True
+            self.start_step("logit_lens", **params)
         return True
 
-    def _added(self, entry: Entry | None) -> None:
-        if entry is not None:
-            entry.module = self.model.resolve(entry.module)  # checked by the form
-        if entry is None or not self._apply(
-            lambda: self.session.set_intervention(entry.module, entry.fn)
-        ):
+    def _entry_at_cursor(self) -> int | None:
+        return self.query_one(InterventionsPane).selected()
+
+    def action_add_intervention(self) -> None:
+        if self._model_or_warn() is None:
             return
-        self.entries = [e for e in self.entries if e.module != entry.module] + [entry]
-        self._interventions_changed()
+        module = self.query_one(ModelPane).selected_module() or ""
+        self.push_screen(InterventionScreen(self._resolve, module), self._added)
+
+    def _added(self, form: InterventionForm | None) -> None:
+        if form is None:
+            return
+        existing = {e.module: e for e in self.session.intervention_entries()}.get(form.module)
+        if existing is None:
+            self._change_interventions(
+                action="set", module=form.module, intervention=form.description
+            )
+            return
+
+        def decided(answer: str | None) -> None:
+            if answer == "replace":
+                desc = form.description
+            elif answer == "compose":
+                desc = checks.composed(existing.description, form.description)
+            else:
+                return
+            self._change_interventions(action="set", module=form.module, intervention=desc)
+
+        self.push_screen(
+            ChoiceScreen(
+                f"{form.module} already has an intervention. Replace it with the new one, or "
+                "compose them (the existing one first, then the new one)?",
+                [("replace", "Replace"), ("compose", "Compose"), ("cancel", "Cancel")],
+            ),
+            decided,
+        )
 
     def action_edit_intervention(self) -> None:
-        index = self.query_one(InterventionsPane).selected()
-        if index is None:
+        index = self._entry_at_cursor()
+        if index is None or self._model_or_warn() is None:
             return
-        old = self.entries[index]
+        old = self.session.intervention_entries()[index]
+        if old.description.get("kind") not in checks.INTERVENTION_PARAMS:
+            self.notify(
+                f"a {old.description.get('kind')} intervention cannot be edited in the form: "
+                "remove it and add a new one",
+                severity="warning",
+            )
+            return
 
-        def edited(entry: Entry | None) -> None:
-            if entry is None:
+        def edited(form: InterventionForm | None) -> None:
+            if form is None:
                 return
-            entry.on, entry.module = old.on, self.model.resolve(entry.module)
-
-            def change() -> None:
-                if old.on and entry.module != old.module:
-                    self.session.remove_intervention(old.module)
-                if entry.on:
-                    self.session.set_intervention(entry.module, entry.fn)
-
-            if self._apply(change):
-                self.entries[index] = entry
-                self._interventions_changed()
-
-        self.push_screen(InterventionScreen(self._check_module, entry=old), edited)
-
-    def action_toggle_intervention(self) -> None:
-        index = self.query_one(InterventionsPane).selected()
-        if index is None:
-            return
-        entry = self.entries[index]
-        change = (
-            (lambda: self.session.remove_intervention(entry.module))
-            if entry.on
-            else (lambda: self.session.set_intervention(entry.module, entry.fn))
-        )
-        if self._apply(change):
-            entry.on = not entry.on
-            self._interventions_changed()
-
-    def action_remove_intervention(self) -> None:
-        index = self.query_one(InterventionsPane).selected()
-        if index is None:
-            return
-        entry = self.entries[index]
-        if not entry.on or self._apply(lambda: self.session.remove_intervention(entry.module)):
-            del self.entries[index]
-            self._interventions_changed()
-
-    def _interventions_changed(self) -> None:
-        """Show the list and history, then re-run the lens to compare with the baseline."""
-        self.query_one(InterventionsPane).show(self.entries)
-        self.query_one(HistoryPane).show(self.session.steps)
-        self.action_show_pane("interventions")
-        self._set_busy(None)
-        if self.last_lens is not None and self.query_one(PromptBar).text.strip():
-            self.start_step(
-                "logit_lens",
-                text=self.query_one(PromptBar).text,
-                top_k=int(self.query_one(LensPane).top_k or 5),
+            if form.module != old.module and not self._change_interventions(
+                action="remove", module=old.module
+            ):
+                return
+            self._change_interventions(
+                action="set", module=form.module, intervention=form.description
             )
 
-    # sessions -----------------------------------------------------------
+        self.push_screen(InterventionScreen(self._resolve, entry=old), edited)
+
+    def action_toggle_intervention(self) -> None:
+        index = self._entry_at_cursor()
+        if index is not None:
+            entry = self.session.intervention_entries()[index]
+            action = "disable" if entry.enabled else "enable"
+            self._change_interventions(action=action, module=entry.module)
+
+    def action_remove_intervention(self) -> None:
+        index = self._entry_at_cursor()
+        if index is not None:
+            entry = self.session.intervention_entries()[index]
+            self._change_interventions(action="remove", module=entry.module)
+
+    # ------------------------------------------------------------------ sessions
+    def _tell_copy(self, why: str) -> None:
+        source = self.state.copy_of
+        name = source.name if source is not None else "the session"
+        self.notify(
+            f"{name} is {why}: it opened as a copy and is never written; ctrl+s saves the "
+            "copy under a new name",
+            timeout=8,
+        )
+
+    def _check_save_path(self, text: str) -> tuple[str, bool] | None:
+        """What stands in the way of saving to ``text``: (message, whether Enter again
+        goes ahead)."""
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return f"{path} is a folder: give a file name, e.g. {path / 'session.toml'}", False
+        if path.suffix != ".toml":
+            return "a session file name ends in .toml", False
+        if path.resolve().parent == SHIPPED_SESSIONS or path == self.state.copy_of:
+            return "that is a shipped or read-only example: choose another path", False
+        if not path.parent.exists():
+            return f"the folder {path.parent} does not exist: Enter again creates it", True
+        if path.exists() and path != self.session.path:
+            return f"{path.name} exists: Enter again overwrites it", True
+        return None
+
     def action_save(self) -> None:
         if self.session.path is None:
             self.action_save_as()
-            return
-        self._save(None)
+        else:
+            self._save(None)
 
     def action_save_as(self) -> None:
-        self.push_screen(PathScreen("Save session as"), self._save_to)
+        self.push_screen(PathScreen("Save session as", check=self._check_save_path), self._save_to)
 
     def _save_to(self, path: str | None) -> None:
         if path:
-            self._save(path)
+            self._save(Path(path).expanduser())
 
-    def _save(self, path: str | None) -> None:
+    def _save(self, path: Path | None) -> bool:
         try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             written = self.session.save(path)
-        except Exception as err:
+        except OSError as err:
             self.notify(error_text(err), severity="error", title="save failed")
-            return
+            return False
+        except MlxterpError as err:
+            self.notify(error_text(err), severity="error", title="save failed")
+            return False
+        self.state.copy_of = None
+        discard_recovery(self.state.recovery)
         self.notify(f"saved {written.name}", timeout=3)
-        self._set_busy(self._busy)
+        self.show_status()
+        return True
 
     def action_open(self) -> None:
         self.push_screen(PathScreen("Open session"), self._open_path)
 
     def _open_path(self, path: str | None) -> None:
         if path:
-            self._set_busy("opening session")
-            self.open_session(path)
+            self._busy("opening session")
+            self._open(self.state.next_run(), Path(path).expanduser(), False)
+
+    def _offer_recovered(self) -> None:
+        found = recovery_files(self.state_folder)
+        if not found:
+            return
+        newest = found[0]
+
+        def decided(answer: str | None) -> None:
+            if answer == "restore":
+                self._busy("restoring unsaved work")
+                self._open(self.state.next_run(), newest, True)
+            elif answer == "discard":
+                discard_recovery(newest)
+
+        self.push_screen(
+            ChoiceScreen(
+                f"Unsaved work from an earlier run was kept ({newest.name}). Restore it, "
+                "discard it, or decide later?",
+                [("restore", "Restore"), ("discard", "Discard"), ("later", "Later")],
+            ),
+            decided,
+        )
 
     def action_replay(self) -> None:
-        if self.model is None:
-            self.notify("the model is still loading", severity="warning")
+        if self._model_or_warn() is None:
             return
-        self._set_busy("replaying")
-        self.run_replay(self.session)
+        self._busy("replaying")
+        self._replay(self.state.next_run(), self.session)
+
+    async def action_quit(self) -> None:
+        """Quit; with unsaved work, ask first (save, quit without saving, or stay)."""
+        if not self.session.dirty:
+            discard_recovery(self.state.recovery)
+            self.exit()
+            return
+
+        def decided(answer: str | None) -> None:
+            if answer == "discard":
+                discard_recovery(self.state.recovery)
+                self.exit()
+            elif answer == "save":
+                if self.session.path is not None:
+                    if self._save(None):
+                        self.exit()
+                else:
+                    self.push_screen(
+                        PathScreen("Save session as", check=self._check_save_path),
+                        self._save_and_quit,
+                    )
+
+        self.push_screen(
+            ChoiceScreen(
+                f"The session has unsaved changes ({len(self.session.steps)} steps). Quit anyway?",
+                [("save", "Save first"), ("discard", "Quit without saving"), ("stay", "Stay")],
+            ),
+            decided,
+        )
+
+    def _save_and_quit(self, path: str | None) -> None:
+        if path and self._save(Path(path).expanduser()):
+            self.exit()
 
     @on(ListView.Selected, "#history-list")
-    def _history_selected(self, event: ListView.Selected) -> None:
-        step = self.session.steps[event.index]
-        self.show_step(step)
-        target = {
-            "logit_lens": "lens",
-            "activation_patching": "patching",
-            "trace": "model",
-            "steering": "steering",
-            "attention": "charts",
-        }.get(step.kind)
-        if target:
-            self.action_show_pane(target)
+    async def _history_selected(self, event: ListView.Selected) -> None:
+        if event.index is not None and event.index < len(self.session.steps):
+            await self._shown(self.session.steps[event.index], switch=True)
 
+    # ------------------------------------------------------------------ the prompt
     @on(Input.Changed, "#prompt")
     def _prompt_changed(self) -> None:
-        self.query_one(PromptBar).show_tokens(self.model)
+        """Tokenize the prompt once typing pauses, off the UI thread."""
+        if self._token_timer is not None:
+            self._token_timer.stop()
+        if self.token_delay <= 0:
+            self._tokenize_now()
+            return
+        self._token_timer = self.set_timer(self.token_delay, self._tokenize_now)
 
-
-def trace_shapes(step: Any) -> dict[str, tuple]:
-    """``{canonical_name: shape}`` of a live trace step (a reopened one has no activations)."""
-    activations = getattr(step.result, "activations", None) or {}
-    return {name: tuple(value.shape) for name, value in activations.items()}
+    def _tokenize_now(self) -> None:
+        if not self.main.is_attached:
+            return
+        bar, model = self.query_one(PromptBar), self.state.model
+        if model is None or model.tokenizer is None or not bar.text:
+            bar.show_tokens(
+                [], 0, "(loading model…)" if model is None and bar.text else "(no tokens yet)"
+            )
+            return
+        self._tokenize(model, bar.text)

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return replay_main(argv[1:])
     args = _parser().parse_args(argv)
-    from mlxterp.session import Session, SessionManager
+    from mlxterp.session import MlxterpError, Session, SessionManager
 
     from .app import WorkbenchApp, error_text
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "open":
             session = Session.load(args.file, manager=manager)
         manager.model(session.model_ref if session is not None else args.model)
-    except Exception as err:
+    except MlxterpError as err:
         return _fail(error_text(err))
     WorkbenchApp(args.model, session=session, manager=manager).run()
     return 0

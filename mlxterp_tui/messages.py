@@ -1,41 +1,72 @@
-"""Messages that workers post to the app; only the app's handlers touch widgets."""
+"""Messages that workers post to the app: each carries what it computed, nothing more.
+
+Workers never touch widgets or record anything; the app's handlers (on the UI thread) do.
+A message from a run the user cancelled (``run_id`` no longer current) is dropped.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual.message import Message
 
+from mlxterp.session import ReplayReport, Session, Step
 
-class ModelReady(Message):
-    """The model finished loading (and the session, if one was opened, is in place)."""
+from .state import ModelView
 
-    def __init__(self, model: Any, session: Any) -> None:
+
+class ModelLoaded(Message):
+    """The model of ``model_ref`` is loaded."""
+
+    def __init__(self, run_id: int, model_ref: str, model: ModelView) -> None:
         super().__init__()
-        self.model = model
-        self.session = session
+        self.run_id, self.model_ref, self.model = run_id, model_ref, model
 
 
-class StepDone(Message):
-    """A session step finished; ``step`` is the session's ``Step``."""
+class SessionOpened(Message):
+    """A session file was read and its model loaded."""
 
-    def __init__(self, step: Any) -> None:
+    def __init__(self, run_id: int, session: Session, model: ModelView, recovered: bool) -> None:
         super().__init__()
-        self.step = step
+        self.run_id, self.session, self.model = run_id, session, model
+        self.recovered = recovered  # read from a recovery file, not a file the user saved
+
+
+class StepComputed(Message):
+    """A step finished computing; the UI thread records it unless its run was cancelled."""
+
+    def __init__(self, run_id: int, step: Step) -> None:
+        super().__init__()
+        self.run_id, self.step = run_id, step
 
 
 class ReplayDone(Message):
     """A replay finished with its report."""
 
-    def __init__(self, report: Any) -> None:
+    def __init__(self, run_id: int, report: ReplayReport) -> None:
         super().__init__()
-        self.report = report
+        self.run_id, self.report = run_id, report
 
 
 class WorkFailed(Message):
-    """A worker raised; ``text`` is the one-line reason to show."""
+    """A worker's work was refused; ``text`` is the one-line reason to show."""
 
-    def __init__(self, what: str, text: str) -> None:
+    def __init__(self, run_id: int, what: str, text: str) -> None:
         super().__init__()
-        self.what = what
-        self.text = text
+        self.run_id, self.what, self.text = run_id, what, text
+
+
+class TokensReady(Message):
+    """The prompt ``text`` tokenized: ``(piece, id)`` of its first tokens and the count."""
+
+    def __init__(self, text: str, pieces: list[tuple[str, int]], count: int, note: str) -> None:
+        super().__init__()
+        self.text, self.pieces, self.count, self.note = text, pieces, count, note
+
+
+__all__ = [
+    "ModelLoaded",
+    "ReplayDone",
+    "SessionOpened",
+    "StepComputed",
+    "TokensReady",
+    "WorkFailed",
+]

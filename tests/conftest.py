@@ -77,3 +77,10 @@ def demo() -> InterpretableModel:
     if not (DEMO_DIR / "config.json").exists():
         pytest.fail("the embedded demo model is missing from engine/mlxterp/demo_model")
     return InterpretableModel("demo")
+
+
+@pytest.fixture(autouse=True)
+def _workbench_state_dir(tmp_path_factory, monkeypatch):
+    """The workbench keeps recovery files in a fresh folder per test, never in ~/.local/state
+    (a file left there by an earlier run would be offered back and take the first keys)."""
+    monkeypatch.setenv("MLXTERP_STATE_DIR", str(tmp_path_factory.mktemp("workbench-state")))

@@ -49,6 +49,12 @@ async def settle(app, pilot):
     await pilot.pause()
 
 
+async def tokenized(app, pilot):
+    """Wait for the debounced token strip (the app's delay is set to 0 in these tests)."""
+    await pilot.pause()
+    await settle(app, pilot)
+
+
 async def started(app, pilot):
     await settle(app, pilot)
     assert app.model is not None
@@ -98,7 +104,9 @@ async def test_token_strip_shows_ids(model_dir, manager):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test() as pilot:
         await started(app, pilot)
+        app.token_delay = 0
         await pilot.press(*"Paris")
+        await tokenized(app, pilot)
         strip = str(app.query_one("#token-strip", Static).render())
         ids = manager.model(model_dir).encode("Paris")
         for token_id in ids:
@@ -127,7 +135,7 @@ async def test_add_toggle_remove_intervention(model_dir, manager):
         compare = str(app.query_one("#iv-compare", Static).render())
         assert "baseline" in compare and "*" in compare
         table = app.query_one("#iv-table", DataTable)
-        assert table.row_count == 1 and table.get_row_at(0)[1] == canonical
+        assert table.row_count == 1 and str(table.get_row_at(0)[1]) == canonical
         table.focus()
         await pilot.press("space")  # toggle off
         await settle(app, pilot)
@@ -143,7 +151,7 @@ async def test_add_toggle_remove_intervention(model_dir, manager):
         await pilot.press("enter")
         await settle(app, pilot)
         assert "factor=2" in repr(app.session.interventions[canonical])
-        assert table.get_row_at(0)[3] == "factor=2"
+        assert str(table.get_row_at(0)[3]) == "factor=2"
         await pilot.press("d")
         await settle(app, pilot)
         assert app.session.interventions == {} and table.row_count == 0
@@ -173,25 +181,6 @@ async def test_bad_intervention_is_refused_in_the_form(
         assert isinstance(app.screen, InterventionScreen)  # still open, showing why
         assert expected in str(app.screen.query_one("#iv-error", Static).render())
         assert app.session.interventions == {}
-
-
-async def test_nan_intervention_shows_error(model_dir, manager):
-    app = WorkbenchApp(model_dir, manager=manager)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await started(app, pilot)
-        await run_lens(app, pilot)
-        steps = len(app.session.steps)
-        app.query_one("#module-tree").focus()
-        await pilot.press("i")
-        app.screen.query_one("#iv-module", Input).value = "layers.0.mlp"
-        app.screen.query_one("#iv-params", Input).value = "factor=nan"
-        app.screen.query_one("#iv-module", Input).focus()
-        await pilot.press("enter")
-        await settle(app, pilot)
-        assert any("NaN" in m for m in messages(app))
-        assert app.session.steps[-1].kind == "interventions"  # the failed lens is not recorded
-        assert len(app.session.steps) == steps + 1
-        assert app.is_running
 
 
 async def test_patching_sweep(model_dir, manager):
@@ -368,14 +357,14 @@ async def test_escape_cancels_running_step(model_dir, manager):
     async with app.run_test() as pilot:
         await started(app, pilot)
         release, entered = threading.Event(), threading.Event()
-        real_run = app.session.run
+        real_compute = app.session.compute
 
-        def slow_run(*args, **kwargs):
+        def slow_compute(*args, **kwargs):
             entered.set()
             release.wait(10)
-            return real_run(*args, **kwargs)
+            return real_compute(*args, **kwargs)
 
-        app.session.run = slow_run
+        app.session.compute = slow_compute
         app.query_one("#prompt", Input).value = PROMPT
         await pilot.press("enter")
         assert entered.wait(10)
@@ -388,6 +377,7 @@ async def test_escape_cancels_running_step(model_dir, manager):
         release.set()
         await settle(app, pilot)
         assert app.query_one("#lens-table", DataTable).row_count == 0  # result dropped
+        assert app.session.steps == [] and not app.session.dirty  # and nothing recorded
         assert any("cancelled" in m for m in messages(app))
 
 
@@ -427,7 +417,8 @@ async def test_steering_bad_layer_notifies(model_dir, manager):
         await pilot.press("ctrl+g")
         await settle(app, pilot)
         assert app.session.steps == [] and app.is_running
-        assert any("42" in m for m in messages(app))
+        beside = str(app.query_one("#steer-message", Static).render())
+        assert "42" in beside and "out of range" in beside
 
 
 async def test_attention_chart_and_bad_head(model_dir, manager):
@@ -447,7 +438,8 @@ async def test_attention_chart_and_bad_head(model_dir, manager):
         app.query_one("#lens-table").focus()
         await pilot.press("f6")
         await settle(app, pilot)
-        assert any("head 99 is out of range" in m for m in messages(app))
+        beside = str(app.query_one("#attn-message", Static).render())
+        assert "99 is out of range" in beside and "heads" in beside
 
 
 async def test_save_to_bad_path_notifies(model_dir, manager, tmp_path):
@@ -458,7 +450,8 @@ async def test_save_to_bad_path_notifies(model_dir, manager, tmp_path):
         app.screen.query_one("#path-input", Input).value = str(tmp_path)  # a folder
         await pilot.press("enter")
         await pilot.pause()
-        assert any(n.title == "save failed" for n in app._notifications)
+        assert isinstance(app.screen, PathScreen)  # stays open, saying why beside the field
+        assert "is a folder" in str(app.screen.query_one("#path-message", Static).render())
         assert app.is_running
 
 
@@ -474,9 +467,12 @@ async def test_reopened_session_lists_its_active_interventions(model_dir, manage
     app = WorkbenchApp(model_dir, session=Session.load(path, manager=manager), manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await started(app, pilot)
-        listed = {(e.module, e.kind, e.positions) for e in app.entries}
+        listed = {
+            (e.module, e.description["kind"], tuple(e.description.get("positions", ())))
+            for e in app.session.intervention_entries()
+        }
         assert listed == {
-            ("model.layers.1.mlp", "scale", "-1"),
-            ("model.layers.0", "add_vector", ""),
+            ("model.layers.1.mlp", "scale", (-1,)),
+            ("model.layers.0", "add_vector", ()),
         }
         assert app.query_one("#iv-table", DataTable).row_count == 2

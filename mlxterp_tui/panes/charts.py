@@ -1,44 +1,134 @@
-"""plotext charts: target probability per layer, patching recovery, attention of a head."""
+"""plotext charts: target probability per layer, patching recovery, residual norms, and the
+attention of one head."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Static
+from textual.containers import Horizontal
+from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from mlxterp.errors import InputError
+from mlxterp.session import InputError, Step
+
+from .. import checks
+from ..state import ModelView, WorkbenchState
+from ..widgets import Field, FieldMessage, KeyButton
+from . import Pane
 
 
-class ChartsPane(Vertical):
+class ChartsPane(Pane):
     """One chart at a time, redrawn through ``PlotextPlot.plt`` (never ``show()``)."""
+
+    KINDS = ("logit_lens", "activation_patching", "trace", "attention")
+    HOME = "#chart"
+    HELP = (
+        "One chart at a time: the target token's probability per layer (after a lens with a "
+        "target), recovery per layer of a patching sweep (or its layer x position grid), the "
+        "residual norm per layer (after a trace, ctrl+t), or the attention of the layer and "
+        "head typed above the chart (f6 or the button: rows are queries, columns keys)."
+    )
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="attn-options"):
-            yield Input("0", placeholder="layer", id="attn-layer", restrict=r"[0-9]*")
-            yield Input("0", placeholder="head", id="attn-head", restrict=r"[0-9]*")
-            yield Button("Attention (f6)", id="attn-run")
+            yield Field("0", placeholder="layer", id="attn-layer", restrict=r"[0-9]*")
+            yield Field("0", placeholder="head", id="attn-head", restrict=r"[0-9]*")
+            yield KeyButton("Attention (f6)", id="attn-run", action="app.run_attention")
+        yield FieldMessage(id="attn-message")
         yield Static(
-            "Charts appear after a lens with a target, a patching sweep or an "
+            "Charts appear after a lens with a target, a patching sweep, a trace or an "
             "attention run (f6: the prompt's attention for the layer and head above).",
             id="chart-caption",
         )
         yield PlotextPlot(id="chart")
 
-    def attention_choice(self) -> tuple[int, int]:
-        """The ``(layer, head)`` typed above the chart."""
-        layer = self.query_one("#attn-layer", Input).value
-        head = self.query_one("#attn-head", Input).value
-        if not layer or not head:
-            raise InputError("give a layer and a head for the attention chart")
-        return int(layer), int(head)
+    def attention_layer(self, model: ModelView) -> int:
+        """The layer typed above the chart, checked against the model."""
+        message = self.query_one("#attn-message", FieldMessage)
+        try:
+            layer = checks.whole(
+                self.query_one("#attn-layer", Field).value,
+                "layer",
+                low=0,
+                high=model.num_layers - 1,
+            )
+            checks.whole(self.query_one("#attn-head", Field).value, "head", low=0)
+        except InputError as err:
+            message.say(str(err))
+            raise
+        message.say(None)
+        return layer
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "attn-run":
-            self.app.run_action("run_attention")
+    def restore(self, step: Step) -> None:
+        if step.kind == "attention":
+            self.query_one("#attn-layer", Field).value = str(step.params["layer"])
 
-    def _fresh(self, caption: str):
-        self.query_one("#chart-caption", Static).update(caption)
+    def show_step(self, step: Step, state: WorkbenchState) -> None:
+        summary = step.summary
+        if step.kind == "logit_lens" and summary.get("target_probs"):
+            self.line(
+                "p(target) at the last position per layer",
+                summary["layers"],
+                summary["target_probs"],
+                "layer",
+                "probability",
+            )
+        elif step.kind == "activation_patching":
+            if summary.get("matrix"):
+                self.grid("Recovery % by layer (rows) x position (columns)", summary["matrix"])
+            else:
+                self.bars(
+                    f"Recovery % patching {summary['component']} ({summary['metric']})",
+                    summary["layers"],
+                    summary["recovery"],
+                    "layer",
+                    "recovery %",
+                )
+        elif step.kind == "trace" and summary.get("layer_norms"):
+            norms = summary["layer_norms"]
+            self.line(
+                "residual norm at the last token per layer",
+                list(range(len(norms))),
+                norms,
+                "layer",
+                "norm",
+            )
+        elif step.kind == "attention":
+            self.attention(step)
+
+    def attention(self, step: Step) -> None:
+        """Chart the head typed above of an attention step (a reopened one has no weights:
+        its summary is written out instead)."""
+        layer = step.summary["layer"]
+        message = self.query_one("#attn-message", FieldMessage)
+        if not isinstance(step.result, dict) or layer not in step.result:
+            self._fresh(
+                f"attention of layer {layer} (recorded): most attended key per head at the "
+                f"last query {step.summary['last_query_argmax']}"
+            )
+            self.query_one("#chart", PlotextPlot).refresh()
+            return
+        weights = step.result[layer][0]  # (heads, q, k)
+        try:
+            head = checks.whole(
+                self.query_one("#attn-head", Field).value,
+                "head",
+                low=0,
+                high=weights.shape[0] - 1,
+            )
+        except InputError as err:
+            message.say(f"{err} — layer {layer} has {weights.shape[0]} heads")
+            return
+        message.say(None)
+        self.grid(
+            f"Attention, layer {layer} head {head} (rows: queries, columns: keys)",
+            weights[head].tolist(),
+        )
+
+    def _fresh(self, caption: str) -> PlotextPlot:
+        self.query_one("#chart-caption", Static).update(Text(caption))
         plot = self.query_one("#chart", PlotextPlot)
         plot.plt.clear_data()
         plot.plt.clear_figure()
@@ -61,7 +151,7 @@ class ChartsPane(Vertical):
         plot.plt.ylabel(ylabel)
         plot.refresh()
 
-    def grid(self, caption: str, matrix: list[list[float]]) -> None:
+    def grid(self, caption: str, matrix: list[list[Any]]) -> None:
         """A heatmap of ``matrix`` through plotext's ``matrix_plot``."""
         plot = self._fresh(caption)
         plot.plt.matrix_plot(matrix)

@@ -1,158 +1,143 @@
 """The intervention list (add, edit, toggle, remove) and the change of the top predictions
-against the baseline lens."""
+against the baseline lens.  The session owns the list; this pane only shows it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Select, Static
+from textual.widgets import DataTable, Select, Static
 
-from mlxterp import interventions as iv
-from mlxterp.errors import InterventionError
+from mlxterp.session import (
+    InputError,
+    InterventionEntry,
+    MlxterpError,
+    Step,
+    intervention_from_description,
+)
 
-KINDS = {  # kind -> parameter hint
-    "zero_out": "",
-    "scale": "factor=0.5",
-    "clamp": "min_val=-1, max_val=1",
-    "noise": "std=0.1, seed=0",
-}
+from .. import checks
+from ..state import WorkbenchState
+from ..widgets import Field, FieldMessage, KeyButton
+from . import Pane
 
-
-def parse_params(text: str) -> dict[str, Any]:
-    """``"factor=0.5, seed=1"`` → ``{"factor": 0.5, "seed": 1}`` (numbers only)."""
-    params: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise InterventionError(f"parameter {part!r} is not name=value (e.g. factor=0.5)")
-        try:
-            number = float(value)
-        except ValueError:
-            raise InterventionError(
-                f"parameter {key.strip()}={value.strip()!r} is not a number"
-            ) from None
-        params[key.strip()] = int(number) if number.is_integer() and "." not in value else number
-    return params
+FORM_KINDS = tuple(checks.INTERVENTION_HINTS)
 
 
-def parse_positions(text: str) -> list[int] | None:
-    """``"-1"`` or ``"0, 2"`` → positions; empty → every position."""
-    if not text.strip():
-        return None
-    try:
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise InterventionError(f"positions {text!r} must be integers like -1 or 0,2") from None
+def shown_value(value: Any) -> str:
+    return (
+        f"array{tuple(value.shape)}"
+        if hasattr(value, "shape")
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
-def build_intervention(kind: str, params_text: str, positions_text: str) -> iv.Intervention:
-    """The engine's intervention for a form's kind, parameters and positions."""
-    if kind not in KINDS:
-        raise InterventionError(f"unknown intervention kind {kind!r}; choose one of {list(KINDS)}")
-    params, positions = parse_params(params_text), parse_positions(positions_text)
-    if kind == "zero_out":
-        if params:
-            raise InterventionError("zero_out takes no parameters")
-        fn = iv.zero_out
+def description_text(desc: dict[str, Any]) -> tuple[str, str, str]:
+    """``(kind, parameters, positions)`` of a description as the list and the form show them."""
+    params = desc.get("params", {})
+    if desc.get("kind") == "compose":
+        shown = " then ".join(
+            f"{s['kind']}({description_text(s)[1]})" for s in params.get("steps", [])
+        )
     else:
-        try:
-            fn = getattr(iv, kind)(**params)
-        except TypeError:
-            raise InterventionError(
-                f"{kind} takes {KINDS[kind]!r}-style parameters; got {sorted(params)}"
-            ) from None
-    return fn.at(positions) if positions is not None else fn
+        shown = ", ".join(f"{k}={shown_value(v)}" for k, v in params.items() if v is not None)
+    where = desc.get("positions")
+    positions = ",".join(map(str, where)) if isinstance(where, list) else str(where or "")
+    return str(desc.get("kind")), shown, positions
 
 
 @dataclass
-class Entry:
-    """One row of the list: where, what, and whether it is active."""
+class InterventionForm:
+    """What the form returns: the module's canonical name and the intervention's description."""
 
     module: str
-    kind: str
-    params: str
-    positions: str
-    fn: iv.Intervention
-    on: bool = True
+    description: dict[str, Any]
 
 
-def entry_for(module: str, fn: iv.Intervention) -> Entry:
-    """A list row for an intervention already active in the session (e.g. a reopened one)."""
-    shown = ", ".join(
-        f"{k}=array{tuple(v.shape)}" if hasattr(v, "shape") else f"{k}={v}"
-        for k, v in fn.params.items()
-        if v is not None and k != "steps"
-    )
-    positions = ",".join(map(str, fn.positions)) if fn.positions is not None else ""
-    return Entry(module, fn.kind, shown, positions, fn)
+class InterventionScreen(ModalScreen[InterventionForm | None]):
+    """Form for a new or edited intervention; ``resolve`` gives a module's canonical name
+    (or raises); what is wrong shows beside the fields and the form stays open."""
 
-
-class InterventionScreen(ModalScreen[Optional[Entry]]):
-    """Form for a new or edited intervention; ``check`` returns an error text or ``None``."""
-
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="iv_form_cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss(None)", "Cancel", id="iv_form_cancel")
+    ]
 
     def __init__(
-        self, check: Callable[[str], str | None], module: str = "", entry: Entry | None = None
+        self,
+        resolve: Callable[[str], str],
+        module: str = "",
+        entry: InterventionEntry | None = None,
     ) -> None:
         super().__init__()
-        self._check = check
+        self._resolve = resolve
         self._entry = entry
         self._module = entry.module if entry else module
 
     def compose(self) -> ComposeResult:
-        e = self._entry
+        kind, params, positions = (
+            description_text(self._entry.description) if self._entry else ("scale", "", "")
+        )
         with Vertical(id="iv-box", classes="modal-box"):
             yield Static("Intervention (Enter saves, Esc cancels)", classes="modal-title")
-            yield Input(self._module, placeholder="module, e.g. layers.1.mlp", id="iv-module")
+            yield Field(self._module, placeholder="module, e.g. layers.1.mlp", id="iv-module")
             yield Select(
-                [(k, k) for k in KINDS],
-                value=e.kind if e else "scale",
+                [(k, k) for k in FORM_KINDS],
+                value=kind if kind in FORM_KINDS else "scale",
                 allow_blank=False,
                 id="iv-kind",
             )
-            yield Input(e.params if e else KINDS["scale"], placeholder="parameters", id="iv-params")
-            yield Input(
-                e.positions if e else "",
-                placeholder="positions (empty: all; -1: last)",
-                id="iv-positions",
+            yield Field(
+                params if self._entry else checks.INTERVENTION_HINTS["scale"],
+                placeholder="parameters",
+                id="iv-params",
             )
-            yield Static("", id="iv-error")
+            yield Field(
+                positions, placeholder="positions (empty: all; -1: last)", id="iv-positions"
+            )
+            yield FieldMessage(id="iv-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Save", id="iv-save", variant="primary")
-                yield Button("Cancel", id="iv-cancel")
+                yield KeyButton("Save", id="iv-save", variant="primary")
+                yield KeyButton("Cancel", id="iv-cancel")
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if self._entry is None:
-            self.query_one("#iv-params", Input).value = KINDS.get(str(event.value), "")
+            self.query_one("#iv-params", Field).value = checks.INTERVENTION_HINTS.get(
+                str(event.value), ""
+            )
 
     def _submit(self) -> None:
-        module = self.query_one("#iv-module", Input).value.strip()
-        kind = str(self.query_one("#iv-kind", Select).value)
-        params = self.query_one("#iv-params", Input).value
-        positions = self.query_one("#iv-positions", Input).value
-        error = self._check(module)
-        if error is None:
-            try:
-                fn = build_intervention(kind, params, positions)
-            except InterventionError as err:
-                error = str(err)
-        if error is not None:
-            self.query_one("#iv-error", Static).update(f"[b red]{error}[/]")
+        message = self.query_one("#iv-error", FieldMessage)
+        try:
+            module = self.query_one("#iv-module", Field).value.strip()
+            if not module:
+                raise InputError("name a module, e.g. layers.0.mlp")
+            canonical = self._resolve(module)
+            desc = checks.intervention_description(
+                str(self.query_one("#iv-kind", Select).value),
+                self.query_one("#iv-params", Field).value,
+                self.query_one("#iv-positions", Field).value,
+            )
+            intervention_from_description(desc)  # the engine's own checks
+        except (MlxterpError, KeyError) as err:
+            text = err.args[0] if isinstance(err, KeyError) and err.args else err
+            message.say(str(text))
             return
-        self.dismiss(Entry(module, kind, params, positions, fn))
+        self.dismiss(InterventionForm(canonical, desc))
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    def on_input_submitted(self, event: Field.Submitted) -> None:
         event.stop()
         self._submit()
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
+    def on_button_pressed(self, event: KeyButton.Pressed) -> None:
+        event.stop()
         if event.button.id == "iv-save":
             self._submit()
         else:
@@ -172,6 +157,7 @@ def comparison(baseline: dict | None, current: dict | None) -> str:
         baseline["top_probs"],
         current["top_strs"],
         current["top_probs"],
+        strict=False,  # a lens over some layers compares those
     ):
         mark = " " if b_s[-1] == c_s[-1] else "*"
         lines.append(
@@ -180,10 +166,20 @@ def comparison(baseline: dict | None, current: dict | None) -> str:
     return "\n".join(lines)
 
 
-class InterventionsPane(Vertical):
+class InterventionsPane(Pane):
     """a: add, e: edit, space: toggle, d: remove; the app applies them to the session."""
 
-    BINDINGS = [
+    KINDS = ("interventions", "logit_lens")
+    HOME = "#iv-table"
+    HELP = (
+        "Interventions change a module's output in every later lens, trace and generation: "
+        "zero_out, scale (factor), clamp (min_val, max_val) or noise (std, seed), on all "
+        "positions or some (-1 is the last token). a adds, e edits, space switches one off "
+        "and on, d removes. A second intervention on the same module asks: replace it, or "
+        "compose the two. Below the list: per layer, the top token at the last position "
+        "without interventions (baseline) and with them, * marking a change."
+    )
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "app.add_intervention", "Add", id="iv_add"),
         Binding("e", "app.edit_intervention", "Edit", id="iv_edit"),
         Binding("space", "app.toggle_intervention", "Toggle", id="iv_toggle"),
@@ -191,21 +187,34 @@ class InterventionsPane(Vertical):
     ]
 
     def compose(self) -> ComposeResult:
-        yield DataTable(id="iv-table", cursor_type="row")
-        yield Static(comparison(None, None), id="iv-compare")
+        table: DataTable[str | Text] = DataTable(id="iv-table", cursor_type="row")
+        yield table
+        yield Static(comparison(None, None), id="iv-compare", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#iv-table", DataTable).add_columns(
             "on", "module", "kind", "params", "positions"
         )
 
-    def show(self, entries: list[Entry]) -> None:
-        table = self.query_one("#iv-table", DataTable)
+    def show_step(self, step: Step, state: WorkbenchState) -> None:
+        if step.kind == "interventions":
+            self.show(state.session.intervention_entries())
+        else:
+            key = tuple(step.summary.get("tokens") or ())
+            self.show_comparison(state.baselines.get(key), step.summary)
+
+    def show(self, entries: list[InterventionEntry]) -> None:
+        table: DataTable[str | Text] = self.query_one("#iv-table", DataTable)
         row = table.cursor_row
         table.clear()
         for e in entries:
+            kind, params, positions = description_text(e.description)
             table.add_row(
-                "●" if e.on else "○", e.module, e.kind, e.params or "-", e.positions or "all"
+                "●" if e.enabled else "○",
+                Text(e.module),
+                kind,
+                Text(params or "-"),
+                positions or "all",
             )
         if entries:
             table.move_cursor(row=min(max(row, 0), len(entries) - 1))

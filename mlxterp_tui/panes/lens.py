@@ -3,18 +3,24 @@ the top-k modal of a cell."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Static
 
-from mlxterp.plotting import color_at
+from mlxterp.session import InputError, Step, color_at
+
+from .. import checks
+from ..state import ModelView, WorkbenchState
+from ..widgets import Field, FieldMessage
+from . import Pane
 
 CELL_WIDTH = 8
+MOST_TOP_K = 1024
 
 
 def shown_token(token: str, width: int = CELL_WIDTH) -> str:
@@ -33,7 +39,9 @@ def prob_cell(token: str, prob: float) -> Text:
 class TopKScreen(ModalScreen[None]):
     """The top-k tokens of one lens cell."""
 
-    BINDINGS = [Binding("escape,enter,q", "dismiss", "Close", id="topk_close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,enter,q", "dismiss", "Close", id="topk_close")
+    ]
 
     def __init__(self, title: str, rows: list[tuple[str, int, float]]) -> None:
         super().__init__()
@@ -42,8 +50,8 @@ class TopKScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="topk-box", classes="modal-box"):
-            yield Static(self._title, classes="modal-title")
-            table = DataTable(id="topk-table", cursor_type="row")
+            yield Static(Text(self._title), classes="modal-title")
+            table: DataTable[str | Text] = DataTable(id="topk-table", cursor_type="row")
             table.add_columns("#", "token", "id", "prob")
             for n, (token, token_id, prob) in enumerate(self._rows, 1):
                 table.add_row(str(n), prob_cell(token, prob), str(token_id), f"{prob:.3f}")
@@ -51,52 +59,92 @@ class TopKScreen(ModalScreen[None]):
             yield Static("Esc closes", classes="modal-hint")
 
 
-class LensPane(Vertical):
+class LensPane(Pane):
     """Target token entry and the lens table; Enter on a cell opens its top-k."""
 
-    def __init__(self, **kwargs) -> None:
+    KINDS = ("logit_lens",)
+    HOME = "#lens-table"
+    HELP = (
+        "What every layer predicts at every position of the prompt. Rows are layers, "
+        "columns the prompt's tokens; each cell is the layer's top token, coloured by its "
+        "probability (dark low, yellow high). Enter on a cell lists its top-k. A target "
+        "token (␣ for a leading space, e.g. ␣Paris) charts its probability per layer in the "
+        "Chart pane. Enter in the prompt or ctrl+r runs it."
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.result: Any = None
         self.summary: dict | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="lens-options"):
-            yield Input(placeholder="target token (optional, e.g. ␣Paris)", id="lens-target")
-            yield Input(value="5", placeholder="top-k", id="lens-topk", restrict=r"[0-9]*")
+            yield Field(placeholder="target token (optional, e.g. ␣Paris)", id="lens-target")
+            yield Field(value="5", placeholder="top-k", id="lens-topk", restrict=r"[0-9]*")
+        yield FieldMessage(id="lens-message")
         yield Static(
             "Type a prompt and press Enter (or ctrl+r) to run the lens.", id="lens-caption"
         )
-        table = DataTable(id="lens-table", cursor_type="cell", zebra_stripes=False)
+        table: DataTable[str | Text] = DataTable(
+            id="lens-table", cursor_type="cell", zebra_stripes=False
+        )
         yield table
 
-    @property
-    def target(self) -> str | None:
-        value = self.query_one("#lens-target", Input).value
-        return value.replace("␣", " ") if value.strip() else None
+    def params(self, model: ModelView, text: str) -> dict[str, Any]:
+        """The ``logit_lens`` step's parameters for ``text``; ``InputError`` beside the field."""
+        message = self.query_one("#lens-message", FieldMessage)
+        try:
+            params: dict[str, Any] = {
+                "text": text,
+                "top_k": checks.whole(
+                    self.query_one("#lens-topk", Field).value or "5",
+                    "top-k",
+                    low=1,
+                    high=MOST_TOP_K,
+                ),
+            }
+            target = self.query_one("#lens-target", Field).value
+            if target.strip():
+                params["target"] = checks.single_token(model, target, "target")
+        except InputError as err:
+            message.say(str(err))
+            raise
+        message.say(None)
+        return params
 
-    @property
-    def top_k(self) -> str:
-        return self.query_one("#lens-topk", Input).value
+    def restore(self, step: Step) -> None:
+        target = step.params.get("target")
+        self.query_one("#lens-target", Field).value = (
+            target.replace(" ", "␣") if isinstance(target, str) else ""
+        )
+        self.query_one("#lens-topk", Field).value = str(step.params.get("top_k", 5))
+
+    def show_step(self, step: Step, state: WorkbenchState) -> None:
+        self.show(step.summary, step.result)
 
     def show(self, summary: dict, result: Any = None) -> None:
         """Draw a lens summary (``LensResult.to_summary()`` form); ``result`` adds top-k."""
         self.summary, self.result = summary, result
-        table = self.query_one("#lens-table", DataTable)
+        table: DataTable[str | Text] = self.query_one("#lens-table", DataTable)
         table.clear(columns=True)
         tokens = summary.get("tokens") or [str(p) for p in range(len(summary["top_strs"][0]))]
         table.add_column("layer", key="layer", width=5)
         for pos, token in enumerate(tokens):
-            table.add_column(shown_token(token), key=f"p{pos}", width=CELL_WIDTH)
-        for layer, strs, probs in zip(summary["layers"], summary["top_strs"], summary["top_probs"]):
+            table.add_column(Text(shown_token(token)), key=f"p{pos}", width=CELL_WIDTH)
+        for layer, strs, probs in zip(
+            summary["layers"], summary["top_strs"], summary["top_probs"], strict=True
+        ):
             table.add_row(
-                f"L{layer}", *[prob_cell(s, p) for s, p in zip(strs, probs)], key=f"L{layer}"
+                f"L{layer}",
+                *[prob_cell(s, p) for s, p in zip(strs, probs, strict=True)],
+                key=f"L{layer}",
             )
         caption = (
             f"{len(summary['layers'])} layers x {len(tokens)} positions; Enter on a cell: top-k"
         )
         if summary.get("target_probs"):
             caption += f"; target p at last layer {summary['target_probs'][-1]:.3f}"
-        self.query_one("#lens-caption", Static).update(caption)
+        self.query_one("#lens-caption", Static).update(Text(caption))
 
     def cell_topk(self, row: int, column: int) -> tuple[str, list] | None:
         """Title and ``[(token, id, prob)]`` for the table cell at ``(row, column)``."""
@@ -110,6 +158,7 @@ class LensPane(Vertical):
                 self.result.top_strs[row][pos],
                 self.result.top_ids[row][pos],
                 self.result.top_probs[row][pos],
+                strict=True,
             )
             return title, list(cell)
         summary = self.summary

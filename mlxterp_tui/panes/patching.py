@@ -1,24 +1,42 @@
-"""Activation patching setup (clean, corrupted, component, metric, answer) and results."""
+"""Activation patching setup (clean, corrupted, component, metric, answers) and results."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Checkbox, DataTable, Input, Select, Static
+from textual.containers import Horizontal
+from textual.widgets import Checkbox, DataTable, Select, Static
+
+from mlxterp.session import InputError, Step
+
+from .. import checks
+from ..state import ModelView, WorkbenchState
+from ..widgets import Field, FieldMessage, KeyButton
+from . import Pane
 
 COMPONENTS = ("mlp", "attn", "output")
 METRICS = ("l2", "cosine", "mse", "kl", "logit_diff")
 
 
-class PatchingPane(Vertical):
+class PatchingPane(Pane):
     """The sweep's inputs; results as a layer table (the chart pane draws them too)."""
+
+    KINDS = ("activation_patching",)
+    HOME = "#patch-table"
+    HELP = (
+        "Activation patching: run the corrupted prompt with one layer's component (mlp, attn "
+        "or the layer output) taken from the clean run, for every layer, and measure how much "
+        "of the clean behaviour comes back (recovery %). logit_diff needs two answers, one "
+        "token each (␣Paris,␣London). 'by position' patches each position separately. Run "
+        "with the button, Enter in a field, or ctrl+k."
+    )
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="patch-prompts"):
-            yield Input(placeholder="clean prompt", id="patch-clean")
-            yield Input(placeholder="corrupted prompt", id="patch-corrupted")
+            yield Field(placeholder="clean prompt", id="patch-clean")
+            yield Field(placeholder="corrupted prompt", id="patch-corrupted")
         with Horizontal(id="patch-options"):
             yield Select(
                 [(c, c) for c in COMPONENTS], value="mlp", allow_blank=False, id="patch-component"
@@ -28,43 +46,78 @@ class PatchingPane(Vertical):
             )
             yield Checkbox("by position", id="patch-by-position")
         with Horizontal(id="patch-run-row"):
-            yield Input(placeholder="answers for logit_diff: ␣Paris,␣London", id="patch-answer")
-            yield Button("Run (ctrl+k)", id="patch-run", variant="primary")
+            yield Field(placeholder="answers for logit_diff: ␣Paris,␣London", id="patch-answer")
+            yield KeyButton(
+                "Run (ctrl+k)", id="patch-run", variant="primary", action="app.run_patching"
+            )
+        yield FieldMessage(id="patch-message")
         yield Static("", id="patch-caption")
-        yield DataTable(id="patch-table", cursor_type="row")
+        table: DataTable[str] = DataTable(id="patch-table", cursor_type="row")
+        yield table
 
-    def params(self) -> dict[str, Any]:
-        """Keyword arguments for the session's ``activation_patching`` step."""
+    def params(self, model: ModelView) -> dict[str, Any]:
+        """The ``activation_patching`` step's parameters; ``InputError`` beside the fields."""
+        message = self.query_one("#patch-message", FieldMessage)
+        try:
+            params = self._params(model)
+        except InputError as err:
+            message.say(str(err))
+            raise
+        message.say(None)
+        return params
+
+    def _params(self, model: ModelView) -> dict[str, Any]:
+        clean = self.query_one("#patch-clean", Field).value
+        corrupted = self.query_one("#patch-corrupted", Field).value
+        if not clean.strip() or not corrupted.strip():
+            raise InputError("patching needs a clean and a corrupted prompt")
         params: dict[str, Any] = {
-            "clean": self.query_one("#patch-clean", Input).value,
-            "corrupted": self.query_one("#patch-corrupted", Input).value,
-            "component": self.query_one("#patch-component", Select).value,
-            "metric": self.query_one("#patch-metric", Select).value,
+            "clean": clean,
+            "corrupted": corrupted,
+            "component": str(self.query_one("#patch-component", Select).value),
+            "metric": str(self.query_one("#patch-metric", Select).value),
         }
-        answer = self.query_one("#patch-answer", Input).value.replace("␣", " ")
+        answer = self.query_one("#patch-answer", Field).value
         if answer.strip():
-            params["answer"] = [a for a in answer.split(",") if a.strip()]
+            params["answer"] = list(checks.answer_pair(model, answer))
+        elif params["metric"] == "logit_diff":
+            raise InputError("logit_diff needs two answers, right then wrong: ␣Paris,␣London")
         if self.query_one("#patch-by-position", Checkbox).value:
             params["by_position"] = True
         return params
 
+    def restore(self, step: Step) -> None:
+        p = step.params
+        self.query_one("#patch-clean", Field).value = p["clean"]
+        self.query_one("#patch-corrupted", Field).value = p["corrupted"]
+        if p.get("component") in COMPONENTS:
+            self.query_one("#patch-component", Select).value = p["component"]
+        if p.get("metric") in METRICS:
+            self.query_one("#patch-metric", Select).value = p["metric"]
+        answer = p.get("answer")
+        self.query_one("#patch-answer", Field).value = (
+            ",".join(a.replace(" ", "␣") for a in answer) if answer else ""
+        )
+        self.query_one("#patch-by-position", Checkbox).value = bool(p.get("by_position"))
+
+    def show_step(self, step: Step, state: WorkbenchState) -> None:
+        self.show(step.summary)
+
     def show(self, summary: dict) -> None:
         """Draw a ``PatchingResult.to_summary()``."""
         self.query_one("#patch-caption", Static).update(
-            f"{summary['component']} / {summary['metric']}: baseline gap "
-            f"{summary['baseline']:.4g} (clean {summary['clean_value']:.4g}, corrupted "
-            f"{summary['corrupted_value']:.4g})"
-            + (f" — {summary['note']}" if summary.get("note") else "")
+            Text(
+                f"{summary['component']} / {summary['metric']}: baseline gap "
+                f"{summary['baseline']:.4g} (clean {summary['clean_value']:.4g}, corrupted "
+                f"{summary['corrupted_value']:.4g})"
+                + (f" — {summary['note']}" if summary.get("note") else "")
+            )
         )
-        table = self.query_one("#patch-table", DataTable)
+        table: DataTable[str] = self.query_one("#patch-table", DataTable)
         table.clear(columns=True)
         table.add_column("layer", width=6)
         table.add_column("recovery %", width=10)
         table.add_column("", width=30)
-        for layer, value in zip(summary["layers"], summary["recovery"]):
+        for layer, value in zip(summary["layers"], summary["recovery"], strict=True):
             bar = "█" * max(0, min(30, round(abs(value) * 30 / 100)))
             table.add_row(f"L{layer}", f"{value:8.2f}", bar)
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "patch-run":
-            self.app.run_action("run_patching")

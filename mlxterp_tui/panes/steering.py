@@ -4,53 +4,89 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Static
+from textual.containers import Horizontal
+from textual.widgets import Static
 
-from mlxterp.errors import InputError
+from mlxterp.session import InputError, Step
+
+from .. import checks
+from ..state import ModelView, WorkbenchState
+from ..widgets import Field, FieldMessage, KeyButton
+from . import Pane
+
+MOST_COEFFICIENT = 1000.0
 
 
-class SteeringPane(Vertical):
+class SteeringPane(Pane):
     """The steering form and its two continuations."""
 
+    KINDS = ("steering",)
+    HOME = "#steer-run"
+    HELP = (
+        "Steering: the difference between the positive and the negative prompt's activations "
+        "at a layer is added (times the coefficient) while the model continues the third "
+        "prompt; the baseline and the steered continuation show side by side. Run with the "
+        "button, Enter in a field, or ctrl+g."
+    )
+
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="positive prompt", id="steer-positive")
-        yield Input(placeholder="negative prompt", id="steer-negative")
-        yield Input(placeholder="prompt to continue", id="steer-prompt")
+        yield Field(placeholder="positive prompt", id="steer-positive")
+        yield Field(placeholder="negative prompt", id="steer-negative")
+        yield Field(placeholder="prompt to continue", id="steer-prompt")
         with Horizontal(id="steer-options"):
-            yield Input("0", placeholder="layer", id="steer-layer")
-            yield Input("4.0", placeholder="coefficient", id="steer-coefficient")
-            yield Button("Steer (ctrl+g)", id="steer-run", variant="primary")
+            yield Field("0", placeholder="layer", id="steer-layer")
+            yield Field("4.0", placeholder="coefficient", id="steer-coefficient")
+            yield KeyButton(
+                "Steer (ctrl+g)", id="steer-run", variant="primary", action="app.run_steering"
+            )
+        yield FieldMessage(id="steer-message")
         yield Static("", id="steer-result")
 
-    def params(self) -> dict[str, Any]:
-        """Keyword arguments for the session's ``steering`` step."""
+    def params(self, model: ModelView) -> dict[str, Any]:
+        """The ``steering`` step's parameters; ``InputError`` beside the fields."""
+        message = self.query_one("#steer-message", FieldMessage)
+        try:
+            params = self._params(model)
+        except InputError as err:
+            message.say(str(err))
+            raise
+        message.say(None)
+        return params
+
+    def _params(self, model: ModelView) -> dict[str, Any]:
         values = {
-            k: self.query_one(f"#steer-{k}", Input).value
+            k: self.query_one(f"#steer-{k}", Field).value
             for k in ("positive", "negative", "prompt", "layer", "coefficient")
         }
         missing = [k for k in ("positive", "negative", "prompt") if not values[k].strip()]
         if missing:
             raise InputError(f"steering needs a {', '.join(missing)} prompt")
-        try:
-            layer, coefficient = int(values["layer"]), float(values["coefficient"])
-        except ValueError:
-            raise InputError("layer must be an integer and coefficient a number") from None
         return {
             "positive": values["positive"],
             "negative": values["negative"],
             "prompt": values["prompt"],
-            "layer": layer,
-            "coefficient": coefficient,
+            "layer": checks.whole(values["layer"], "layer", low=0, high=model.num_layers - 1),
+            "coefficient": checks.number(
+                values["coefficient"],
+                "coefficient",
+                low=-MOST_COEFFICIENT,
+                high=MOST_COEFFICIENT,
+            ),
         }
 
-    def show(self, summary: dict) -> None:
-        self.query_one("#steer-result", Static).update(
-            f"[b]baseline[/]: {summary.get('baseline', '')!r}\n"
-            f"[b]steered[/]:  {summary.get('steered', '')!r}"
-        )
+    def restore(self, step: Step) -> None:
+        for key in ("positive", "negative", "prompt", "layer", "coefficient"):
+            value = step.params.get(key)
+            if isinstance(value, (str, int, float)):
+                self.query_one(f"#steer-{key}", Field).value = str(value)
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "steer-run":
-            self.app.run_action("run_steering")
+    def show_step(self, step: Step, state: WorkbenchState) -> None:
+        summary = step.summary
+        shown = Text()
+        shown.append("baseline", style="bold")
+        shown.append(f": {summary.get('baseline', '')!r}\n")
+        shown.append("steered", style="bold")
+        shown.append(f":  {summary.get('steered', '')!r}")
+        self.query_one("#steer-result", Static).update(shown)

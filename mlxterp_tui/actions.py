@@ -1,0 +1,121 @@
+"""The table of the workbench's actions: one row gives an action its keys, its binding id
+(for the user's keymap), its title in the command palette and the help, and whether it
+shows in the footer.  Bindings, palette and help are all read from this table.
+
+Keys that act inside text fields are ``priority`` bindings, so a field never swallows them
+(``ctrl+k`` runs patching even in a Patch field); keys a field types (digits, ``i``, ``?``)
+act only outside fields, and each of those has a key that works everywhere too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding, BindingType
+
+PANES = (  # (pane id, tab label, what it is for)
+    ("model", "1 Model", "Model"),
+    ("lens", "2 Lens", "Lens"),
+    ("charts", "3 Chart", "Chart"),
+    ("patching", "4 Patch", "Patching"),
+    ("interventions", "5 Interv.", "Interventions"),
+    ("steering", "6 Steer", "Steering"),
+    ("history", "7 History", "History"),
+)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action of the app (``action`` is its Textual action string)."""
+
+    id: str
+    keys: str
+    action: str
+    title: str
+    footer: str | None = None  # the footer's short label, if it shows there
+    priority: bool = False  # works inside text fields too
+    palette: bool = True
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action("help", "f1,question_mark", "help", "Help: the panes and every key", "Help"),
+    Action("run_lens", "ctrl+r", "run_lens", "Run the logit lens on the prompt", "Lens", True),
+    Action(
+        "run_trace",
+        "ctrl+t",
+        "run_trace",
+        "Trace the prompt (shapes in the module tree)",
+        "Trace",
+        True,
+    ),
+    Action(
+        "run_patching", "ctrl+k", "run_patching", "Run the activation patching sweep", priority=True
+    ),
+    Action("run_steering", "ctrl+g", "run_steering", "Run steering", priority=True),
+    Action("run_attention", "f6", "run_attention", "Chart the attention of a head", priority=True),
+    Action(
+        "add_intervention", "i", "add_intervention", "Add an intervention (on the selected module)"
+    ),
+    Action("edit_intervention", "", "edit_intervention", "Edit the selected intervention"),
+    Action(
+        "toggle_intervention",
+        "",
+        "toggle_intervention",
+        "Switch the selected intervention off / on",
+    ),
+    Action("remove_intervention", "", "remove_intervention", "Remove the selected intervention"),
+    Action("save", "ctrl+s", "save", "Save the session", "Save", True),
+    Action("save_as", "f4", "save_as", "Save the session as a new file", priority=True),
+    Action("open", "ctrl+o", "open", "Open a session file", "Open", True),
+    Action("replay", "f5", "replay", "Replay the session and compare every step", priority=True),
+    Action(
+        "escape",
+        "escape",
+        "escape",
+        "Leave the field; outside fields, cancel running work",
+        palette=False,
+    ),
+    Action("cancel", "", "cancel", "Cancel running work"),
+    Action("quit", "ctrl+q", "quit", "Quit (asks first if there is unsaved work)", "Quit", True),
+    *(
+        Action(
+            f"pane_{pane}",
+            f"alt+{n}",
+            f"show_pane('{pane}')",
+            f"Show the {name} pane",
+            priority=True,
+        )
+        for n, (pane, _label, name) in enumerate(PANES, 1)
+    ),
+    *(
+        Action(
+            f"pane_{pane}_digit",
+            str(n),
+            f"show_pane('{pane}')",
+            f"Show the {name} pane (outside text fields)",
+            palette=False,
+        )
+        for n, (pane, _label, name) in enumerate(PANES, 1)
+    ),
+)
+
+
+def bindings() -> list[BindingType]:
+    """The app's key bindings, each with its id."""
+    return [
+        Binding(
+            a.keys,
+            a.action,
+            a.footer or a.title,
+            show=a.footer is not None,
+            priority=a.priority,
+            id=a.id,
+        )
+        for a in ACTIONS
+        if a.keys
+    ]
+
+
+def palette_actions() -> list[Action]:
+    """Every action the command palette lists."""
+    return [a for a in ACTIONS if a.palette]

@@ -1,0 +1,87 @@
+"""The main screen: the prompt bar over the panes, the status line and the footer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
+
+from .actions import PANES
+from .panes import Pane
+from .panes.charts import ChartsPane
+from .panes.history import HistoryPane
+from .panes.interventions import InterventionsPane
+from .panes.lens import LensPane
+from .panes.model_tree import ModelPane
+from .panes.patching import PatchingPane
+from .panes.prompt import PromptBar
+from .panes.steering import SteeringPane
+from .state import WorkbenchState
+
+PANE_TYPES: dict[str, type[Pane]] = {
+    "model": ModelPane,
+    "lens": LensPane,
+    "charts": ChartsPane,
+    "patching": PatchingPane,
+    "interventions": InterventionsPane,
+    "steering": SteeringPane,
+    "history": HistoryPane,
+}
+HOME_PANE = {  # the pane that shows a step kind's result first
+    "logit_lens": "lens",
+    "activation_patching": "patching",
+    "trace": "model",
+    "steering": "steering",
+    "attention": "charts",
+    "interventions": "interventions",
+}
+
+
+def status_text(state: WorkbenchState) -> Text:
+    """The status line: model, session file and whether it is saved, steps, interventions,
+    running work."""
+    session = state.session
+    if session.path is not None:
+        name = session.path.name
+    elif state.copy_of is not None:
+        name = f"copy of {state.copy_of.name}"
+    else:
+        name = "unsaved session"
+    text = Text(f"model: {Path(state.model_ref).name} │ {name} ")
+    if session.dirty:
+        text.append("● modified", style="bold yellow")
+    elif session.path is not None:
+        text.append("✓ saved", style="green")
+    text.append(f" │ {len(session.steps)} steps")
+    active = len(session.interventions)
+    if active:
+        text.append(f" │ {active} interventions")
+    if state.busy:
+        text.append(f" │ {state.busy}… (Esc cancels)")
+    return text
+
+
+class MainScreen(Screen[None]):
+    """Prompt bar, the seven panes as tabs, status line, footer."""
+
+    def compose(self) -> ComposeResult:
+        yield PromptBar(id="prompt-bar")
+        with TabbedContent(initial="model", id="panes"):
+            for pane_id, label, _name in PANES:
+                with TabPane(label, id=pane_id):
+                    yield PANE_TYPES[pane_id](id=f"{pane_id}-pane")
+        with Horizontal(id="status-row"):
+            yield Static("", id="status")
+            yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
+        yield Footer()
+
+    def panes(self) -> list[Pane]:
+        return list(self.query(Pane))
+
+    def show_status(self, state: WorkbenchState) -> None:
+        self.query_one("#progress", ProgressBar).display = state.busy is not None
+        self.query_one("#status", Static).update(status_text(state))
