@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
@@ -21,11 +21,12 @@ from mlx_lm.models.cache import make_prompt_cache
 from . import interventions as iv
 from .activations import is_int, position_index
 from .errors import InputError, InterventionError
+from .inputs import check_seed, finite_number
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
-Prompts = Union[str, list[str]]
+Prompts = str | list[str]
 
 
 def steering_vector(
@@ -58,7 +59,7 @@ def steering_vector(
         real = mx.arange(act.shape[1])[None, :] < mx.array(lengths)[:, None]
         rows = (act * real[..., None]).sum(axis=1) / mx.array(lengths, dtype=mx.float32)[:, None]
     else:
-        index, _ = position_index(lengths, position)
+        index, _ = position_index(lengths, int(position))
         rows = mx.take_along_axis(act, index[:, :, None], axis=1)[:, 0]
     return rows[: len(pos)].mean(axis=0) - rows[len(pos) :].mean(axis=0)
 
@@ -67,7 +68,7 @@ def generate(
     model: InterpretableModel,
     prompt: Any,
     max_tokens: int = 20,
-    interventions: dict[str, Callable] | None = None,
+    interventions: Mapping[str, iv.InterventionFn] | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
 ) -> str:
@@ -84,7 +85,7 @@ def generate_with_ids(
     model: InterpretableModel,
     prompt: Any,
     max_tokens: int = 20,
-    interventions: dict[str, Callable] | None = None,
+    interventions: Mapping[str, iv.InterventionFn] | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
 ) -> tuple[str, list[int]]:
@@ -109,7 +110,7 @@ def generate_tokens(
     model: InterpretableModel,
     prompt_ids: list[int],
     max_tokens: int = 20,
-    interventions: dict[str, Callable] | None = None,
+    interventions: Mapping[str, iv.InterventionFn] | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
     stop_ids: frozenset[int] = frozenset(),
@@ -120,23 +121,19 @@ def generate_tokens(
     sequence at each step."""
     if not is_int(max_tokens) or max_tokens < 1:
         raise InputError(f"max_tokens must be a positive int; got {max_tokens!r}")
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or temperature < 0
-    ):
+    temperature = finite_number("temperature", temperature)
+    if temperature < 0:
         raise InputError(f"temperature must be a number >= 0; got {temperature!r}")
+    seed = check_seed("seed", seed)
     if not prompt_ids:
         raise InputError("the prompt is empty; give at least one token to continue")
-    interventions = dict(interventions or {})
-    for name, fn in interventions.items():
-        if not callable(fn):
-            raise InterventionError(f"intervention for {name!r} is not callable: {fn!r}")
+    interventions = iv.check_mapping(interventions)
     module = model.model
     cache = make_prompt_cache(module) if _takes_cache(module) else None
     key = mx.random.key(seed) if seed is not None else None
     limit = model.max_length
-    tokens, new = list(prompt_ids), []
+    tokens = list(prompt_ids)
+    new: list[int] = []
     with model.intervened(interventions):  # holds the model's forward lock
         step = list(tokens)
         while len(new) < max_tokens and (limit is None or len(tokens) < limit):
@@ -158,7 +155,7 @@ def generate_tokens(
             mx.eval(token, finite)
             if not finite.item():
                 raise InterventionError(_nonfinite_message(interventions, len(new)))
-            token_id = int(token.item())
+            token_id = int(cast(int, token.item()))  # argmax / categorical: an integer
             if token_id in stop_ids:
                 break
             tokens.append(token_id)
@@ -181,8 +178,7 @@ def steer(
         raise InputError(f"the steering vector must be an mx.array; got {type(vector).__name__}")
     if not mx.isfinite(vector).all().item():
         raise InterventionError("the steering vector contains NaN or inf values")
-    if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)):
-        raise InputError(f"coefficient must be a number; got {coefficient!r}")
+    coefficient = finite_number("coefficient", coefficient)
     name = model.layer_name(layer)
     baseline = generate(model, prompt, max_tokens=max_tokens)
     steered = generate(
@@ -232,7 +228,7 @@ def _takes_cache(module: Any) -> bool:
         return False
 
 
-def _nonfinite_message(interventions: dict[str, Callable], step: int) -> str:
+def _nonfinite_message(interventions: Mapping[str, iv.InterventionFn], step: int) -> str:
     if interventions:
         named = ", ".join(f"{fn!r} on {name!r}" for name, fn in interventions.items())
         return (
