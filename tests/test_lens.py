@@ -326,9 +326,9 @@ def test_lens_applies_interventions(word_model):
 def test_lens_target_checks(word_model, tiny_llama):
     with pytest.raises(InputError, match="2 tokens"):
         lens(word_model, "hello", target="capital of")
-    with pytest.raises(InputError, match="outside the vocabulary"):
+    with pytest.raises(InputError, match="outside this model's vocabulary"):
         lens(word_model, "hello", target=500)
-    with pytest.raises(InputError, match="non-negative"):
+    with pytest.raises(InputError, match=r"-1 are outside"):
         lens(word_model, "hello", target=-1)
     with pytest.raises(ValueError, match="no tokenizer"):
         lens(tiny_llama, TOKENS, target="paris")

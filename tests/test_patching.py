@@ -193,7 +193,7 @@ def test_bad_arguments_are_refused_before_running(llama):
         activation_patching(llama, CLEAN, CORRUPT, metric="l3")
     with pytest.raises(InputError, match="answer="):
         activation_patching(llama, CLEAN, CORRUPT, metric="logit_diff")
-    with pytest.raises(InputError, match="outside the vocabulary"):
+    with pytest.raises(InputError, match="outside this model's vocabulary"):
         activation_patching(llama, CLEAN, CORRUPT, metric="logit_diff", answer=(1, 10_000))
     with pytest.raises(InputError, match="one prompt"):
         activation_patching(llama, [CLEAN, CLEAN], CORRUPT)
@@ -398,15 +398,17 @@ def test_models_that_call_a_layer_twice_are_patched_exactly():
         assert result.values[layer] == pytest.approx(value, rel=1e-4)
 
 
-def test_logit_diff_answers_by_string_use_the_first_token(text_model):
+def test_logit_diff_answers_are_one_token_strings_or_ids(text_model):
     paris, berlin = text_model.tokenizer.encode(" paris berlin", add_special_tokens=False)[:2]
+    texts = text_model.token_to_str(paris), text_model.token_to_str(berlin)
+    assert (text_model.token_id(texts[0]), text_model.token_id(texts[1])) == (paris, berlin)
     by_text = activation_patching(
         text_model,
         "the capital of france is",
         "the capital of germany is",
         component="output",
         metric="logit_diff",
-        answer=(" paris", " berlin"),
+        answer=texts,
     )
     by_id = activation_patching(
         text_model,
@@ -418,6 +420,8 @@ def test_logit_diff_answers_by_string_use_the_first_token(text_model):
     )
     assert by_text == pytest.approx(by_id, rel=1e-4)  # same tokens; BLAS threads may reorder sums
     assert by_text == pytest.approx({i: 100.0 for i in range(text_model.num_layers)}, abs=1e-2)
+    with pytest.raises(InputError, match="one token"):  # " paris" is several tokens here
+        activation_patching(text_model, "the", "a", metric="logit_diff", answer=(" paris", 1))
 
 
 # --------------------------------------------------------------------------- spec snippets

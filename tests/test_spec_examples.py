@@ -33,6 +33,10 @@ CANNOT_RUN = {
     ),
     ("api-reference.md", "# Will raise ValueError"): (ValueError, "documented to raise"),
     ("api-reference.md", "# Will raise AttributeError"): (AttributeError, "documented to raise"),
+    ("api-reference.md", "text = model.decode([128000, 9906, 1917])"): (
+        ValueError,
+        "Llama-3 token ids; the demo model refuses ids outside its vocabulary",
+    ),
     ("examples.md", "tokens = mx.array([[128000, 9906, 1917]])"): (
         ValueError,
         "Llama-3 token ids; the demo model refuses ids outside its vocabulary",

@@ -24,8 +24,9 @@ from .activations import Layers, is_int, layer_indices
 from .errors import InputError
 
 if TYPE_CHECKING:
+    from .interventions import InterventionFn
     from .model import InterpretableModel
-    from .tracing import InterventionFn, Trace
+    from .tracing import Trace
 
 LensCell = tuple[int, float, str]
 """One prediction of the logit lens: ``(token_id, logit, token_text)``."""

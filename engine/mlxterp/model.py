@@ -16,11 +16,11 @@ from . import loading
 from .errors import InputError, ModelAttributeError, ModelTypeError
 from .hooks import Site, hooked, primary_array
 from .inputs import PreparedInput, TextCodec, check_token_ids, prepare
-from .interventions import SiteContext, check_mapping
+from .interventions import InterventionFn, SiteContext, check_mapping
 from .interventions import apply as apply_intervention
 from .names import MODEL_OUTPUT, ModuleIndex
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy
-from .tracing import CaptureSpec, InterventionFn, Trace
+from .tracing import CaptureSpec, Trace
 from .unembed import Unembedder
 
 if TYPE_CHECKING:

@@ -38,8 +38,9 @@ from .inputs import PreparedInput
 from .metrics import Metric, answer_ids, check_metric, recovery
 
 if TYPE_CHECKING:
+    from .interventions import InterventionFn
     from .model import InterpretableModel
-    from .tracing import InterventionFn, Trace
+    from .tracing import Trace
 
 PatchRow = tuple[int, tuple[int, ...]]
 """One patched run of a sweep: the index into its layers and the positions patched."""
@@ -145,7 +146,7 @@ def activation_patching(
     Returns ``{layer: recovery_percent}``; with ``by_position=True`` the whole
     :class:`PatchingResult` (its ``matrix`` is layers x positions).  ``metric`` is ``"l2"``,
     ``"cosine"``, ``"mse"``, ``"kl"`` or ``"logit_diff"`` (with ``answer=(" Paris",
-    " London")``: strings count by their first token, or token ids).  Distances give
+    " London")``: one-token strings or token ids).  Distances give
     ``(baseline - patched) / baseline * 100``; logit_diff gives ``(LD_patched - LD_corrupt) /
     (LD_clean - LD_corrupt) * 100``.  ``positions`` (corrupted-prompt indices, negative from
     the end) limits where patches go.  Prompts of different lengths are right-aligned (see

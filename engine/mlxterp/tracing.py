@@ -11,7 +11,7 @@ exactly as it was.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import mlx.core as mx
@@ -20,6 +20,7 @@ from . import interventions as iv
 from .errors import InputError, InterventionError, ModuleNameError, NotCapturedError, TraceError
 from .hooks import Site, primary_array
 from .inputs import PreparedInput, shown
+from .interventions import InterventionFn
 from .names import MODEL_OUTPUT, ModuleIndex
 
 if TYPE_CHECKING:
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 
 CaptureSpec = str | list[str] | tuple[str, ...] | None
 """What a trace keeps: one name or glob pattern, several, or None for every module."""
-
-InterventionFn = Callable[[mx.array], mx.array]
-"""An intervention: a module's output in, what the model sees instead out."""
 
 T = TypeVar("T")
 
