@@ -132,8 +132,9 @@ def test_replay_main_exit_codes(recorded, tmp_path, capsys):
     assert replay_main([str(recorded.path), "--tolerance", "0.5"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
     assert replay_main([str(recorded.path), "--tolerance", "-2"]) == 2
+    capsys.readouterr()
     assert replay_main([str(tmp_path / "absent.toml")]) == 2
-    assert "no session file" in capsys.readouterr().out
+    assert "no session file" in capsys.readouterr().err  # errors go to stderr
     assert replay_main([]) == 2 and "usage: mlxterp replay" in capsys.readouterr().err
     assert replay_main(["--help"]) == 0 and "--tolerance" in capsys.readouterr().out
 
@@ -155,5 +156,5 @@ def test_replay_command_runs_headless(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("not toml [")
     broken = run(str(bad))
-    assert broken.returncode == 2 and "not valid TOML" in broken.stdout
+    assert broken.returncode == 2 and "not valid TOML" in broken.stderr
     assert "Traceback" not in broken.stdout + broken.stderr

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import SessionError
 from .active import InterventionList
-from .session import Session, SessionManager, fingerprint, model_lock, parameter_count
+from .locking import MLX_LOCK
+from .session import Session, SessionManager, fingerprint, parameter_count
 from .steps import compare, kind
 
 
@@ -81,7 +82,7 @@ def replay(
     for step in session.steps:
         step_kind = kind(step.kind)
         try:
-            with model_lock(model):
+            with MLX_LOCK:
                 _, summary = step_kind.execute(model, step_kind.complete(step.params), state)
         except Exception as err:
             known = isinstance(err, (ValueError, KeyError))  # SessionError, mlxterp input errors

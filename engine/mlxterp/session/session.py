@@ -2,15 +2,14 @@
 
 A step is computed (``Session.compute``: runs on the model, touches no session state, safe
 from a worker thread) and then recorded (``Session.record``: appended, its change to the
-interventions applied, autosaved); ``Session.run`` does both.  Steps on one model run one
-at a time, whichever session or thread asks.
+interventions applied, autosaved); ``Session.run`` does both.  Steps run one at a time in a
+process, whichever session or thread asks (see :mod:`.locking`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,22 +25,8 @@ from ..loading import resolve_reference
 from ..model import InterpretableModel
 from . import storage
 from .active import InterventionEntry, InterventionFn, InterventionList
+from .locking import MLX_LOCK, evaluate
 from .steps import describe_params, kind, restore
-
-_MODEL_LOCKS: weakref.WeakKeyDictionary[InterpretableModel, threading.RLock] = (
-    weakref.WeakKeyDictionary()
-)
-_MODEL_LOCKS_LOCK = threading.Lock()
-
-
-def model_lock(model: InterpretableModel) -> threading.RLock:
-    """The lock that steps on ``model`` run under (MLX evaluation is not safe from several
-    threads at once on one model); one per model, shared by every session and manager."""
-    with _MODEL_LOCKS_LOCK:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
 
 
 def _now() -> str:
@@ -60,7 +45,8 @@ class SessionManager:
         with self._lock:
             if ref not in self._models:
                 try:
-                    self._models[ref] = InterpretableModel(ref)
+                    with MLX_LOCK:  # loading evaluates weights
+                        self._models[ref] = InterpretableModel(ref)
                 except ModelLoadError as err:
                     raise SessionError(f"the session's model cannot be loaded: {err}") from err
             return self._models[ref]
@@ -188,9 +174,10 @@ class Session:
                 full["module"] = model.resolve(full["module"])  # files keep canonical names
         with self._lock:
             state, basis = self._state.copy(), self._version
-        with model_lock(model):
+        with MLX_LOCK:
             result, summary = step_kind.execute(model, full, state)
-        step = Step(-1, kind_name, describe_params(full), summary, result=result)
+            step = Step(-1, kind_name, describe_params(full), summary, result=result)
+            evaluate((step.params, step.summary))  # a save then needs no MLX work
         step.parameters = parameter_count(model)
         if kind_name == "interventions" or step_kind.uses_interventions:
             step.basis = basis

@@ -18,7 +18,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import struct
 import tempfile
 import time
 import tomllib
@@ -31,6 +33,7 @@ import numpy as np
 import tomli_w
 
 from ..errors import SessionError
+from .locking import MLX_LOCK
 
 FORMAT = 1
 MAX_FILE_BYTES = 64 * 2**20  # a larger file is refused, so it cannot name a sidecar either
@@ -110,20 +113,94 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def content_hash(arrays: dict[str, mx.array]) -> str:
-    """12 hex digits of the sha256 of every array's name, dtype, shape and exact bytes."""
-    digest = hashlib.sha256()
+_DTYPES = {
+    mx.bool_: "BOOL",
+    mx.uint8: "U8",
+    mx.uint16: "U16",
+    mx.uint32: "U32",
+    mx.uint64: "U64",
+    mx.int8: "I8",
+    mx.int16: "I16",
+    mx.int32: "I32",
+    mx.int64: "I64",
+    mx.float16: "F16",
+    mx.bfloat16: "BF16",
+    mx.float32: "F32",
+}
+
+Tensor = tuple[str, str, list[int], bytes]  # name, safetensors dtype, shape, bytes (C order)
+
+
+def _tensors(arrays: dict[str, mx.array]) -> list[Tensor]:
+    """The arrays as safetensors entries, by name.  Reading an evaluated array's buffer
+    is no MLX work (see :mod:`.locking`)."""
+    out = []
     for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(f"{arrays[key].dtype}{tuple(arrays[key].shape)}".encode())
-        digest.update(np.asarray(mx.view(arrays[key], mx.uint8)).tobytes())  # exact bytes
+        array = arrays[key]
+        if array.dtype not in _DTYPES:
+            raise SessionError(
+                f"the array {key!r} has dtype {array.dtype}, which a sidecar cannot hold"
+            )
+        # mx.array supports the buffer protocol; its stubs do not declare __buffer__
+        data = memoryview(array).tobytes()  # type: ignore[arg-type]
+        out.append((key, _DTYPES[array.dtype], list(array.shape), data))
+    return out
+
+
+def _digest(tensors: list[Tensor]) -> str:
+    """12 hex digits of the sha256 of every tensor's name, dtype, shape and exact bytes."""
+    digest = hashlib.sha256()
+    for key, dtype, shape, data in tensors:
+        digest.update(f"{key}\0{dtype}{shape}\0".encode())
+        digest.update(data)
     return digest.hexdigest()[:12]
+
+
+def content_hash(arrays: dict[str, mx.array]) -> str:
+    """The hash a sidecar of ``arrays`` is named by."""
+    return _digest(_tensors(arrays))
+
+
+def _safetensors(tensors: list[Tensor]) -> bytes:
+    """The safetensors file of ``tensors``: an 8-byte header length, a JSON header
+    (padded to 8 bytes), then the data."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for key, dtype, shape, data in tensors:
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(t[3] for t in tensors)
+
+
+def _file_digest(side: Path) -> str | None:
+    """The content hash of a sidecar file, read without MLX (None: not one we can read)."""
+    try:
+        raw = side.read_bytes()
+        size = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8 : 8 + size])
+        data = raw[8 + size :]
+        tensors = []
+        for key in sorted(k for k in header if k != "__metadata__"):
+            entry = header[key]
+            begin, end = entry["data_offsets"]
+            if not 0 <= begin <= end <= len(data):
+                return None
+            tensors.append((key, entry["dtype"], list(entry["shape"]), data[begin:end]))
+        return _digest(tensors)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
 
 
 def sidecar_name(path: Path, arrays: dict[str, mx.array]) -> str:
     """``<stem>.<content hash>.safetensors``, the stem cut (at a character boundary) so
     that the name fits the file-system limit."""
-    tail = f".{content_hash(arrays)}.safetensors"
+    return _sidecar_name(path, content_hash(arrays))
+
+
+def _sidecar_name(path: Path, digest: str) -> str:
+    tail = f".{digest}.safetensors"
     stem = path.stem.encode("utf-8")[: _NAME_MAX - len(tail)].decode("utf-8", "ignore")
     return stem + tail
 
@@ -158,7 +235,6 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
-    # the temporary name keeps the real suffix: mx.save_safetensors appends one otherwise
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix[:16])
     os.close(fd)
     tmp_path = Path(tmp)
@@ -189,15 +265,6 @@ def _named_sidecar(path: Path) -> str | None:
     except (OSError, ValueError, RecursionError):
         return None
     return sidecar if isinstance(sidecar, str) else None
-
-
-def _intact(side: Path, digest: str) -> bool:
-    """Whether the sidecar file holds exactly the arrays whose hash is ``digest``."""
-    try:
-        loaded = mx.load(str(side), format="safetensors")
-        return isinstance(loaded, dict) and content_hash(loaded) == digest
-    except Exception:  # whatever MLX says about a damaged file: it is not intact
-        return False
 
 
 def _named_elsewhere(folder: Path, sidecar: str, besides: str) -> bool:
@@ -239,7 +306,8 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
     if not folder.is_dir():
         raise SessionError(f"cannot save {path.name!r}: the folder {str(folder)!r} does not exist")
     document = dict(document)
-    name = sidecar_name(target, arrays) if arrays else None
+    tensors = _tensors(arrays)
+    name = _sidecar_name(target, _digest(tensors)) if arrays else None
     if name is not None:
         document["sidecar"] = name
     text = tomli_w.dumps(document)  # before any file is touched: a bad value stops here
@@ -247,8 +315,8 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
         with _folder_lock(folder):
             _remove_temporaries(folder)
             previous = _named_sidecar(target)
-            if name is not None and not _intact(folder / name, content_hash(arrays)):
-                _atomic_write(folder / name, lambda tmp: mx.save_safetensors(str(tmp), arrays))
+            if name is not None and _file_digest(folder / name) != _digest(tensors):
+                _atomic_write(folder / name, lambda tmp: tmp.write_bytes(_safetensors(tensors)))
             _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
             if previous not in (None, name) and not _named_elsewhere(folder, previous, target.name):
                 (folder / previous).unlink(missing_ok=True)
@@ -340,7 +408,10 @@ def _load_sidecar(path: Path, sidecar: Any) -> dict[str, mx.array]:
     if not side.is_file():
         raise SessionError(f"{path.name} refers to the sidecar {sidecar!r}, which is missing")
     try:
-        loaded = mx.load(str(side), format="safetensors")
+        with MLX_LOCK:  # loading is MLX work: not while a step runs
+            loaded = mx.load(str(side), format="safetensors")
+            if isinstance(loaded, dict):
+                mx.eval(list(loaded.values()))
     except Exception as err:  # whatever MLX says about a bad file
         raise SessionError(f"the sidecar {sidecar!r} is not a safetensors file: {err}") from None
     if not isinstance(loaded, dict):
