@@ -84,3 +84,13 @@ def _workbench_state_dir(tmp_path_factory, monkeypatch):
     """The workbench keeps recovery files in a fresh folder per test, never in ~/.local/state
     (a file left there by an earlier run would be offered back and take the first keys)."""
     monkeypatch.setenv("MLXTERP_STATE_DIR", str(tmp_path_factory.mktemp("workbench-state")))
+
+
+@pytest.fixture(scope="session")
+def manager(demo):
+    """A session manager holding the demo model (test files may define their own)."""
+    from mlxterp.session import SessionManager
+
+    mgr = SessionManager()
+    mgr.add("demo", demo)
+    return mgr

@@ -9,7 +9,6 @@ import mlx.core as mx
 import pytest
 
 from mlxterp import interventions as iv
-from mlxterp.loading import DEMO_DIR
 from mlxterp.session import (
     INTERVENTION_KINDS,
     InputError,
@@ -18,21 +17,11 @@ from mlxterp.session import (
     MlxterpError,
     Session,
     SessionError,
-    SessionManager,
     intervention_from_description,
     replay,
 )
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def manager(request):
-    if not (DEMO_DIR / "config.json").exists():
-        pytest.skip("the demo model folder is absent")
-    mgr = SessionManager()
-    mgr.add("demo", request.getfixturevalue("demo"))
-    return mgr
 
 
 def test_compute_records_nothing_and_record_appends(manager, tmp_path):

@@ -11,22 +11,12 @@ import mlx.core as mx
 import pytest
 
 from mlxterp import interventions as iv
-from mlxterp.loading import DEMO_DIR
-from mlxterp.session import Session, SessionError, SessionManager, replay, replay_main
+from mlxterp.session import Session, SessionError, replay, replay_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "sessions").glob("*.toml"))
 PROMPT = "The capital of France is"
 HEAD = "format = 1\n[model]\nref = 'demo'\n"
-
-
-@pytest.fixture(scope="module")
-def manager(request):
-    if not (DEMO_DIR / "config.json").exists():
-        pytest.skip("the demo model folder is absent")
-    mgr = SessionManager()
-    mgr.add("demo", request.getfixturevalue("demo"))
-    return mgr
 
 
 @pytest.fixture

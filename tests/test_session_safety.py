@@ -19,11 +19,9 @@ import numpy as np
 import pytest
 
 from mlxterp import interventions as iv
-from mlxterp.loading import DEMO_DIR
 from mlxterp.session import (
     Session,
     SessionError,
-    SessionManager,
     Step,
     replay,
     replay_main,
@@ -35,15 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MLXTERP = ROOT / ".venv" / "bin" / "mlxterp"
 PROMPT = "The capital of France is"
 HEAD = "format = 1\n[model]\nref = 'demo'\n"
-
-
-@pytest.fixture(scope="module")
-def manager(request):
-    if not (DEMO_DIR / "config.json").exists():
-        pytest.skip("the demo model folder is absent")
-    mgr = SessionManager()
-    mgr.add("demo", request.getfixturevalue("demo"))
-    return mgr
 
 
 def with_vector(path: Path, value: float, size: int = 64) -> Session:

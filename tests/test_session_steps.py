@@ -13,22 +13,12 @@ from mlxterp import NotSerializableError
 from mlxterp import interventions as iv
 from mlxterp.attention import attention_patterns
 from mlxterp.lens import lens
-from mlxterp.loading import DEMO_DIR
 from mlxterp.patching import patching_sweep
 from mlxterp.session import KINDS, Session, SessionError, SessionManager
 from mlxterp.session.steps import compare
 from mlxterp.steering import generate, steer, steering_vector
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def manager(request):
-    if not (DEMO_DIR / "config.json").exists():
-        pytest.skip("the demo model folder is absent")
-    mgr = SessionManager()
-    mgr.add("demo", request.getfixturevalue("demo"))
-    return mgr
 
 
 @pytest.fixture
