@@ -33,6 +33,7 @@ class ModelView(Protocol):
     def vocab_size(self) -> int | None: ...
     def encode(self, text: str) -> list[int]: ...
     def token_to_str(self, token_id: int) -> str: ...
+    def token_id(self, token: int | str) -> int: ...
     def resolve(self, name: str) -> str: ...
     def named_modules(self) -> Iterator[tuple[str, object]]: ...
 
@@ -100,7 +101,11 @@ class WorkbenchState:
         """Make ``session`` current: it autosaves to this run's recovery file only, and a
         shipped or read-only file becomes a copy; returns why it is a copy, if it is."""
         self.session, self.model_ref = session, session.model_ref
-        session.autosave_path = self.recovery
+        try:
+            self.recovery.parent.mkdir(parents=True, exist_ok=True)
+            session.autosave_path = self.recovery
+        except OSError:
+            session.autosave_path = None  # nowhere to keep unsaved work: quit still asks
         self.copy_of, why = None, None
         if session.path is not None:
             why = opens_as_copy(session.path)

@@ -1,0 +1,152 @@
+"""Every button of every pane, clicked and pressed (Enter, Space), does what it says."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("textual")
+
+from textual.widgets import Input
+
+from mlxterp.session import SessionManager
+from mlxterp_tui.app import WorkbenchApp
+from mlxterp_tui.panes.interventions import InterventionScreen
+
+PROMPT = "The capital of France is"
+HANDS = ["click", "enter", "space"]
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from mlxterp.checkpoints import build_checkpoint
+
+    return str(build_checkpoint("llama", tmp_path_factory.mktemp("tui-buttons"), seed=0))
+
+
+@pytest.fixture(scope="module")
+def manager(model_dir):
+    mgr = SessionManager()
+    mgr.model(model_dir)
+    return mgr
+
+
+@pytest.fixture(autouse=True)
+def no_user_keymap(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXTERP_CONFIG_DIR", str(tmp_path / "config"))
+
+
+async def settle(app, pilot):
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def press_button(pilot, selector: str, hand: str) -> None:
+    """Use the button as a user would: a click, or focus and Enter / Space."""
+    if hand == "click":
+        await pilot.click(selector)
+    else:
+        pilot.app.screen.query_one(selector).focus()
+        await pilot.press(hand)
+
+
+def fill(app, values: dict[str, str]) -> None:
+    for selector, value in values.items():
+        app.query_one(selector, Input).value = value
+
+
+@pytest.mark.parametrize("hand", HANDS)
+async def test_patch_button_runs_the_sweep(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("alt+4")
+        fill(app, {"#patch-clean": PROMPT, "#patch-corrupted": "The capital of Germany is"})
+        await press_button(pilot, "#patch-run", hand)
+        await settle(app, pilot)
+        assert [s.kind for s in app.session.steps] == ["activation_patching"]
+        assert app.query_one("#patch-table").row_count == manager.model(model_dir).num_layers
+
+
+@pytest.mark.parametrize("hand", HANDS)
+async def test_steer_button_runs_steering(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("alt+6")
+        fill(
+            app,
+            {
+                "#steer-positive": "I love it",
+                "#steer-negative": "I hate it",
+                "#steer-prompt": "It is",
+                "#steer-layer": "1",
+            },
+        )
+        await press_button(pilot, "#steer-run", hand)
+        await settle(app, pilot)
+        assert [s.kind for s in app.session.steps] == ["steering"]
+        assert "steered" in str(app.query_one("#steer-result").render())
+
+
+@pytest.mark.parametrize("hand", HANDS)
+async def test_attention_button_charts_a_head(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("alt+3")
+        fill(app, {"#prompt": PROMPT, "#attn-layer": "1", "#attn-head": "1"})
+        await press_button(pilot, "#attn-run", hand)
+        await settle(app, pilot)
+        assert [s.kind for s in app.session.steps] == ["attention"]
+        assert "layer 1 head 1" in str(app.query_one("#chart-caption").render())
+
+
+@pytest.mark.parametrize("hand", HANDS)
+async def test_intervention_form_buttons_save_and_cancel(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        app.query_one("#module-tree").focus()
+        await pilot.press("i")
+        assert isinstance(app.screen, InterventionScreen)
+        fill(app.screen, {"#iv-module": "layers.1.mlp", "#iv-params": "factor=0.5"})
+        await press_button(pilot, "#iv-cancel", hand)
+        await settle(app, pilot)
+        assert not isinstance(app.screen, InterventionScreen)
+        assert app.session.intervention_entries() == [] and app.session.steps == []
+        await pilot.press("i")
+        fill(app.screen, {"#iv-module": "layers.1.mlp", "#iv-params": "factor=0.5"})
+        await press_button(pilot, "#iv-save", hand)
+        await settle(app, pilot)
+        assert not isinstance(app.screen, InterventionScreen)
+        [entry] = app.session.intervention_entries()
+        assert entry.module == "model.layers.1.mlp" and entry.enabled
+        assert entry.description["params"] == {"factor": 0.5}
+        assert app.query_one("#iv-table").row_count == 1
+
+
+@pytest.mark.parametrize("hand", HANDS)
+async def test_quit_dialog_buttons(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        fill(app, {"#prompt": PROMPT})
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await press_button(pilot, "#choice-stay", hand)
+        await pilot.pause()
+        assert app.is_running and app.screen is app.main
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await press_button(pilot, "#choice-discard", hand)
+        await pilot.pause()
+        assert not app.is_running
