@@ -149,6 +149,19 @@ def test_a_long_legal_name_saves_and_loads(tmp_path):
     assert vector_of(tmp_path / wide) == 2.0
 
 
+def test_discard_removes_the_file_and_a_sidecar_no_one_else_names(tmp_path):
+    with_vector(tmp_path / "a.toml", 1.0).save()
+    with_vector(tmp_path / "b.toml", 2.0).save()
+    shutil.copy(tmp_path / "b.toml", tmp_path / "b-copy.toml")
+    Session.discard(tmp_path / "a.toml")
+    Session.discard(tmp_path / "b.toml")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "b-copy.toml",
+        next(p.name for p in tmp_path.glob("b.*.safetensors")),
+    ]
+    assert vector_of(tmp_path / "b-copy.toml") == 2.0
+
+
 def test_a_save_waits_for_the_folder_lock_then_fails_clearly(tmp_path, monkeypatch):
     a = with_vector(tmp_path / "a.toml", 1.0)
     a.save()

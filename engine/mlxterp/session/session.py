@@ -317,6 +317,12 @@ class Session:
             session.steps.append(step)
         return session
 
+    @staticmethod
+    def discard(path: str | Path) -> None:
+        """Delete a session file and its sidecar (kept if another file in the folder names
+        it), e.g. a recovery file no longer needed."""
+        storage.remove(Path(path))
+
     def __repr__(self) -> str:
         where = f" at {self.path}" if self.path else ""
         return f"Session({self.model_ref}, {len(self.steps)} steps{where})"

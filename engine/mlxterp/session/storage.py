@@ -325,6 +325,24 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
         raise SessionError(f"cannot save {path.name!r}: {err.strerror or err}") from None
 
 
+def remove(path: Path) -> None:
+    """Delete the session file at ``path`` (through a link, its target and the link) and
+    the sidecar it names, unless another file in its folder names that sidecar too."""
+    path = Path(path)
+    target = _real(path)
+    folder = target.parent
+    try:
+        with _folder_lock(folder):
+            sidecar = _named_sidecar(target)
+            target.unlink(missing_ok=True)
+            if path != target and path.is_symlink():
+                path.unlink()
+            if sidecar is not None and not _named_elsewhere(folder, sidecar, target.name):
+                (folder / sidecar).unlink(missing_ok=True)
+    except OSError as err:
+        raise SessionError(f"cannot remove {path.name!r}: {err.strerror or err}") from None
+
+
 def _has_array_refs(value: Any) -> bool:
     if isinstance(value, dict):
         return _is_array_ref(value) or any(_has_array_refs(v) for v in value.values())
