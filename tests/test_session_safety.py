@@ -260,8 +260,12 @@ def test_load_and_replay_use_the_same_module(manager, tmp_path):
         "[steps.summary]\nmodule = 'model.layers.3'\n"
         "[steps.summary.active]\n'model.layers.3' = 'zero_out()'\n"
     )
-    assert list(Session.load(path).interventions) == ["layers.3"]  # as its params say
+    reopened = Session.load(path, manager)
+    assert list(reopened.interventions) == ["layers.3"]  # as its params say
     assert replay(path, manager).ok
+    reopened.run(manager, "interventions", action="disable", module="model.layers.3")
+    assert reopened.intervention_entries()[0].module == "model.layers.3"
+    assert reopened.interventions == {}
 
 
 # --------------------------------------------------------------------------- compare

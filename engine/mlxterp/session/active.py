@@ -97,6 +97,21 @@ class InterventionList:
         """The enabled interventions as text (what a step's summary records)."""
         return {name: repr(fn) for name, fn in self.enabled().items()}
 
+    def canonicalize(self, resolve: Callable[[str], str]) -> None:
+        """Key every entry by ``resolve(module)`` (a file may name a module by an alias),
+        in the same order; an entry whose name does not resolve keeps it."""
+        items: dict[str, tuple[InterventionEntry, InterventionFn]] = {}
+        for name, (entry, fn) in self._items.items():
+            try:
+                canonical = resolve(name)
+            except KeyError:
+                canonical = name
+            items[canonical] = (
+                InterventionEntry(canonical, entry.description, entry.enabled),
+                fn,
+            )
+        self._items = items
+
     def apply(self, action: str, module: str | None, description: Any = None) -> None:
         """One ``interventions`` step's change; ``SessionError`` when it cannot apply."""
         if action == "clear":

@@ -289,6 +289,7 @@ def run_interventions(
     """Change ``state`` in place by one action, on the module its params name (resolved
     to its canonical name by the model)."""
     name = model.resolve(p["module"]) if "module" in p and p["action"] != "clear" else None
+    state.canonicalize(model.resolve)  # entries a file named by an alias match too
     state.apply(p["action"], name, p.get("intervention"))
     summary: Summary = {"module": name} if name is not None else {}
     summary["active"] = state.summary()
