@@ -162,6 +162,18 @@ def test_discard_removes_the_file_and_a_sidecar_no_one_else_names(tmp_path):
     assert vector_of(tmp_path / "b-copy.toml") == 2.0
 
 
+def test_a_save_over_a_file_naming_a_foreign_sidecar_removes_nothing_outside(tmp_path):
+    (tmp_path / "keep").mkdir()
+    victim = tmp_path / "keep" / "precious.safetensors"
+    victim.write_bytes(b"not a session's")
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "work" / "s.toml"
+    path.write_text('format = 1\nsidecar = "../keep/precious.safetensors"\n[model]\nref = "demo"\n')
+    with_vector(path, 1.0).save()  # a new session saved over the hostile file
+    Session.discard(path)
+    assert victim.read_bytes() == b"not a session's"
+
+
 def test_a_save_waits_for_the_folder_lock_then_fails_clearly(tmp_path, monkeypatch):
     a = with_vector(tmp_path / "a.toml", 1.0)
     a.save()

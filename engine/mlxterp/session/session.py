@@ -163,7 +163,8 @@ class Session:
     # ------------------------------------------------------------------ running
     def compute(self, manager: SessionManager, kind_name: str, **params: Any) -> Step:
         """Run a step on the session's model and return it, unrecorded: nothing in the
-        session changes (safe from a worker thread; steps on one model run one at a time)."""
+        session changes (safe from a worker thread; steps run one at a time).  Its params
+        keep canonical module names, and its arrays come back evaluated."""
         step_kind = kind(kind_name)
         full = step_kind.complete(params)
         model = manager.model(self.model_ref)

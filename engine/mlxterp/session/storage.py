@@ -257,14 +257,18 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _named_sidecar(path: Path) -> str | None:
-    """The sidecar ``path`` names now (None: no file, no sidecar, or not readable)."""
+    """The sidecar ``path`` names now: None for no file, no sidecar, a file that cannot
+    be read, or a name the loader would refuse (``../x`` is never removed)."""
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             return None
         sidecar = tomllib.loads(path.read_text(encoding="utf-8")).get("sidecar")
-    except (OSError, ValueError, RecursionError):
+        if not isinstance(sidecar, str) or not sidecar.endswith(".safetensors"):
+            return None
+        check_name(sidecar, "a sidecar")
+    except (OSError, ValueError, RecursionError):  # SessionError is a ValueError
         return None
-    return sidecar if isinstance(sidecar, str) else None
+    return sidecar
 
 
 def _named_elsewhere(folder: Path, sidecar: str, besides: str) -> bool:
