@@ -172,6 +172,12 @@ def test_a_save_over_a_file_naming_a_foreign_sidecar_removes_nothing_outside(tmp
     with_vector(path, 1.0).save()  # a new session saved over the hostile file
     Session.discard(path)
     assert victim.read_bytes() == b"not a session's"
+    weights = tmp_path / "work" / "model.safetensors"  # a model folder's weights
+    weights.write_bytes(b"weights")
+    path.write_text('format = 1\nsidecar = "model.safetensors"\n[model]\nref = "demo"\n')
+    with_vector(path, 1.0).save()
+    Session.discard(path)
+    assert weights.read_bytes() == b"weights"
 
 
 def test_a_save_waits_for_the_folder_lock_then_fails_clearly(tmp_path, monkeypatch):

@@ -291,6 +291,14 @@ def _named_elsewhere(folder: Path, sidecar: str, besides: str) -> bool:
     return False
 
 
+def _remove_if_unused(folder: Path, sidecar: str, besides: str) -> None:
+    """Remove ``sidecar`` when it is one mlxterp wrote (its content hashes to the digits in
+    its name: never a model's weights a hostile file names) and no other file names it."""
+    digits = sidecar.removesuffix(".safetensors").rpartition(".")[2]
+    if _file_digest(folder / sidecar) == digits and not _named_elsewhere(folder, sidecar, besides):
+        (folder / sidecar).unlink(missing_ok=True)
+
+
 def _remove_temporaries(folder: Path) -> None:
     """Remove what killed saves left (under the lock, no save is running here)."""
     for entry in folder.glob(f"{TEMP_PREFIX}*"):
@@ -322,8 +330,8 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
             if name is not None and _file_digest(folder / name) != _digest(tensors):
                 _atomic_write(folder / name, lambda tmp: tmp.write_bytes(_safetensors(tensors)))
             _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-            if previous not in (None, name) and not _named_elsewhere(folder, previous, target.name):
-                (folder / previous).unlink(missing_ok=True)
+            if previous not in (None, name):
+                _remove_if_unused(folder, previous, target.name)
             _sync_folder(folder)
     except OSError as err:
         raise SessionError(f"cannot save {path.name!r}: {err.strerror or err}") from None
@@ -341,8 +349,8 @@ def remove(path: Path) -> None:
             target.unlink(missing_ok=True)
             if path != target and path.is_symlink():
                 path.unlink()
-            if sidecar is not None and not _named_elsewhere(folder, sidecar, target.name):
-                (folder / sidecar).unlink(missing_ok=True)
+            if sidecar is not None:
+                _remove_if_unused(folder, sidecar, target.name)
     except OSError as err:
         raise SessionError(f"cannot remove {path.name!r}: {err.strerror or err}") from None
 
