@@ -23,6 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from . import gguf, model_sources
 from .errors import ModelLoadError
 
 DEMO_NAME = "demo"
@@ -83,10 +84,15 @@ def resolve_reference(name: str) -> Path | str:
 
 
 def load(name: str) -> tuple[Any, Any]:
-    """``(module, tokenizer)`` through ``mlx_lm.load``; ``ModelLoadError`` with the reason."""
+    """``(module, tokenizer)`` through ``mlx_lm.load`` (GGUF files through ``mlxterp.gguf``);
+    ``ModelLoadError`` with the reason."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError('a model name or folder is needed ("demo" is the embedded model)')
     ref = resolve_reference(name)
+    if ref != DEMO_DIR:  # a GGUF file, or a model where users keep them (no network)
+        ref = model_sources.locate(name) or ref
+    if isinstance(ref, Path) and gguf.is_gguf(ref):
+        return gguf.load(ref)
     if isinstance(ref, Path):
         folder = ref
         _check_folder_exists(name, folder)

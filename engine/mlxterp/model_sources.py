@@ -1,0 +1,151 @@
+"""Finding a model where users keep it, without the network.
+
+A name that is not a path is looked up, in this order, in the Hugging Face cache
+(``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``), LM Studio's models
+folders (``~/.lmstudio/models``, ``~/.cache/lm-studio/models``) and Ollama's manifests
+(``$OLLAMA_MODELS`` or ``~/.ollama/models``).  What is found is either an mlx-lm folder
+(``config.json`` + ``*.safetensors``) or a GGUF file (Ollama's blobs have no suffix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
+OLLAMA_REGISTRY = "registry.ollama.ai"
+
+
+def _home() -> Path:
+    return Path(os.path.expanduser("~"))
+
+
+def _is_mlx_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def model_in_folder(folder: Path) -> Path | None:
+    """The model a folder holds: itself if an mlx-lm folder, else its single ``*.gguf``.
+
+    Several GGUF files (say one per quantization) raise ``ModelLoadError`` listing them.
+    """
+    if _is_mlx_folder(folder):
+        return folder
+    ggufs = sorted(p for p in folder.glob("*.gguf") if p.is_file())
+    if len(ggufs) > 1:
+        names = ", ".join(p.name for p in ggufs)
+        raise ModelLoadError(
+            f"{str(folder)!r} holds several GGUF files ({names}): name one of them"
+        )
+    return ggufs[0] if ggufs else None
+
+
+def _resolve(path: Path) -> Path | None:
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return model_in_folder(path)
+    return None
+
+
+def hf_cache_dirs() -> list[Path]:
+    """Where the Hugging Face hub cache may be, most specific first."""
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    dirs.append(_home() / ".cache" / "huggingface" / "hub")
+    return dirs
+
+
+def _hf_snapshots(repo_dir: Path) -> Iterator[Path]:
+    """The snapshot ``refs/main`` names first, then the others, newest first."""
+    snapshots = repo_dir / "snapshots"
+    main = repo_dir / "refs" / "main"
+    if main.is_file():
+        yield snapshots / main.read_text().strip()
+    others = [p for p in snapshots.glob("*") if p.is_dir()]
+    yield from sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find_in_hf_cache(name: str) -> Path | None:
+    """``org/repo`` (or ``org/repo/file.gguf``) in the Hugging Face cache."""
+    parts = name.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        return None
+    repo, file = "/".join(parts[:2]), parts[2] if len(parts) == 3 else None
+    folder_name = "models--" + repo.replace("/", "--")
+    for cache in hf_cache_dirs():
+        for snapshot in _hf_snapshots(cache / folder_name):
+            found = _resolve(snapshot / file if file else snapshot)
+            if found is not None:
+                return found
+    return None
+
+
+def lmstudio_dirs() -> list[Path]:
+    """LM Studio's models folders (the current one and the older cache location)."""
+    return [_home() / ".lmstudio" / "models", _home() / ".cache" / "lm-studio" / "models"]
+
+
+def find_in_lmstudio(name: str) -> Path | None:
+    """``publisher/model`` (or ``publisher/model/file.gguf``) in LM Studio's folders."""
+    parts = name.split("/")
+    if len(parts) not in (2, 3) or not all(parts) or ".." in parts:
+        return None
+    for root in lmstudio_dirs():
+        found = _resolve(root.joinpath(*parts))
+        if found is not None:
+            return found
+    return None
+
+
+def ollama_dir() -> Path:
+    env = os.environ.get("OLLAMA_MODELS")
+    return Path(env) if env else _home() / ".ollama" / "models"
+
+
+def find_in_ollama(name: str) -> Path | None:
+    """``model[:tag]`` or ``namespace/model[:tag]`` via Ollama's manifest to its model blob."""
+    base, _, tag = name.partition(":")
+    parts = base.split("/")
+    if len(parts) == 1:
+        parts = ["library", *parts]
+    if len(parts) != 2 or not all(parts) or ".." in parts or "/" in tag or tag == "..":
+        return None
+    root = ollama_dir()
+    manifest = root / "manifests" / OLLAMA_REGISTRY / parts[0] / parts[1] / (tag or "latest")
+    if not manifest.is_file():
+        return None
+    try:
+        layers = json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelLoadError(f"Ollama manifest {str(manifest)!r} is unreadable: {err}") from err
+    for layer in layers:
+        if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_LAYER:
+            digest = str(layer.get("digest", ""))
+            blob = root / "blobs" / digest.replace(":", "-")
+            if not digest.startswith("sha256:") or not blob.is_file():
+                raise ModelLoadError(
+                    f"Ollama model {name!r}: its weights blob {digest!r} is missing"
+                )
+            return blob
+    raise ModelLoadError(f"Ollama manifest {str(manifest)!r} names no model layer")
+
+
+def locate(name: str) -> Path | None:
+    """A local model for ``name``: a path (a GGUF file, a folder) or a name found in the
+    Hugging Face cache, LM Studio or Ollama; ``None`` when nothing local matches."""
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        return _resolve(path)
+    for finder in (find_in_hf_cache, find_in_lmstudio, find_in_ollama):
+        found = finder(name)
+        if found is not None:
+            return found
+    return None
