@@ -4,7 +4,8 @@
 template is rendered by transformers' sandboxed Jinja, as for any Hugging Face model).
 Q4_0/Q4_1/Q8_0 blocks arrive as MLX quantized triples (weight, scales, biases) and stay
 quantized: the matching modules are quantized with the file's group size and bits before
-the weights are loaded.  llama.cpp's names are mapped onto mlx-lm's, and the two changes
+the weights are loaded (block scales in float32, so the model computes in float32 as
+llama.cpp does).  llama.cpp's names are mapped onto mlx-lm's, and the two changes
 llama.cpp's converter makes are undone: the interleaved rows of Q and K for llama-arch
 models (its rotary layout) and the ``1 +`` folded into Gemma's norm weights.  The tokenizer
 is rebuilt from the file's own vocabulary with the ``tokenizers`` package.
