@@ -287,6 +287,12 @@ def test_a_chat_template_cannot_reach_python(tmp_path, hf_tokenizer):
         ({"tokenizer.ggml.model": "llama"}, "tokenizer 'llama' is not supported"),
         ({"tokenizer.ggml.pre": "made-up"}, "pre-tokenizer 'made-up' is not supported"),
         ({"llama.rope.scaling.type": "yarn"}, "rope scaling 'yarn' is not supported"),
+        ({"llama.block_count": mx.array(10**9, dtype=mx.uint32)}, "block_count=1000000000"),
+        ({"llama.feed_forward_length": mx.array(64, dtype=mx.uint32)}, "feed_forward_length=64"),
+        (
+            {"llama.attention.head_count": mx.array(8, dtype=mx.uint32)},
+            "head_count_kv x key_length=16",
+        ),
     ],
 )
 def test_unsupported_files_are_refused_naming_what(tmp_path, hf_tokenizer, change, expected):

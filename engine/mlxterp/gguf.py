@@ -246,7 +246,47 @@ def model_config(meta: Metadata, tensors: dict[str, mx.array]) -> dict[str, Any]
         cfg["rope_scaling"] = {"type": "linear", "rope_type": "linear", "factor": factor}
     if arch.extra_config is not None:
         cfg.update(arch.extra_config(meta, name, cfg))
+    _check_sizes(cfg, tensors)
     return cfg
+
+
+def _rows_and_width(tensors: dict[str, mx.array], name: str) -> tuple[int, int] | None:
+    """``(rows, input width)`` of a 2-D weight, quantized or not; None when absent."""
+    weight = tensors.get(f"{name}.weight")
+    if weight is None or weight.ndim != 2:
+        return None
+    scales = tensors.get(f"{name}.scales")
+    width = weight.shape[1] if scales is None else scales.shape[-1] * GROUP_SIZE
+    return weight.shape[0], width
+
+
+def _check_sizes(cfg: dict[str, Any], tensors: dict[str, mx.array]) -> None:
+    """Refuse metadata the tensors do not bear out, before any model is built (a file
+    claiming a billion layers must not make the loader allocate them)."""
+    blocks = {int(m.group(1)) for key in tensors for m in [_TENSOR_NAME.match(key)] if m and m[1]}
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    expected = {
+        "block_count": (cfg["num_hidden_layers"], len(blocks)),
+        "embedding_length": (hidden, (_rows_and_width(tensors, "token_embd") or (0, 0))[1]),
+    }
+    q, k = _rows_and_width(tensors, "blk.0.attn_q"), _rows_and_width(tensors, "blk.0.attn_k")
+    up = _rows_and_width(tensors, "blk.0.ffn_up")
+    if q is not None:
+        expected["attention.head_count x key_length"] = (heads * cfg["head_dim"], q[0])
+    if k is not None:
+        kv_rows = cfg["num_key_value_heads"] * cfg["head_dim"]
+        expected["attention.head_count_kv x key_length"] = (kv_rows, k[0])
+    if up is not None:
+        expected["feed_forward_length"] = (cfg["intermediate_size"], up[0])
+    wrong = [
+        f"{key}={said} (tensors: {found})"
+        for key, (said, found) in expected.items()
+        if said != found
+    ]
+    if wrong or max(blocks, default=-1) + 1 != len(blocks):
+        raise ModelLoadError(
+            "GGUF metadata does not describe its tensors: " + (", ".join(wrong) or "blocks missing")
+        )
 
 
 def _unpermute_rows(weight: mx.array, heads: int) -> mx.array:

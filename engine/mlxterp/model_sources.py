@@ -68,7 +68,9 @@ def _hf_snapshots(repo_dir: Path) -> Iterator[Path]:
     snapshots = repo_dir / "snapshots"
     main = repo_dir / "refs" / "main"
     if main.is_file():
-        yield snapshots / main.read_text().strip()
+        revision = main.read_text(encoding="utf-8", errors="replace").strip()
+        if revision and "/" not in revision and "\\" not in revision and revision != "..":
+            yield snapshots / revision
     others = [p for p in snapshots.glob("*") if p.is_dir()]
     yield from sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
 
