@@ -151,8 +151,16 @@ def tokenizer_metadata(tokenizer: Any, template: str | None = CHAT) -> dict[str,
     return meta
 
 
-def write_gguf(arch: str, model: Any, tokenizer: Any, path: Path, **extra_meta: Any) -> Path:
-    """``model`` as llama.cpp's converter writes it (float32 tensors)."""
+def write_gguf(
+    arch: str,
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    tokenizer_meta: dict[str, Any] | None = None,
+    **extra_meta: Any,
+) -> Path:
+    """``model`` as llama.cpp's converter writes it (float32 tensors); the vocabulary of
+    ``tokenizer`` (a byte-level BPE) unless ``tokenizer_meta`` gives another."""
     cfg = CONFIGS[arch]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors = {}
@@ -184,7 +192,7 @@ def write_gguf(arch: str, model: Any, tokenizer: Any, path: Path, **extra_meta: 
         meta["gemma2.final_logit_softcapping"] = mx.array(cfg["final_logit_softcapping"])
     if arch == "gemma3":
         meta["gemma3.attention.sliding_window"] = u32(cfg["sliding_window"])
-    meta.update(tokenizer_metadata(tokenizer))
+    meta.update(tokenizer_meta or tokenizer_metadata(tokenizer))
     meta.update(extra_meta)
     mx.save_gguf(str(path), tensors, meta)
     return path
@@ -279,12 +287,83 @@ def test_a_chat_template_cannot_reach_python(tmp_path, hf_tokenizer):
         tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
+SPM_TEXTS = [
+    "Hello world, the capital of France is Paris.",
+    "  leading, double  spaces and a trailing one ",
+    "a newline\nand\ta tab",
+    "unseen characters fall back to bytes: \u00f1 \u65e5\u672c \U0001f642",
+    "numbers 12345 and 3.14",
+]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_gguf(tmp_path_factory):
+    """A sentencepiece BPE vocabulary (trained like Llama 2's: identity normalization, byte
+    fallback, a dummy prefix) written as llama.cpp's converter writes one, and the
+    sentencepiece processor itself."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    corpus = [text for text in TEXTS + SPM_TEXTS[:2] for _ in range(20)]
+    corpus += ["Machine learning studies algorithms that learn from data."] * 20
+    written = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=written,
+        vocab_size=360,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=written.getvalue())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    types = [
+        2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1
+        for i in range(len(pieces))
+    ]
+    pad = VOCAB - len(pieces)
+    u32 = lambda v: mx.array(v, dtype=mx.uint32)  # noqa: E731
+    meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": pieces + [f"[PAD{i}]" for i in range(pad)],
+        "tokenizer.ggml.scores": mx.array(
+            [sp.get_score(i) for i in range(len(pieces))] + [0.0] * pad
+        ),
+        "tokenizer.ggml.token_type": mx.array(types + [5] * pad, dtype=mx.int32),
+        "tokenizer.ggml.bos_token_id": u32(1),
+        "tokenizer.ggml.eos_token_id": u32(2),
+        "tokenizer.ggml.unknown_token_id": u32(0),
+        "tokenizer.ggml.add_space_prefix": mx.array(True),
+    }
+    path = tmp_path_factory.mktemp("spm") / "spm.gguf"
+    write_gguf("llama", reference_model("llama"), None, path, tokenizer_meta=meta)
+    return path, sp
+
+
+@pytest.mark.parametrize("text", SPM_TEXTS)
+def test_sentencepiece_vocabulary_encodes_like_sentencepiece(sentencepiece_gguf, text):
+    path, sp = sentencepiece_gguf
+    tok = InterpretableModel(str(path)).tokenizer
+    ids = tok.encode(text)
+    assert ids == [1, *sp.encode(text)]  # BOS added by default, as llama.cpp does
+    assert tok.decode(ids[1:]) == sp.decode(ids[1:])
+
+
 # ---------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
         ({"general.architecture": "phi3"}, "architecture 'phi3' is not supported"),
-        ({"tokenizer.ggml.model": "llama"}, "tokenizer 'llama' is not supported"),
+        ({"tokenizer.ggml.model": "t5"}, "tokenizer 't5' is not supported"),
+        ({"tokenizer.ggml.model": "llama"}, "without one score per token"),
         ({"tokenizer.ggml.pre": "made-up"}, "pre-tokenizer 'made-up' is not supported"),
         ({"llama.rope.scaling.type": "yarn"}, "rope scaling 'yarn' is not supported"),
         ({"llama.block_count": mx.array(10**9, dtype=mx.uint32)}, "block_count=1000000000"),

@@ -22,6 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .errors import ModelLoadError
 
@@ -460,20 +461,73 @@ def _special_tokens(meta: Metadata, tokens: list[str]) -> tuple[list[str], list[
     return control, user
 
 
+_SPACE = "\u2581"  # sentencepiece's visible space
+
+
+def _sentencepiece_backend(meta: Metadata, tokens: list[str]) -> Any:
+    """A sentencepiece-style BPE ``tokenizers.Tokenizer`` (Llama 2, Mistral): merges rebuilt
+    from the pieces' scores (a higher score merges first), byte fallback, ``\u2581`` spaces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    name = _str(meta, "general.architecture") or ""
+    if name.startswith("gemma"):
+        raise ModelLoadError(
+            f"the sentencepiece vocabulary of GGUF architecture {name!r} is not supported "
+            "(its scores do not give the merge order); load the model's Hugging Face folder"
+        )
+    scores = meta.get("tokenizer.ggml.scores")
+    if not isinstance(scores, mx.array) or scores.shape != (len(tokens),):
+        raise ModelLoadError("GGUF sentencepiece vocabulary without one score per token")
+    score = [float(v) for v in np.asarray(scores, dtype=np.float64)]
+    types = meta.get("tokenizer.ggml.token_type")
+    kinds = np.asarray(types).tolist() if isinstance(types, mx.array) else [1] * len(tokens)
+    pieces = {t: i for i, t in enumerate(tokens) if kinds[i] in (1, _USER_DEFINED)}
+    candidates = [
+        (-score[index], pieces[token[:cut]], pieces[token[cut:]], token[:cut], token[cut:])
+        for token, index in pieces.items()
+        for cut in range(1, len(token))
+        if token[:cut] in pieces and token[cut:] in pieces
+    ]
+    merges = [(left, right) for *_, left, right in sorted(candidates)]
+    unk = _token_id(meta, "unknown", tokens)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    backend = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+    )
+    prefix = _bool(meta, "tokenizer.ggml.add_space_prefix")
+    steps = [normalizers.Prepend(_SPACE)] if prefix is None or prefix else []
+    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", _SPACE)])
+    decode = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if steps:
+        decode.append(decoders.Strip(" ", 1, 0))
+    backend.decoder = decoders.Sequence(decode)
+    return backend
+
+
 def build_tokenizer(meta: Metadata) -> Any:
     """The file's tokenizer as mlx-lm wraps tokenizers (``TokenizerWrapper``)."""
-    from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, TokenizerWrapper
+    from mlx_lm.tokenizer_utils import (
+        BPEStreamingDetokenizer,
+        SPMStreamingDetokenizer,
+        TokenizerWrapper,
+    )
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
     kind = _str(meta, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelLoadError(
-            f"GGUF tokenizer {kind!r} is not supported (only byte-level BPE, 'gpt2'); "
-            "load the model's mlx-lm or Hugging Face folder instead"
-        )
     tokens = _strings(meta, "tokenizer.ggml.tokens")
-    backend, bos_default = _byte_level_backend(meta, tokens)
+    if kind == "gpt2":
+        backend, bos_default = _byte_level_backend(meta, tokens)
+        detokenizer: Any = BPEStreamingDetokenizer
+    elif kind == "llama":
+        # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise
+        backend, bos_default = _sentencepiece_backend(meta, tokens), True
+        detokenizer = SPMStreamingDetokenizer
+    else:
+        raise ModelLoadError(
+            f"GGUF tokenizer {kind!r} is not supported (byte-level BPE 'gpt2' and "
+            "sentencepiece 'llama' are); load the model's mlx-lm or Hugging Face folder instead"
+        )
     control, user = _special_tokens(meta, tokens)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
@@ -493,7 +547,7 @@ def build_tokenizer(meta: Metadata) -> Any:
         pad_token=_token_id(meta, "padding", tokens),
         chat_template=chat_template,
     )
-    return TokenizerWrapper(hf, detokenizer_class=BPEStreamingDetokenizer)
+    return TokenizerWrapper(hf, detokenizer_class=detokenizer)
 
 
 def load(path: Path) -> tuple[nn.Module, Any]:
