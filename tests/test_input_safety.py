@@ -221,12 +221,14 @@ def test_a_thirty_million_character_prompt_is_refused_before_tokenizing():
 
 
 def test_the_character_bound_never_refuses_a_prompt_that_fits(demo):
-    longest = max((demo.token_to_str(i) for i in range(demo.vocab_size or 0)), key=len, default="a")
+    """A prompt of the longest token, as often as the context holds, runs."""
+    longest = max((demo.token_to_str(i) for i in range(demo.vocab_size or 0)), key=len)
     limit = demo.max_length or 0
-    text = longest * (limit // 2)  # at most limit // 2 tokens, however long the characters
+    text = longest * (limit - 1)  # one place left for BOS
+    assert len(demo.encode(text)) <= limit
     with demo.trace(text) as trace:
         pass
-    assert trace.lengths is not None and trace.lengths[0] <= limit
+    assert trace.lengths == [len(demo.encode(text))]
 
 
 # --------------------------------------------------------------------------- arguments
