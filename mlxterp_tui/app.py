@@ -8,6 +8,7 @@ and each pane renders the step kinds it knows.  A cancelled run's message is dro
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,6 +97,7 @@ class WorkbenchApp(App[None]):
         self.user_keymap: dict[str, str] = {}
         self.token_delay = 0.15  # seconds of quiet typing before the token strip updates
         self._token_timer: Timer | None = None
+        self._typed_at = 0.0
         self.main = MainScreen()
 
     # ------------------------------------------------------------------ state views
@@ -336,15 +338,28 @@ class WorkbenchApp(App[None]):
     def action_show_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
 
+    @on(TabbedContent.TabActivated)
+    def _pane_shown(self) -> None:
+        """Focus left in a pane that is now hidden moves to the shown pane (else Textual
+        would hand it to the hidden pane's next field, which brings that pane back)."""
+        focused, pane = self.focused, self._active_pane()
+        if focused is not None and (focused.id == "prompt" or pane in focused.ancestors):
+            return
+        if focused is None or any(isinstance(a, Pane) for a in focused.ancestors):
+            self._focus_home(pane)
+
+    def _focus_home(self, pane: Pane) -> None:
+        """Focus ``pane``'s main widget, or the tabs when it has none."""
+        home = pane.query_one(pane.HOME) if pane.HOME else None
+        (home or self.query_one(TabbedContent).query_one(Tabs)).focus()
+
     def _active_pane(self) -> Pane:
         return self.query_one(f"#{self.query_one(TabbedContent).active}-pane", Pane)
 
     def action_escape(self) -> None:
         """Leave a text field; outside fields, cancel running work."""
         if isinstance(self.focused, Input):
-            pane = self._active_pane()
-            home = pane.query_one(pane.HOME) if pane.HOME else None
-            (home or self.query_one(TabbedContent).query_one(Tabs)).focus()
+            self._focus_home(self._active_pane())
             return
         self.action_cancel()
 
@@ -697,13 +712,21 @@ class WorkbenchApp(App[None]):
     # ------------------------------------------------------------------ the prompt
     @on(Input.Changed, "#prompt")
     def _prompt_changed(self) -> None:
-        """Tokenize the prompt once typing pauses, off the UI thread."""
-        if self._token_timer is not None:
-            self._token_timer.stop()
+        """Tokenize the prompt once typing pauses (``token_delay``), off the UI thread; one
+        timer serves a whole burst of keys."""
+        self._typed_at = time.monotonic()
         if self.token_delay <= 0:
             self._tokenize_now()
+        elif self._token_timer is None:
+            self._token_timer = self.set_timer(self.token_delay, self._typing_paused)
+
+    def _typing_paused(self) -> None:
+        quiet = time.monotonic() - self._typed_at
+        if quiet < self.token_delay:  # keys came since: wait for the rest of the pause
+            self._token_timer = self.set_timer(self.token_delay - quiet, self._typing_paused)
             return
-        self._token_timer = self.set_timer(self.token_delay, self._tokenize_now)
+        self._token_timer = None
+        self._tokenize_now()
 
     def _tokenize_now(self) -> None:
         if not self.main.is_attached:

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
 
 from .actions import PANES
@@ -78,6 +79,15 @@ class MainScreen(Screen[None]):
             yield Static("", id="status")
             yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="progress")
         yield Footer()
+
+    def _reset_focus(self, widget: Widget, avoiding: list[Widget] | None = None) -> None:
+        """A focused widget whose pane was just hidden gives the focus up entirely: Textual
+        would hand it to a sibling in the same hidden pane, and that would show the pane
+        again (the app then focuses the shown pane)."""
+        if self.focused is widget and not all(a.display for a in widget.ancestors_with_self):
+            self.set_focus(None)
+            return
+        super()._reset_focus(widget, avoiding)
 
     def panes(self) -> list[Pane]:
         return list(self.query(Pane))

@@ -8,6 +8,8 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.reactive import Reactive
 from textual.widgets import Button, Input, Static
 
 UNDO_DEPTH = 200
@@ -21,7 +23,14 @@ class KeyButton(Button):
 
 class Field(Input):
     """A text field that never selects its text on focus (tabbing in must not arm the next
-    key to wipe it)."""
+    key to wipe it), and whose typing repaints only itself.
+
+    Textual's ``Input`` grows its virtual width with every key, and a widget's virtual size
+    asks for a layout of the whole screen; on this screen that made each key cost tens of
+    milliseconds.  A field here has a fixed size, so a repaint is all a key needs.
+    """
+
+    virtual_size: Reactive[Size] = Reactive(Size(0, 0), repaint=True)
 
     def __init__(self, value: str = "", **kwargs) -> None:
         kwargs.setdefault("select_on_focus", False)

@@ -23,7 +23,7 @@ class ChartsPane(Pane):
     """One chart at a time, redrawn through ``PlotextPlot.plt`` (never ``show()``)."""
 
     KINDS = ("logit_lens", "activation_patching", "trace", "attention")
-    HOME = "#chart"
+    HOME = "#attn-run"
     HELP = (
         "One chart at a time: the target token's probability per layer (after a lens with a "
         "target), recovery per layer of a patching sweep (or its layer x position grid), the "
