@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import mlx.core as mx
 
@@ -24,6 +24,19 @@ from .patching import prepare_patching
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
+
+
+class AttributionSummary(TypedDict):
+    """``AttributionResult.to_summary()``."""
+
+    metric: str
+    component: str
+    layers: list[int]
+    positions: list[int]
+    tokens: list[str]
+    scores: list[list[float]]  # layers x positions
+    clean_value: float
+    corrupted_value: float
 
 
 @dataclass
@@ -71,7 +84,7 @@ class AttributionResult:
         cells.sort(key=lambda c: -(toward * c[2]) if toward else -abs(c[2]))
         return cells[:k]
 
-    def to_summary(self) -> dict[str, Any]:
+    def to_summary(self) -> AttributionSummary:
         """Plain values to store and compare."""
         return {
             "metric": self.metric,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import mlx.core as mx
 
@@ -35,6 +35,18 @@ LogitLens = dict[int, list[list[LensCell]]] | dict[int, list[LensCell]]
 """``logit_lens``'s result: per layer, the top-k cells of every position (or of one)."""
 
 
+class LensSummary(TypedDict):
+    """``LensResult.to_summary()``: per layer (rows) and position, the top-1 cell."""
+
+    layers: list[int]
+    tokens: list[str]
+    top_ids: list[list[int]]
+    top_strs: list[list[str]]
+    top_probs: list[list[float]]
+    target: NotRequired[int]  # with a target: its probability per layer, last position
+    target_probs: NotRequired[list[float]]
+
+
 @dataclass
 class LensResult:
     """Lens of one prompt: per layer, per position, the top-k tokens and probabilities."""
@@ -47,10 +59,10 @@ class LensResult:
     target: int | None = None
     target_probs: list[float] | None = None  # per layer, at the last position
 
-    def to_summary(self) -> dict[str, Any]:
+    def to_summary(self) -> LensSummary:
         """Plain values to store and compare: the top-1 token and probability of every cell,
         and the target's probability per layer."""
-        summary: dict[str, Any] = {
+        summary: LensSummary = {
             "layers": list(self.layers),
             "tokens": list(self.tokens),
             "top_ids": [[cell[0] for cell in row] for row in self.top_ids],

@@ -26,7 +26,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import mlx.core as mx
 import numpy as np
@@ -49,6 +49,22 @@ PatchRow = tuple[int, tuple[int, ...]]
 # at least this many groups of layers, so later groups start from stored residuals.
 DEFAULT_BATCH_TOKENS = 2048
 PREFIX_GROUPS = 4
+
+
+class PatchingSummary(TypedDict):
+    """``PatchingResult.to_summary()``: recovery listed in ``layers`` order."""
+
+    metric: str
+    component: str
+    layers: list[int]
+    recovery: list[float]
+    baseline: float
+    clean_value: float
+    corrupted_value: float
+    positions: list[int]
+    tokens: list[str]
+    matrix: NotRequired[list[list[float]]]  # by_position sweeps: layers x positions
+    note: NotRequired[str]  # why every recovery is 0, when it is
 
 
 @dataclass
@@ -77,9 +93,9 @@ class PatchingResult:
     matrix: list[list[float]] | None = None
     note: str | None = None
 
-    def to_summary(self) -> dict[str, Any]:
+    def to_summary(self) -> PatchingSummary:
         """Plain values to store and compare (recovery listed in ``layers`` order)."""
-        summary: dict[str, Any] = {
+        summary: PatchingSummary = {
             "metric": self.metric,
             "component": self.component,
             "layers": list(self.layers),
