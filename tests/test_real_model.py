@@ -148,7 +148,8 @@ def test_undoing_the_converters_q_k_interleave_is_what_makes_it_read_english(smo
     assert right < 2.0  # measured 1.49 nats per token
     as_stored = dataclasses.replace(gguf.ARCHITECTURES["llama"], permuted_qk=False)
     monkeypatch.setitem(gguf.ARCHITECTURES, "llama", as_stored)
-    wrong, _ = gguf.load(GGUF)
+    tensors, meta = gguf.read(GGUF)
+    wrong = gguf.build_model(meta, tensors)
     assert mean_next_token_loss(wrong, ids) > right + 0.5  # measured 2.50
 
 
@@ -208,7 +209,7 @@ def test_logit_lens_finds_paris_only_in_the_last_layers(smol):
 
 def test_last_position_patching_sweep_shows_where_the_answer_appears(smol):
     assert len(smol.encode(CORRUPTED)) == len(smol.encode(PROMPT))
-    layers = [0, 5, 10, 15, 20, 25, 29]
+    layers = [0, 8, 16, 25, 29]
     recovery = smol.activation_patching(
         PROMPT,
         CORRUPTED,
@@ -219,7 +220,7 @@ def test_last_position_patching_sweep_shows_where_the_answer_appears(smol):
         positions=[-1],
     )
     assert isinstance(recovery, dict) and list(recovery) == layers
-    early, late = [recovery[k] for k in layers[:3]], [recovery[k] for k in layers[-2:]]
+    early, late = [recovery[k] for k in layers[:2]], [recovery[k] for k in layers[-2:]]
     # before the answer is moved to the last position, patching it there changes nothing;
     # after, it carries the whole answer
     assert max(abs(r) for r in early) < 20 and min(late) > 80
