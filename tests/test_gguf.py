@@ -21,45 +21,26 @@ from jinja2.exceptions import SecurityError
 from mlx.utils import tree_flatten
 
 from mlxterp import InterpretableModel, MlxterpError, gguf, model_sources
-from mlxterp.checkpoints import build_checkpoint, build_tokenizer
+from mlxterp.checkpoints import ARCHITECTURES, build_checkpoint, build_tokenizer
 from mlxterp.errors import ModelLoadError
 
 VOCAB = 448  # the trained tokenizer's 384 tokens, padded as llama.cpp pads vocabularies
 TOKENS = [[1, 40, 75, 200, 7, 300, 12, 99]]
 CHAT = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
 
-_BASE: dict[str, Any] = dict(
-    hidden_size=64,
-    num_hidden_layers=2,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rms_norm_eps=1e-5,
-    rope_theta=50000.0,
-    max_position_embeddings=512,
-    vocab_size=VOCAB,
-)
-# general.architecture -> the mlx-lm config of the reference model
+# general.architecture -> the mlx-lm config of the reference model: the tiny checkpoints'
+# configs, with a rope base of 50,000 (so a dropped base would show) and a padded vocabulary
+_TINY = {"rope_theta": 50000.0, "vocab_size": VOCAB}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "llama": dict(_BASE, model_type="llama", tie_word_embeddings=False),
-    "qwen2": dict(_BASE, model_type="qwen2", tie_word_embeddings=False),
-    "qwen3": dict(_BASE, model_type="qwen3", head_dim=16, tie_word_embeddings=True),
-    "gemma": dict(_BASE, model_type="gemma", head_dim=16),
-    "gemma2": dict(
-        _BASE,
-        model_type="gemma2",
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        attn_logit_softcapping=50.0,
-        final_logit_softcapping=30.0,
-    ),
+    "llama": dict(ARCHITECTURES["llama"], **_TINY),
+    "qwen2": dict(ARCHITECTURES["qwen2"], **_TINY),
+    "qwen3": dict(ARCHITECTURES["qwen3"], **_TINY),
+    "gemma": dict(ARCHITECTURES["gemma2"], **_TINY, model_type="gemma"),
+    "gemma2": dict(ARCHITECTURES["gemma2"], **_TINY),
     "gemma3": dict(
-        _BASE,
-        model_type="gemma3_text",
+        ARCHITECTURES["gemma3_text"],
+        **_TINY,
         num_hidden_layers=6,  # layer 5 is a global-attention layer (pattern 6)
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=32,
         sliding_window_pattern=6,
         rope_local_base_freq=10000.0,
     ),
