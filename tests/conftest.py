@@ -7,11 +7,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import mlxterp  # noqa: F401  (on Linux, preloads OpenBLAS: it must come before mlx)
+
+# isort: split
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-import mlxterp  # noqa: F401  (preloads BLAS before mlx is imported below)
 from mlxterp import InterpretableModel
 from mlxterp.loading import DEMO_DIR
 

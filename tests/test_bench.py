@@ -31,3 +31,14 @@ def test_bench_imports_mlxterp_before_mlx_so_openblas_is_loaded():
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] in _blas.CANDIDATES
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not any(map(os.path.exists, _blas.CANDIDATES)),
+    reason="the OpenBLAS preload only exists on Linux with the library installed",
+)
+def test_the_suite_itself_runs_with_openblas():
+    """Regression: the same sort put `import mlx.core` above `import mlxterp` in
+    tests/conftest.py, so the whole suite ran on MLX's reference BLAS (and numbers users see
+    went untested)."""
+    assert _blas.loaded_path in _blas.CANDIDATES

@@ -208,8 +208,10 @@ def test_spec_jupyter_steering_vectors(text_model):
     ) as steered:
         steered_output = steered.activations["__model_output__"]
     assert np.isfinite(np.array(steered_output)).all()
+    # steering_vector runs both prompts as one padded batch: float32 sums in another order
+    # (OpenBLAS picks other kernels for a batch) move the last layer by about 2e-5
     assert mx.allclose(
         steering_vector(text_model, "I love this", "I hate this", layer),
         steering_vector_[0, -1],
-        atol=1e-5,
+        atol=1e-4,
     ).item()
