@@ -37,14 +37,23 @@ def no_user_keymap(tmp_path, monkeypatch):
 async def ready(pilot, prompt: str = "The capital of France is") -> None:
     """Model loaded, no blinking cursors, a lens on ``prompt`` done."""
     app = pilot.app
+    await pilot.pause()  # the main screen is composed
     await app.workers.wait_for_complete()
+    await pilot.pause()
     for widget in app.query(Input):
         widget.cursor_blink = False
     app.query_one("#prompt", Input).value = prompt
     app.query_one("#lens-target", Input).value = "␣Paris"
     app.query_one("#prompt", Input).focus()
+    await pilot.pause()
     await pilot.press("enter")
     await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def focus(pilot, selector: str) -> None:
+    """Focus a widget and let the focus land before the next key (``focus()`` is deferred)."""
+    pilot.app.query_one(selector).focus()
     await pilot.pause()
 
 
@@ -61,12 +70,13 @@ def screen(setup):
 
 
 async def lens(pilot):
-    pilot.app.query_one("#lens-table").focus()
+    await focus(pilot, "#lens-table")
 
 
 async def topk(pilot):
     table = pilot.app.query_one("#lens-table", DataTable)
     table.focus()
+    await pilot.pause()
     table.move_cursor(row=1, column=5)
     await pilot.press("enter")
 
@@ -74,7 +84,7 @@ async def topk(pilot):
 async def model_tree(pilot):
     await pilot.press("ctrl+t")  # a trace: the last layer's node shows its shape
     await pilot.app.workers.wait_for_complete()
-    pilot.app.query_one("#module-tree").focus()
+    await focus(pilot, "#module-tree")
     await pilot.press("1", *["down"] * 6, "enter")
 
 
@@ -82,41 +92,42 @@ async def patching(pilot):
     app = pilot.app
     app.query_one("#patch-clean", Input).value = "The capital of France is"
     app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
-    app.query_one("#patch-table").focus()
+    await focus(pilot, "#patch-table")
     await pilot.press("ctrl+k")
 
 
 async def chart(pilot):
-    pilot.app.query_one("#lens-table").focus()
+    await focus(pilot, "#lens-table")
     await pilot.press("3")
 
 
 async def attention(pilot):
     pilot.app.query_one("#attn-head", Input).value = "1"
-    pilot.app.query_one("#lens-table").focus()
+    await focus(pilot, "#lens-table")
     await pilot.press("f6")
 
 
 async def interventions(pilot):
     app = pilot.app
-    app.query_one("#module-tree").focus()
+    await focus(pilot, "#module-tree")
     await pilot.press("i")
     app.screen.query_one("#iv-module", Input).value = "layers.1.mlp"
     app.screen.query_one("#iv-params", Input).value = "factor=0"
     app.screen.query_one("#iv-module", Input).focus()
+    await pilot.pause()
     await pilot.press("enter")
     await app.workers.wait_for_complete()
-    app.query_one("#iv-table").focus()
+    await focus(pilot, "#iv-table")
 
 
 async def history(pilot):
-    pilot.app.query_one("#lens-table").focus()
+    await focus(pilot, "#lens-table")
     await pilot.press("7")
-    pilot.app.query_one("#history-list").focus()
+    await focus(pilot, "#history-list")
 
 
 async def help_screen(pilot):
-    pilot.app.query_one("#lens-table").focus()
+    await focus(pilot, "#lens-table")
     await pilot.press("f1")
 
 
@@ -137,4 +148,5 @@ SCREENS = {
 @pytest.mark.parametrize("name", list(SCREENS))
 def test_screen(snap_compare, model_dir, manager, name, size):
     app = WorkbenchApp(model_dir, manager=manager)
+    app.token_delay = 0  # the token strip is drawn before the snapshot, not after a pause
     assert snap_compare(app, terminal_size=size, run_before=screen(SCREENS[name]))
