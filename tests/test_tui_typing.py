@@ -51,10 +51,11 @@ PASTED = " ".join(SAMPLES.values()) + "\nand a second line"
 LONG = ("The capital of France is Paris. " * 160)[:5000]
 
 # LONG is typed in bursts of 10 keys (a fast typist), each burst handled before the next.
-# Measured on the 2-core machine under a load average of 6: the workbench 18.6 s in all
-# (slowest burst 0.36 s), a bare Textual app with one Input 16 s; the workbench before
-# the token strip was debounced off the UI thread took 240 s for 4,660 keys, growing with
-# the prompt's length.  The bounds are about 3x the workbench's figure, and 5 s for a burst.
+# Measured on the 2-core machine: the workbench 8 s in all when the machine is quiet, 19 to
+# 27 s under a load average of 6 (slowest burst 0.2 to 0.5 s), where a bare Textual app with
+# one Input takes 16 s; the workbench before its token strip was debounced off the UI
+# thread took 240 s for 4,660 keys, growing with the prompt's length.  The bounds are about
+# 3x the loaded figure, and 5 s for one burst (a freeze).
 BURST = 10
 LONG_TYPING_LIMIT_S = 60.0
 BURST_LIMIT_S = 5.0
