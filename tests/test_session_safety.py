@@ -428,3 +428,31 @@ def test_steps_from_several_threads_at_once(manager, tmp_path):
     assert len(Session.load(tmp_path / "threads.toml").steps) == 12
     assert len(other.steps) == 12
     assert replay(tmp_path / "threads.toml", manager).ok
+
+
+THREADED_SCRIPT = """
+import threading
+from mlxterp.session import Session, SessionManager
+manager, session = SessionManager(), Session.new("demo")
+def work(n):
+    session.record(session.compute(manager, "trace", text=f"The capital of France is {n}"))
+for n in range(3):  # one worker after another, as the workbench runs them
+    worker = threading.Thread(target=work, args=(n,))
+    worker.start()
+    worker.join()
+print(len(session.steps), "steps")
+"""
+
+
+@pytest.mark.adversarial
+def test_a_process_whose_worker_threads_ran_steps_exits_cleanly(tmp_path):
+    """Regression: MLX aborts a process at exit ("terminate called without an active
+    exception", code 134) once a thread that ran a forward has ended without clearing its
+    streams; the workbench's workers are such threads.  All MLX work of the session layer
+    now runs on one thread of its own that clears its streams at exit."""
+    for _ in range(2):  # the abort was certain, not occasional; twice for good measure
+        out = subprocess.run(
+            [sys.executable, "-c", THREADED_SCRIPT], capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0 and "3 steps" in out.stdout, out.stderr[-2000:]
+        assert "terminate called" not in out.stderr

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..errors import SessionError
 from .active import InterventionList
-from .locking import MLX_LOCK
+from .locking import on_mlx_thread
 from .session import Session, SessionManager, fingerprint, parameter_count
 from .steps import compare, kind
 
@@ -82,8 +83,8 @@ def replay(
     for step in session.steps:
         step_kind = kind(step.kind)
         try:
-            with MLX_LOCK:
-                _, summary = step_kind.execute(model, step_kind.complete(step.params), state)
+            params = step_kind.complete(step.params)
+            _, summary = on_mlx_thread(partial(step_kind.execute, model, params, state))
         except Exception as err:
             known = isinstance(err, (ValueError, KeyError))  # SessionError, mlxterp input errors
             why = str(err) if known else f"{type(err).__name__}: {err}"

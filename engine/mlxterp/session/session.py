@@ -25,7 +25,7 @@ from ..loading import resolve_reference
 from ..model import InterpretableModel
 from . import storage
 from .active import InterventionEntry, InterventionFn, InterventionList
-from .locking import MLX_LOCK, evaluate
+from .locking import evaluate, on_mlx_thread
 from .steps import describe_params, kind, restore
 
 
@@ -45,14 +45,14 @@ class SessionManager:
         with self._lock:
             if ref not in self._models:
                 try:
-                    with MLX_LOCK:  # loading evaluates weights
-                        self._models[ref] = InterpretableModel(ref)
+                    self._models[ref] = on_mlx_thread(lambda: InterpretableModel(ref))
                 except ModelLoadError as err:
                     raise SessionError(f"the session's model cannot be loaded: {err}") from err
             return self._models[ref]
 
     def add(self, ref: str, model: InterpretableModel) -> None:
         """Register an already-loaded model under ``ref``."""
+        evaluate(model.parameters())  # steps use it on the MLX thread
         with self._lock:
             self._models[ref] = model
 
@@ -175,10 +175,15 @@ class Session:
                 full["module"] = model.resolve(full["module"])  # files keep canonical names
         with self._lock:
             state, basis = self._state.copy(), self._version
-        with MLX_LOCK:
+        evaluate(full)  # a caller's arrays, on the caller's thread, before they cross
+
+        def run() -> Step:
             result, summary = step_kind.execute(model, full, state)
             step = Step(-1, kind_name, describe_params(full), summary, result=result)
-            evaluate((step.params, step.summary))  # a save then needs no MLX work
+            evaluate((step.params, step.summary, step.result))  # a save then needs no MLX work
+            return step
+
+        step = on_mlx_thread(run)
         step.parameters = parameter_count(model)
         if kind_name == "interventions" or step_kind.uses_interventions:
             step.basis = basis

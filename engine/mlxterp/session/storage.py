@@ -33,7 +33,7 @@ import numpy as np
 import tomli_w
 
 from ..errors import SessionError
-from .locking import MLX_LOCK
+from .locking import on_mlx_thread
 
 FORMAT = 1
 MAX_FILE_BYTES = 64 * 2**20  # a larger file is refused, so it cannot name a sidecar either
@@ -430,6 +430,13 @@ def _check_document(name: str, document: dict[str, Any]) -> None:
         )
 
 
+def _load_evaluated(side: Path) -> Any:
+    loaded = mx.load(str(side), format="safetensors")
+    if isinstance(loaded, dict):
+        mx.eval(list(loaded.values()))
+    return loaded
+
+
 def _load_sidecar(path: Path, sidecar: Any) -> dict[str, mx.array]:
     if not isinstance(sidecar, str):
         raise SessionError(f"{path.name}: the sidecar must be a file name, got {sidecar!r}")
@@ -438,10 +445,7 @@ def _load_sidecar(path: Path, sidecar: Any) -> dict[str, mx.array]:
     if not side.is_file():
         raise SessionError(f"{path.name} refers to the sidecar {sidecar!r}, which is missing")
     try:
-        with MLX_LOCK:  # loading is MLX work: not while a step runs
-            loaded = mx.load(str(side), format="safetensors")
-            if isinstance(loaded, dict):
-                mx.eval(list(loaded.values()))
+        loaded = on_mlx_thread(lambda: _load_evaluated(side))
     except Exception as err:  # whatever MLX says about a bad file
         raise SessionError(f"the sidecar {sidecar!r} is not a safetensors file: {err}") from None
     if not isinstance(loaded, dict):
