@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..errors import SessionError
+from ..errors import MlxterpError, SessionError
 from .active import InterventionList
 from .locking import on_mlx_thread
 from .session import Session, SessionManager, fingerprint, parameter_count
@@ -86,7 +86,7 @@ def replay(
             params = step_kind.complete(step.params)
             _, summary = on_mlx_thread(partial(step_kind.execute, model, params, state))
         except Exception as err:
-            known = isinstance(err, (ValueError, KeyError))  # SessionError, mlxterp input errors
+            known = isinstance(err, MlxterpError)  # said on purpose: its message is enough
             why = str(err) if known else f"{type(err).__name__}: {err}"
             report.steps.append(StepReport(step.index, step.kind, False, f"cannot run: {why}"))
             continue
