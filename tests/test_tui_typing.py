@@ -324,3 +324,36 @@ async def test_generated_text_with_markup_is_shown_as_written(tmp_path):
         assert "[/b]" in generated  # the model did write markup
         shown = [str(w.render()) for w in app.screen.query(Static) if w.display]
         assert any(generated in text for text in shown), "the generated text is not shown"
+
+
+async def test_the_next_pane_key_works_from_inside_every_field(manager):
+    """Typing never traps: from inside any field, the pane key (``pane_next``) still works."""
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(app, pilot)
+        tabs = app.screen.query_one(TabbedContent)
+        panes = [pane.id or "" for pane in tabs.query(TabPane)]
+        stuck = []
+        for n, pane in enumerate(panes):
+            app.screen.set_focus(None)
+            tabs.active = pane
+            await settled(app)
+            for field in text_fields(app):
+                app.screen.set_focus(None)
+                tabs.active = pane
+                await settled(app)
+                field.focus()
+                await settled(app)
+                assert app.focused is field
+                keys = [
+                    a.binding.key
+                    for a in app.active_bindings.values()
+                    if a.binding.id == "pane_next"
+                ]
+                assert keys, f"no pane_next key inside #{field.id}"
+                await pilot.press(keys[0].split(",")[0])
+                await settled(app)
+                if tabs.active != panes[(n + 1) % len(panes)]:
+                    stuck.append(f"{keys[0]} in #{field.id} ({pane} pane)")
+                running(app)
+        assert not stuck, "pane keys that did nothing: " + "; ".join(stuck)
