@@ -33,7 +33,7 @@ GROUP_SIZE = 32
 Metadata = dict[str, mx.array | str | list[str]]
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
-_CONTROL, _USER_DEFINED, _BYTE = 3, 4, 6
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
 
 
 @dataclass(frozen=True)
@@ -481,7 +481,7 @@ def _sentencepiece_backend(meta: Metadata, tokens: list[str]) -> Any:
     score = [float(v) for v in np.asarray(scores, dtype=np.float64)]
     types = meta.get("tokenizer.ggml.token_type")
     kinds = np.asarray(types).tolist() if isinstance(types, mx.array) else [1] * len(tokens)
-    pieces = {t: i for i, t in enumerate(tokens) if kinds[i] in (1, _USER_DEFINED)}
+    pieces = {t: i for i, t in enumerate(tokens) if kinds[i] == _NORMAL}
     candidates = [
         (-score[index], pieces[token[:cut]], pieces[token[cut:]], token[:cut], token[cut:])
         for token, index in pieces.items()
@@ -534,7 +534,7 @@ def build_tokenizer(meta: Metadata) -> Any:
     bos = _token_id(meta, "bos", tokens)
     add_bos = _bool(meta, "tokenizer.ggml.add_bos_token")
     if (bos_default if add_bos is None else add_bos) and bos is not None:
-        bos_id = tokens.index(bos)
+        bos_id = _int(meta, "tokenizer.ggml.bos_token_id")
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
         )
