@@ -4,7 +4,9 @@ shows in the footer.  Bindings, palette and help are all read from this table.
 
 Keys that act inside text fields are ``priority`` bindings, so a field never swallows them
 (``ctrl+k`` runs patching even in a Patch field); keys a field types (digits, ``i``, ``?``)
-act only outside fields, and each of those has a key that works everywhere too.
+act only outside fields, and each of those has a key that works everywhere too (``f2`` and
+``f3`` walk the panes; alt+digit cannot: terminals send it as ESC and the digit, which
+Textual reads as the macOS option characters ``¡™£¢∞§¶``).
 """
 
 from __future__ import annotations
@@ -77,24 +79,10 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action("cancel", "", "cancel", "Cancel running work"),
     Action("quit", "ctrl+q", "quit", "Quit (asks first if there is unsaved work)", "Quit", True),
+    Action("pane_next", "f3", "next_pane", "Show the next pane", priority=True),
+    Action("pane_previous", "f2", "next_pane(-1)", "Show the previous pane", priority=True),
     *(
-        Action(
-            f"pane_{pane}",
-            f"alt+{n}",
-            f"show_pane('{pane}')",
-            f"Show the {name} pane",
-            priority=True,
-        )
-        for n, (pane, _label, name) in enumerate(PANES, 1)
-    ),
-    *(
-        Action(
-            f"pane_{pane}_digit",
-            str(n),
-            f"show_pane('{pane}')",
-            f"Show the {name} pane (outside text fields)",
-            palette=False,
-        )
+        Action(f"pane_{pane}", str(n), f"show_pane('{pane}')", f"Show the {name} pane")
         for n, (pane, _label, name) in enumerate(PANES, 1)
     ),
 )

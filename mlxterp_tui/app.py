@@ -338,6 +338,12 @@ class WorkbenchApp(App[None]):
     def action_show_pane(self, pane: str) -> None:
         self.query_one(TabbedContent).active = pane
 
+    def action_next_pane(self, step: int = 1) -> None:
+        """Show the pane ``step`` places on (f3 next, f2 previous; from any field)."""
+        order = [pane for pane, _label, _name in PANES]
+        at = order.index(self.query_one(TabbedContent).active)
+        self.action_show_pane(order[(at + step) % len(order)])
+
     @on(TabbedContent.TabActivated)
     def _pane_shown(self) -> None:
         """Focus left in a pane that is now hidden moves to the shown pane (else Textual

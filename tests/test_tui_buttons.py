@@ -66,7 +66,7 @@ async def test_patch_button_runs_the_sweep(model_dir, manager, hand):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
-        await pilot.press("alt+4")
+        await pilot.press("escape", "4")
         fill(app, {"#patch-clean": PROMPT, "#patch-corrupted": "The capital of Germany is"})
         await press_button(pilot, "#patch-run", hand)
         await settle(app, pilot)
@@ -79,7 +79,7 @@ async def test_steer_button_runs_steering(model_dir, manager, hand):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
-        await pilot.press("alt+6")
+        await pilot.press("escape", "6")
         fill(
             app,
             {
@@ -100,7 +100,7 @@ async def test_attention_button_charts_a_head(model_dir, manager, hand):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
-        await pilot.press("alt+3")
+        await pilot.press("escape", "3")
         fill(app, {"#prompt": PROMPT, "#attn-layer": "1", "#attn-head": "1"})
         await press_button(pilot, "#attn-run", hand)
         await settle(app, pilot)

@@ -127,7 +127,7 @@ async def test_escape_cancelled_sweep_records_nothing(model_dir, manager):
             return real(*args, **kwargs)
 
         app.session.compute = slow
-        await pilot.press("alt+4")
+        await pilot.press("escape", "4")
         app.query_one("#patch-clean", Input).value = PROMPT
         app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
         await pilot.press("ctrl+k")
@@ -267,14 +267,14 @@ async def test_numbers_and_answers_are_checked_beside_their_fields(model_dir, ma
         app.query_one("#lens-target", Input).value = "␣Paris␣Texas"
         await lens(app, pilot)
         assert "tokens" in said(app, "#lens-message")
-        await pilot.press("alt+6")
+        await pilot.press("escape", "6")
         for key, value in {"positive": "a", "negative": "b", "prompt": "c"}.items():
             app.query_one(f"#steer-{key}", Input).value = value
         app.query_one("#steer-coefficient", Input).value = "nan"
         await pilot.press("ctrl+g")
         await settle(app, pilot)
         assert "not a finite number" in said(app, "#steer-message")
-        await pilot.press("alt+4")
+        await pilot.press("escape", "4")
         app.query_one("#patch-clean", Input).value = PROMPT
         app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
         app.query_one("#patch-answer", Input).value = "␣Paris␣Texas,␣London"
@@ -306,7 +306,7 @@ async def test_ctrl_k_inside_a_patch_field_runs_patching(model_dir, manager):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
-        await pilot.press("alt+4")
+        await pilot.press("escape", "4")
         app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
         field = app.query_one("#patch-clean", Input)
         field.value = PROMPT
@@ -322,14 +322,24 @@ async def test_panes_switch_from_inside_fields_and_escape_leaves_a_field(model_d
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
-        assert isinstance(app.focused, Input)  # the prompt
-        for n, pane in enumerate(
-            ["model", "lens", "charts", "patching", "interventions", "steering", "history"], 1
-        ):
-            await pilot.press(f"alt+{n}")
-            assert app.query_one("#panes").active == pane
-        await pilot.press("alt+4")
-        app.query_one("#patch-clean", Input).focus()
+        prompt = app.query_one("#prompt", Input)
+        assert app.focused is prompt
+        order = ["model", "lens", "charts", "patching", "interventions", "steering", "history"]
+        for pane in [*order[1:], order[0]]:  # f3 walks the panes from inside the prompt
+            await pilot.press("f3")
+            assert app.query_one("#panes").active == pane and app.focused is prompt
+        await pilot.press("f2")
+        assert app.query_one("#panes").active == "history"
+        await pilot.press("f3", "f3", "f3", "f3")
+        field = app.query_one("#patch-clean", Input)
+        field.focus()
+        await pilot.pause()
+        await pilot.press("f3")  # from a Patch field too; the focus follows the pane
+        assert app.query_one("#panes").active == "interventions"
+        assert not isinstance(app.focused, Input)
+        await pilot.press("f2")
+        field.focus()
+        await pilot.pause()
         await pilot.press("escape")
         assert not isinstance(app.focused, Input)
         await pilot.press("2")  # outside a field a digit switches panes
@@ -384,7 +394,7 @@ async def test_history_highlights_the_newest_step(model_dir, manager):
         await settle(app, pilot)
         await lens(app, pilot, "one")
         await lens(app, pilot, "two")
-        await pilot.press("alt+7")
+        await pilot.press("escape", "7")
         listing = app.query_one("#history-list", ListView)
         assert listing.index == 1
         assert listing.highlighted_child is listing.children[-1]
