@@ -52,11 +52,11 @@ def status_text(state: WorkbenchState) -> Text:
         name = f"copy of {state.copy_of.name}"
     else:
         name = "unsaved session"
-    text = Text(f"model: {Path(state.model_ref).name} │ {name} ")
+    text = Text(f"model: {Path(state.model_ref).name} │ {name}")
     if session.dirty:
-        text.append("● modified", style="bold yellow")
+        text.append(" ● modified", style="bold yellow")
     elif session.path is not None:
-        text.append("✓ saved", style="green")
+        text.append(" ✓ saved", style="green")
     text.append(f" │ {len(session.steps)} steps")
     active = len(session.interventions)
     if active:
