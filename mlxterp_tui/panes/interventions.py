@@ -126,9 +126,8 @@ class InterventionScreen(ModalScreen[InterventionForm | None]):
                 self.query_one("#iv-positions", Field).value,
             )
             intervention_from_description(desc)  # the engine's own checks
-        except (MlxterpError, KeyError) as err:
-            text = err.args[0] if isinstance(err, KeyError) and err.args else err
-            message.say(str(text))
+        except MlxterpError as err:
+            message.say(str(err))
             return
         self.dismiss(InterventionForm(canonical, desc))
 
