@@ -8,30 +8,9 @@ pytest.importorskip("pytest_textual_snapshot")
 
 from textual.widgets import DataTable, Input
 
-from mlxterp.session import SessionManager
 from mlxterp_tui.app import WorkbenchApp
 
 SIZES = [(80, 24), (120, 40)]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from mlxterp.checkpoints import build_checkpoint
-
-    # a fixed folder name: the status bar shows it
-    return str(build_checkpoint("llama", tmp_path_factory.mktemp("snapmodel", numbered=False)))
-
-
-@pytest.fixture(scope="module")
-def manager(model_dir):
-    mgr = SessionManager()
-    mgr.model(model_dir)
-    return mgr
-
-
-@pytest.fixture(autouse=True)
-def no_user_keymap(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXTERP_CONFIG_DIR", str(tmp_path / "config"))
 
 
 async def ready(pilot, prompt: str = "The capital of France is") -> None:

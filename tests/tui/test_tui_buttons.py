@@ -6,45 +6,15 @@ import pytest
 
 pytest.importorskip("textual")
 
+from pilot_helpers import settle
 from textual.widgets import Input
 
-from mlxterp.session import SessionManager
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.panes.interventions import InterventionScreen
 
 PROMPT = "The capital of France is"
 HANDS = ["click", "enter", "space"]
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from mlxterp.checkpoints import build_checkpoint
-
-    return str(build_checkpoint("llama", tmp_path_factory.mktemp("tui-buttons"), seed=0))
-
-
-@pytest.fixture(scope="module")
-def manager(model_dir):
-    mgr = SessionManager()
-    mgr.model(model_dir)
-    return mgr
-
-
-@pytest.fixture(autouse=True)
-def no_user_keymap(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXTERP_CONFIG_DIR", str(tmp_path / "config"))
-
-
-async def settle(app, pilot):
-    await pilot.pause()
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 async def press_button(pilot, selector: str, hand: str) -> None:

@@ -9,49 +9,19 @@ import pytest
 
 pytest.importorskip("textual")
 
+from pilot_helpers import settle
 from textual.widgets import DataTable, Input, ListView, Static
 
-from mlxterp.session import Session, SessionManager
+from mlxterp.session import Session
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.commands import WorkbenchCommands
 from mlxterp_tui.panes.interventions import InterventionScreen
 from mlxterp_tui.screens import ChoiceScreen, HelpScreen, PathScreen
 from mlxterp_tui.state import recovery_files
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The capital of France is"
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from mlxterp.checkpoints import build_checkpoint
-
-    return str(build_checkpoint("llama", tmp_path_factory.mktemp("tui-regress"), seed=0))
-
-
-@pytest.fixture(scope="module")
-def manager(model_dir):
-    mgr = SessionManager()
-    mgr.model(model_dir)
-    mgr.model("demo")
-    return mgr
-
-
-@pytest.fixture(autouse=True)
-def no_user_keymap(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLXTERP_CONFIG_DIR", str(tmp_path / "config"))
-
-
-async def settle(app, pilot):
-    await pilot.pause()
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 async def lens(app, pilot, text=PROMPT):

@@ -61,11 +61,6 @@ LONG_TYPING_LIMIT_S = 60.0
 BURST_LIMIT_S = 5.0
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def manager():
     mgr = SessionManager()
