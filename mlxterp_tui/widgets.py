@@ -4,13 +4,18 @@ key a user tries, a line beside a field that says what is wrong with it, and the
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.widgets import Button, Input, Static
+
+from mlxterp.session import InputError
+
+T = TypeVar("T")
 
 UNDO_DEPTH = 200
 
@@ -50,6 +55,16 @@ class FieldMessage(Static):
         """Show ``text`` (``None`` or empty hides the line)."""
         self.display = bool(text)
         self.update(Text(text or ""))
+
+    def checked(self, read: Callable[[], T]) -> T:
+        """What ``read`` makes of the fields; its ``InputError`` is said here and raised."""
+        try:
+            value = read()
+        except InputError as err:
+            self.say(str(err))
+            raise
+        self.say(None)
+        return value
 
     @property
     def text(self) -> str:

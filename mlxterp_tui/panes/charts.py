@@ -46,20 +46,14 @@ class ChartsPane(Pane):
 
     def attention_layer(self, model: ModelView) -> int:
         """The layer typed above the chart, checked against the model."""
-        message = self.query_one("#attn-message", FieldMessage)
-        try:
-            layer = checks.whole(
-                self.query_one("#attn-layer", Field).value,
-                "layer",
-                low=0,
-                high=model.num_layers - 1,
-            )
+
+        def read() -> int:
+            layer_text = self.query_one("#attn-layer", Field).value
+            layer = checks.whole(layer_text, "layer", low=0, high=model.num_layers - 1)
             checks.whole(self.query_one("#attn-head", Field).value, "head", low=0)
-        except InputError as err:
-            message.say(str(err))
-            raise
-        message.say(None)
-        return layer
+            return layer
+
+        return self.query_one("#attn-message", FieldMessage).checked(read)
 
     def restore(self, step: Step) -> None:
         if step.kind == "attention":

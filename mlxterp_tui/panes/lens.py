@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from mlxterp.session import InputError, Step, color_at
+from mlxterp.session import Step, color_at
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
@@ -92,25 +92,19 @@ class LensPane(Pane):
 
     def params(self, model: ModelView, text: str) -> dict[str, Any]:
         """The ``logit_lens`` step's parameters for ``text``; ``InputError`` beside the field."""
-        message = self.query_one("#lens-message", FieldMessage)
-        try:
+
+        def read() -> dict[str, Any]:
+            topk = self.query_one("#lens-topk", Field).value or "5"
             params: dict[str, Any] = {
                 "text": text,
-                "top_k": checks.whole(
-                    self.query_one("#lens-topk", Field).value or "5",
-                    "top-k",
-                    low=1,
-                    high=MOST_TOP_K,
-                ),
+                "top_k": checks.whole(topk, "top-k", low=1, high=MOST_TOP_K),
             }
             target = self.query_one("#lens-target", Field).value
             if target.strip():
                 params["target"] = checks.single_token(model, target, "target")
-        except InputError as err:
-            message.say(str(err))
-            raise
-        message.say(None)
-        return params
+            return params
+
+        return self.query_one("#lens-message", FieldMessage).checked(read)
 
     def restore(self, step: Step) -> None:
         target = step.params.get("target")

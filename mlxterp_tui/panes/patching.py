@@ -57,14 +57,7 @@ class PatchingPane(Pane):
 
     def params(self, model: ModelView) -> dict[str, Any]:
         """The ``activation_patching`` step's parameters; ``InputError`` beside the fields."""
-        message = self.query_one("#patch-message", FieldMessage)
-        try:
-            params = self._params(model)
-        except InputError as err:
-            message.say(str(err))
-            raise
-        message.say(None)
-        return params
+        return self.query_one("#patch-message", FieldMessage).checked(lambda: self._params(model))
 
     def _params(self, model: ModelView) -> dict[str, Any]:
         clean = self.query_one("#patch-clean", Field).value

@@ -46,14 +46,7 @@ class SteeringPane(Pane):
 
     def params(self, model: ModelView) -> dict[str, Any]:
         """The ``steering`` step's parameters; ``InputError`` beside the fields."""
-        message = self.query_one("#steer-message", FieldMessage)
-        try:
-            params = self._params(model)
-        except InputError as err:
-            message.say(str(err))
-            raise
-        message.say(None)
-        return params
+        return self.query_one("#steer-message", FieldMessage).checked(lambda: self._params(model))
 
     def _params(self, model: ModelView) -> dict[str, Any]:
         values = {
