@@ -6,10 +6,6 @@ import os
 import tomllib
 from pathlib import Path
 
-from mlxterp.model import InterpretableModel
-
-MODEL_TYPE = InterpretableModel
-
 CONFIG_ENV = "MLXTERP_CONFIG_DIR"
 
 

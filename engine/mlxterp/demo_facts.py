@@ -57,7 +57,3 @@ LANDMARKS: dict[str, str] = {
     "The Forbidden City": "Beijing",
 }
 """Landmark → the city it stands in."""
-
-
-def _scratch_type_error() -> int:
-    return "not an int"
