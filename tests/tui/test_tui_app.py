@@ -6,7 +6,6 @@ import pytest
 
 pytest.importorskip("textual")
 
-from pilot_helpers import settle
 from textual.widgets import DataTable, Input, ListView, Static
 
 from mlxterp.session import Session
@@ -16,6 +15,8 @@ from mlxterp_tui.commands import WorkbenchCommands
 from mlxterp_tui.panes.interventions import InterventionScreen
 from mlxterp_tui.panes.lens import TopKScreen
 from mlxterp_tui.screens import HelpScreen, PathScreen, ReportScreen
+
+from .pilot_helpers import settle
 
 PROMPT = "The capital of France is"
 pytestmark = pytest.mark.anyio

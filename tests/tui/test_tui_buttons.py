@@ -6,11 +6,12 @@ import pytest
 
 pytest.importorskip("textual")
 
-from pilot_helpers import settle
 from textual.widgets import Input
 
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.panes.interventions import InterventionScreen
+
+from .pilot_helpers import settle
 
 PROMPT = "The capital of France is"
 HANDS = ["click", "enter", "space"]

@@ -9,7 +9,6 @@ import pytest
 
 pytest.importorskip("textual")
 
-from pilot_helpers import settle
 from textual.widgets import DataTable, Input, ListView, Static
 
 from mlxterp.session import Session
@@ -18,6 +17,8 @@ from mlxterp_tui.commands import WorkbenchCommands
 from mlxterp_tui.panes.interventions import InterventionScreen
 from mlxterp_tui.screens import ChoiceScreen, HelpScreen, PathScreen
 from mlxterp_tui.state import recovery_files
+
+from .pilot_helpers import settle
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The capital of France is"
