@@ -19,10 +19,14 @@ def startup_seconds(model: str = "demo", size: tuple[int, int] = (80, 24)) -> fl
     async def run() -> float:
         app = WorkbenchApp(model)
         async with app.run_test(size=size) as pilot:
-            await app.workers.wait_for_complete()
-            await pilot.pause()
-            if app.model is None:
-                raise RuntimeError(f"model {model!r} did not load")
+            # the load starts after the first refresh: wait for it, not just for the
+            # workers running now (there may be none yet on a busy machine)
+            deadline = time.perf_counter() + 120
+            while app.model is None:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"model {model!r} did not load in 120 s")
+                await pilot.pause()
+                await app.workers.wait_for_complete()
             return time.perf_counter() - start
 
     return asyncio.run(run())

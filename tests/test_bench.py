@@ -42,3 +42,12 @@ def test_the_suite_itself_runs_with_openblas():
     tests/conftest.py, so the whole suite ran on MLX's reference BLAS (and numbers users see
     went untested)."""
     assert _blas.loaded_path in _blas.CANDIDATES
+
+
+def test_workbench_startup_is_measured_once_the_model_is_loaded():
+    """The benchmark's startup figure waits for the model itself: the load starts after the
+    first refresh, so waiting only for the workers already running could find none and
+    fail on a busy machine (it did once, in a full benchmark run)."""
+    from mlxterp_tui import startup_seconds
+
+    assert 0 < startup_seconds() < 120
