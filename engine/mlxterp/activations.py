@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
-import numpy as np
 from tqdm import tqdm
 
 from .errors import InputError, NotCapturedError
+from .inputs import is_int as is_int  # re-exported: callers take it from here
 from .names import MODEL_OUTPUT, ModuleIndex
 from .tracing import ActivationMap
 
@@ -31,11 +31,6 @@ Layers = int | Sequence[int] | None
 """Layer indices: one, several, or None for every layer (negative ones count from the end)."""
 Positions = int | Sequence[int]
 """Token positions: one or several (negative ones count back from each row's last token)."""
-
-
-def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
-    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def layer_indices(model: InterpretableModel, layers: Layers = None) -> list[int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import mlx.core as mx
 import numpy as np
@@ -23,6 +23,11 @@ MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32
 FLOAT32_MAX = 3.4028234663852886e38
 PROMPT_SLACK = 4  # normalizers can shorten text; the character bound allows for it
 UNKNOWN_TOKEN_CHARS = 256  # the bound's longest token when the vocabulary cannot be read
+
+
+def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -121,11 +126,7 @@ class TextCodec:
 
 
 def _is_int_list(x: Any) -> bool:
-    return (
-        isinstance(x, (list, tuple))
-        and len(x) > 0
-        and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
-    )
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(is_int(i) for i in x)
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> mx.array:
@@ -218,11 +219,7 @@ def check_seed(name: str, value: Any, error: type[MlxterpError] = InputError) ->
     """A random seed: None, or an int in ``0 .. 2**64 - 1`` (what ``mx.random.key`` takes)."""
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or not 0 <= value < 2**64
-    ):
+    if not is_int(value) or not 0 <= value < 2**64:
         raise error(f"{name} must be an integer in 0..2**64-1 (or None); got {shown(value)}")
     return int(value)
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-import numpy as np
 
 from .errors import InterventionError, NotSerializableError
-from .inputs import check_seed, finite_number, shown
+from .inputs import check_seed, finite_number, is_int, shown
 
 Positions = int | Sequence[int] | None
 """Token positions: one index or several (negative counts from each row's end), or None."""
@@ -47,7 +46,7 @@ def _positions_tuple(positions: Positions) -> tuple[int, ...] | None:
     )
     out: list[int] = []
     for p in listed:
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+        if not is_int(p):
             raise InterventionError(
                 "positions must be a token index (an int; negative counts from the end) or a "
                 f"list of them; got {shown(positions)}"

@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 from . import loading
 from .errors import InputError, ModelAttributeError, ModelTypeError
 from .hooks import Site, hooked, primary_array
-from .inputs import PreparedInput, TextCodec, check_token_ids, prepare
+from .inputs import PreparedInput, TextCodec, check_token_ids, is_int, prepare
 from .interventions import InterventionFn, SiteContext, check_mapping
 from .interventions import apply as apply_intervention
 from .names import MODEL_OUTPUT, ModuleIndex
@@ -204,7 +204,7 @@ class InterpretableModel:
         Every analysis that takes an answer or target reads it here.  The string must be
         exactly one token: a longer one is refused with the tokens it splits into.
         """
-        if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+        if is_int(token):
             check_token_ids([int(token)], self._token_limit)
             return int(token)
         if not isinstance(token, str) or not token:
