@@ -13,7 +13,14 @@ class MlxterpError(Exception):
     """Base of every error mlxterp raises on purpose."""
 
 
-class ModuleNameError(MlxterpError, KeyError):
+class _KeyMessageError(MlxterpError, KeyError):
+    """A ``KeyError`` whose text is its message as given (``KeyError`` would quote it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ModuleNameError(_KeyMessageError):
     """A module name that does not exist (with the closest real names) or is ambiguous."""
 
     def __init__(self, message: str, candidates: list[str] | None = None):
@@ -21,15 +28,9 @@ class ModuleNameError(MlxterpError, KeyError):
         self.message = message
         self.candidates = list(candidates or [])
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.message
 
-
-class NotCapturedError(MlxterpError, KeyError):
+class NotCapturedError(_KeyMessageError):
     """A real module whose output a trace or cache did not keep (see ``capture=``)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 class ModelAttributeError(MlxterpError, AttributeError):
@@ -48,11 +49,8 @@ class ModelTypeError(MlxterpError, TypeError):
     """Something that is neither an ``mlx.nn.Module`` nor a model name or folder."""
 
 
-class UnknownArchitectureError(MlxterpError, KeyError):
+class UnknownArchitectureError(_KeyMessageError):
     """An architecture ``mlxterp.checkpoints`` cannot build."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 class InterventionError(MlxterpError, ValueError):
