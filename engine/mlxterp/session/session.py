@@ -175,6 +175,7 @@ class Session:
                 full["module"] = model.resolve(full["module"])  # files keep canonical names
         with self._lock:
             state, basis = self._state.copy(), self._version
+            counted = self.parameters is not None  # never None again once set
         evaluate(full)  # a caller's arrays, on the caller's thread, before they cross
 
         def run() -> Step:
@@ -184,7 +185,8 @@ class Session:
             return step
 
         step = on_mlx_thread(run)
-        step.parameters = parameter_count(model)
+        if not counted:  # record uses it only while the session has no count
+            step.parameters = parameter_count(model)
         if kind_name == "interventions" or step_kind.uses_interventions:
             step.basis = basis
         if kind_name == "interventions":

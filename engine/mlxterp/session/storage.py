@@ -260,13 +260,11 @@ def _named_sidecar(path: Path) -> str | None:
     """The sidecar ``path`` names now: None for no file, no sidecar, a file that cannot
     be read, or a name the loader would refuse (``../x`` is never removed)."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        sidecar = tomllib.loads(path.read_text(encoding="utf-8")).get("sidecar")
+        sidecar = _parse(path).get("sidecar")
         if not isinstance(sidecar, str) or not sidecar.endswith(".safetensors"):
             return None
         check_name(sidecar, "a sidecar")
-    except (OSError, ValueError, RecursionError):  # SessionError is a ValueError
+    except SessionError:
         return None
     return sidecar
 
@@ -319,7 +317,8 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
         raise SessionError(f"cannot save {path.name!r}: the folder {str(folder)!r} does not exist")
     document = dict(document)
     tensors = _tensors(arrays)
-    name = _sidecar_name(target, _digest(tensors)) if arrays else None
+    digest = _digest(tensors)
+    name = _sidecar_name(target, digest) if arrays else None
     if name is not None:
         document["sidecar"] = name
     text = tomli_w.dumps(document)  # before any file is touched: a bad value stops here
@@ -327,7 +326,7 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
         with _folder_lock(folder):
             _remove_temporaries(folder)
             previous = _named_sidecar(target)
-            if name is not None and _file_digest(folder / name) != _digest(tensors):
+            if name is not None and _file_digest(folder / name) != digest:
                 _atomic_write(folder / name, lambda tmp: tmp.write_bytes(_safetensors(tensors)))
             _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
             if previous not in (None, name):
