@@ -55,7 +55,7 @@ MAX_CONFIG_BYTES = 16 * 2**20
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on its JSON header
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")  # config keys naming the model width
 _INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "ffn_dim")
 _LAYER_NAME = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -165,7 +165,7 @@ def check_sizes(config: dict[str, Any], headers: dict[str, dict[str, Any]]) -> N
             "describe these weights"
         )
     stored = sum(_tensor_bytes(entry) for header in headers.values() for entry in header.values())
-    hidden = next((sizes[k] for k in _HIDDEN_KEYS if k in sizes), 0)
+    hidden = next((sizes[k] for k in HIDDEN_KEYS if k in sizes), 0)
     inner = next((sizes[k] for k in _INTERMEDIATE_KEYS if k in sizes), 0)
     layers = sizes[layer_key] if layer_key is not None else 0
     implied = sizes.get("vocab_size", 0) * hidden + layers * hidden * (hidden + inner)
@@ -209,7 +209,7 @@ def _sizes(config: dict[str, Any]) -> dict[str, int]:
     """The size keys of the (text) config that are plain positive integers."""
     text = config.get("text_config")
     source = text if isinstance(text, dict) and any(k in text for k in _LAYER_KEYS) else config
-    keys = (*_LAYER_KEYS, *_HIDDEN_KEYS, *_INTERMEDIATE_KEYS, "vocab_size")
+    keys = (*_LAYER_KEYS, *HIDDEN_KEYS, *_INTERMEDIATE_KEYS, "vocab_size")
     return {k: source[k] for k in keys if type(source.get(k)) is int and source[k] > 0}
 
 

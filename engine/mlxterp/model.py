@@ -145,7 +145,7 @@ class InterpretableModel:
 
     @property
     def hidden_size(self) -> int | None:
-        return self._config_int(("hidden_size", "n_embd", "d_model", "dim"))
+        return self._config_int(loading.HIDDEN_KEYS)
 
     @property
     def _input_vocab(self) -> int | None:
