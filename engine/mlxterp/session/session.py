@@ -175,7 +175,6 @@ class Session:
                 full["module"] = model.resolve(full["module"])  # files keep canonical names
         with self._lock:
             state, basis = self._state.copy(), self._version
-            counted = self.parameters is not None  # never None again once set
         evaluate(full)  # a caller's arrays, on the caller's thread, before they cross
 
         def run() -> Step:
@@ -185,8 +184,7 @@ class Session:
             return step
 
         step = on_mlx_thread(run)
-        if not counted:  # record uses it only while the session has no count
-            step.parameters = parameter_count(model)
+        step.parameters = parameter_count(model)
         if kind_name == "interventions" or step_kind.uses_interventions:
             step.basis = basis
         if kind_name == "interventions":
