@@ -20,6 +20,7 @@ import mlx.core as mx
 from tqdm import tqdm
 
 from .errors import InputError, NotCapturedError
+from .inputs import int_list
 from .inputs import is_int as is_int  # re-exported: callers take it from here
 from .names import MODEL_OUTPUT, ModuleIndex
 from .tracing import ActivationMap
@@ -64,10 +65,8 @@ def position_index(lengths: list[int], positions: Positions) -> tuple[mx.array, 
     """``(batch, n_positions)`` indices into the sequence axis, and whether one position was
     asked for.  Negative positions count back from each row's last real token."""
     single = is_int(positions)
-    given: object = [positions] if single else positions  # checked: users pass anything
-    given = list(given) if isinstance(given, Sequence) else []
-    wanted = [p for p in given if is_int(p)]
-    if not wanted or len(wanted) != len(given):
+    wanted = int_list(positions)
+    if wanted is None:
         raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
     rows = []
     for b, n in enumerate(lengths):

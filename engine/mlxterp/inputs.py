@@ -10,7 +10,7 @@ shaped ``(seq,)`` or ``(batch, seq)``; any other array (embeddings, custom model
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard, cast
 
@@ -28,6 +28,14 @@ UNKNOWN_TOKEN_CHARS = 256  # the bound's longest token when the vocabulary canno
 def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
     """Whether ``value`` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def int_list(value: object) -> list[int | np.integer[Any]] | None:
+    """``value`` as a non-empty list of ints (one int is a list of one), or None if it is not."""
+    given: object = [value] if is_int(value) else value  # users pass anything
+    given = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else []
+    wanted = [p for p in given if is_int(p)]
+    return wanted if wanted and len(wanted) == len(given) else None
 
 
 @dataclass

@@ -34,7 +34,7 @@ import numpy as np
 from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
-from .inputs import PreparedInput
+from .inputs import PreparedInput, int_list
 from .metrics import Metric, answer_ids, check_metric, recovery
 
 if TYPE_CHECKING:
@@ -388,10 +388,8 @@ def _patch_positions(positions: int | Sequence[int] | None, length: int, shared:
     first = length - shared
     if positions is None:
         return list(range(first, length))
-    given: object = [positions] if is_int(positions) else positions  # users pass anything
-    given = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else []
-    wanted = [p for p in given if is_int(p)]
-    if not wanted or len(wanted) != len(given):
+    wanted = int_list(positions)
+    if wanted is None:
         raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
     out = []
     for p in wanted:
