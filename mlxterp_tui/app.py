@@ -485,9 +485,11 @@ class WorkbenchApp(App[None]):
             raise InputError("the model is still loading")
         return model.resolve(name)
 
-    def _change_interventions(self, **params: Any) -> bool:
+    def _change_interventions(self, *, rerun: bool = True, **params: Any) -> bool:
         """Record one change of the session's intervention list (on the UI thread: it runs
-        no model), then show it and re-run the lens to compare with the baseline."""
+        no model), then show it and, when ``rerun``, re-run the lens to compare with the
+        baseline (a change with another to follow passes False: the re-run marks the app
+        busy, which would refuse the next change)."""
         if self.state.busy is not None:
             self.notify(
                 "wait for the running step (or Esc) before changing interventions",
@@ -501,7 +503,12 @@ class WorkbenchApp(App[None]):
             return False
         self.call_later(self._shown, step)
         text = self.query_one(PromptBar).text
-        if self.state.last_lens is not None and text.strip() and self.state.model is not None:
+        if (
+            rerun
+            and self.state.last_lens is not None
+            and text.strip()
+            and self.state.model is not None
+        ):
             try:
                 params = self.query_one(LensPane).params(self.state.model, text)
             except MlxterpError:
@@ -563,7 +570,7 @@ class WorkbenchApp(App[None]):
             if form is None:
                 return
             if form.module != old.module and not self._change_interventions(
-                action="remove", module=old.module
+                action="remove", module=old.module, rerun=False
             ):
                 return
             self._change_interventions(

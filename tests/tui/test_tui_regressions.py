@@ -206,6 +206,29 @@ async def test_second_intervention_on_a_module_asks_replace_or_compose(model_dir
         assert entry.description == {"kind": "scale", "params": {"factor": 2.0}}
 
 
+async def test_editing_an_intervention_onto_another_module_moves_it(model_dir, manager):
+    # the remove's lens re-run used to mark the app busy, so the set was refused
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await lens(app, pilot)
+        await add_intervention(app, pilot, "layers.0.mlp", "scale", "factor=0.5")
+        assert [e.module for e in app.session.intervention_entries()] == ["model.layers.0.mlp"]
+        app.query_one("#panes").active = "interventions"
+        await pilot.pause()
+        app.query_one("#iv-table").focus()
+        await pilot.press("e")
+        assert isinstance(app.screen, InterventionScreen)
+        app.screen.query_one("#iv-module", Input).value = "layers.1.mlp"
+        app.screen.query_one("#iv-module", Input).focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        [entry] = app.session.intervention_entries()  # the old module's entry is gone
+        assert entry.module == "model.layers.1.mlp"
+        assert entry.description == {"kind": "scale", "params": {"factor": 0.5}}
+        assert not any("wait for the running step" in n for n in notes(app))
+
+
 @pytest.mark.parametrize(
     "kind, params, expected",
     [
