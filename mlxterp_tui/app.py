@@ -201,8 +201,7 @@ class WorkbenchApp(App[None]):
 
     def start_step(self, kind: str, **params: Any) -> None:
         """Compute a step in a worker, if the model is ready."""
-        if self.state.model is None:
-            self.notify("the model is still loading", severity="warning")
+        if self._model_or_warn() is None:
             return
         self._busy(f"running {kind}")
         self._compute(self.state.next_run(), kind, params)
@@ -636,10 +635,7 @@ class WorkbenchApp(App[None]):
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             written = self.session.save(path)
-        except OSError as err:
-            self.notify(error_text(err), severity="error", title="save failed")
-            return False
-        except MlxterpError as err:
+        except (OSError, MlxterpError) as err:
             self.notify(error_text(err), severity="error", title="save failed")
             return False
         self.state.copy_of = None
