@@ -29,7 +29,7 @@ import mlxterp  # noqa: E402  (first: it preloads OpenBLAS, which must precede m
 # isort: split
 import mlx.core as mx  # noqa: E402
 
-from mlxterp import InterpretableModel, _blas, batch_get_activations  # noqa: E402
+from mlxterp import InterpretableModel, batch_get_activations, blas  # noqa: E402
 from mlxterp.attribution import attribution_patching  # noqa: E402
 from mlxterp.checkpoints import build_checkpoint  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
@@ -180,7 +180,7 @@ def blas_rows() -> list[tuple[str, str]]:
                 check=True,
             )
             times[flag] = float(out.stdout.strip().splitlines()[-1])
-    if _blas.loaded_path is None:
+    if blas.loaded_path is None:
         return [("OpenBLAS preload", "library not found: install libopenblas0-pthread")]
     return [
         (
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"mlxterp {mlxterp.__version__} | mlx {metadata.version('mlx')} | {platform.platform()} | "
-        f"{os.cpu_count()} cores | BLAS preload: {_blas.loaded_path or 'none'}"
+        f"{os.cpu_count()} cores | BLAS preload: {blas.loaded_path or 'none'}"
     )
 
     def show(rows: list[tuple[str, str]]) -> None:

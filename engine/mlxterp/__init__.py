@@ -4,9 +4,10 @@
 ``mlxterp.interventions`` holds the built-in interventions.
 """
 
-from . import _blas
+from . import blas
 
-_blas.preload()  # before mlx.core is first imported (see _blas)
+blas.preload()  # before mlx.core is first imported (see mlxterp.blas)
+blas.warn_if_slow()
 
 from . import interventions, sae  # noqa: E402
 from .activations import (  # noqa: E402

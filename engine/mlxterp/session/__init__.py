@@ -6,6 +6,7 @@ freshly loaded model and compares every step with what was recorded.  No Textual
 this package is everything the workbench imports from the engine.
 """
 
+from ..blas import main as blas_main
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..plotting import color_at  # the workbench colours lens cells as the plots do
 from .active import (
@@ -37,6 +38,7 @@ __all__ = [
     "SessionManager",
     "Step",
     "StepReport",
+    "blas_main",
     "color_at",
     "intervention_from_description",
     "replay",
