@@ -5,6 +5,8 @@ A 4-layer tiny llama with token-id prompts (lists of ids are right-padded like t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import mlx.core as mx
 import pytest
 from conftest import build_tiny_llama
@@ -208,6 +210,15 @@ def test_collect_activations_ignores_the_layers_filter(model):
     assert "layers.3.mlp" not in cache
     with pytest.raises(KeyError, match="not in this cache"):
         cache["layers.2"]
+
+
+def test_the_cache_is_a_mapping_with_items_and_values(model):
+    """Regression: wrapping the alias map instead of subclassing it lost items()/values()."""
+    cache = collect_activations(model, [1, 2, 3], layers=["layers.3", "layers.1"])
+    assert isinstance(cache, Mapping)
+    assert dict(cache.items()) == cache.activations
+    assert [v.shape for v in cache.values()] == [v.shape for v in cache.activations.values()]
+    assert cache.get("model.model.layers.3") is cache["layers.3"]
 
 
 def test_cache_keys_dont_match_docs(model):

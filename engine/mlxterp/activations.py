@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -148,12 +148,12 @@ def batch_get_activations(
     return {key: mx.concatenate(values, axis=0) for key, values in parts.items()}
 
 
-class ActivationCache:
+class ActivationCache(ActivationMap):
     """Module outputs of one run, keyed by canonical name; every alias finds them.
 
-    ``cache["layers.3"]``, ``cache.get("model.model.layers.3")``, ``"layers.3" in cache``;
-    ``keys()`` lists the canonical names; ``activations`` is ``{canonical_name: array}``;
-    ``metadata`` describes the run.
+    A read-only mapping: ``cache["layers.3"]``, ``cache.get("model.model.layers.3")``,
+    ``"layers.3" in cache``, ``items()``, ``values()``; ``keys()`` lists the canonical names;
+    ``activations`` is ``{canonical_name: array}``; ``metadata`` describes the run.
     """
 
     def __init__(
@@ -162,13 +162,12 @@ class ActivationCache:
         activations: dict[str, mx.array],
         metadata: dict[str, Any] | None = None,
     ):
-        self._index = index
+        super().__init__(index, activations)
         self.activations = activations
-        self._by_alias = ActivationMap(index, activations)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
     def __getitem__(self, name: str) -> mx.array:
-        value = self._by_alias.get(name)
+        value = self.get(name)
         if value is None:
             raise NotCapturedError(
                 f"{name!r} ({self._index.resolve(name)}) is not in this cache; collect it with "
@@ -176,23 +175,7 @@ class ActivationCache:
             )
         return value
 
-    def get(self, name: str, default: mx.array | None = None) -> mx.array | None:
-        """The activation of module ``name`` (any alias), or ``default`` if it was not cached.
-
-        A name that is no module of the model raises ``KeyError`` with the closest names.
-        """
-        return self._by_alias.get(name, default)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_alias
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.activations)
-
-    def __len__(self) -> int:
-        return len(self.activations)
-
-    def keys(self) -> list[str]:
+    def keys(self) -> list[str]:  # type: ignore[override]  # the spec's list, not a view
         """The canonical names of the cached activations."""
         return list(self.activations)
 
