@@ -18,6 +18,7 @@ from mlxterp import InputError, InterpretableModel, plotting
 from mlxterp import interventions as iv
 from mlxterp.lens import LensResult, lens, logit_lens
 from mlxterp.loading import DEMO_DIR
+from mlxterp.token_display import display_token
 from mlxterp.unembed import Unembedder
 
 WORDS = [
@@ -267,7 +268,7 @@ def test_logit_lens_plot_prints_a_grid_of_the_last_tokens(word_model, capsys):
     width = 12  # figsize (16, 10) over 4 columns: the widest cell, 12 characters
     for line, layer in zip(lines[2:], range(3), strict=False):
         cells = [line[3 + width * c : 3 + width * (c + 1)].rstrip() for c in range(4)]
-        assert cells == [p[0][2] for p in results[layer][-4:]]
+        assert cells == [display_token(p[0][2], width - 1) for p in results[layer][-4:]]
 
 
 def test_logit_lens_plot_is_coloured_with_the_colour_map(word_model, capsys):
@@ -425,7 +426,7 @@ def test_heatmap_text_layout_and_colours():
         cell_width=6,
         color=False,
     )
-    assert grid.splitlines() == ["    a     bbbbb…", " L0 x     y\\nz  ", "L10 p     q     "]
+    assert grid.splitlines() == ["    a     bbbb…", " L0 x     y↵z   ", "L10 p     q     "]
     coloured = plotting.heatmap_text([[0.0, 1.0]], ["r"], ["a", "b"], cmap="gray")
     assert "\x1b[48;2;0;0;0m" in coloured and "\x1b[48;2;255;255;255m" in coloured
     assert plotext.uncolorize(coloured).splitlines()[1].split() == ["r", "0.00", "1.00"]

@@ -2,9 +2,11 @@
 
 Everything is drawn with plotext, so it works over SSH and needs no GUI.  ``heatmap_text``
 returns the grid as a string (cells coloured by value, each holding a short label such as
-the top token).  ``bar_chart`` and ``line_chart`` draw onto a plotext figure: pass the
-``.plt`` of a ``textual_plotext.PlotextPlot`` to draw inside the workbench, or nothing to get
-a fresh figure, which ``to_text`` turns into a string for printing.
+the top token; labels are shown through ``token_display.display_token``, so whitespace
+tokens are visible and never break a line).  ``bar_chart`` and ``line_chart`` draw onto a
+plotext figure: pass the ``.plt`` of a ``textual_plotext.PlotextPlot`` to draw inside the
+workbench, or nothing to get a fresh figure, which ``to_text`` turns into a string for
+printing.  Integer x values (layers) get integer ticks, evenly thinned when there are many.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import plotext
 from plotext._figure import _figure_class as _Figure
 
 from .errors import InputError
+from .token_display import display_token
 
 # Colour ramps (a few anchors each, interpolated linearly), named as matplotlib names them.
 COLORMAPS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -41,10 +44,31 @@ def color_at(cmap: str, value: float) -> tuple[int, int, int]:
     return r, g, b
 
 
+# At most this many labelled ticks on an integer x axis (two-digit layers fit in 80 columns).
+MOST_TICKS = 16
+_TICK_STEPS = (1, 2, 5)  # times 1, 10, 100 ...
+
+
 def _fit(label: str, width: int) -> str:
-    """``label`` made printable and cut or padded to exactly ``width`` characters."""
-    text = label.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    return text[: width - 1] + "…" if len(text) > width else text.ljust(width)
+    """``label`` shown as a token, cut to ``width - 1`` characters and padded to exactly
+    ``width`` (the last column keeps neighbouring labels apart: ``␣machine`` then ``␣lazy``
+    must not read ``␣machine␣lazy``)."""
+    return display_token(label, width - 1).ljust(width)
+
+
+def integer_ticks(values: Sequence[int], most: int = MOST_TICKS) -> list[int]:
+    """Which of the integers ``values`` (layers, say) get a tick label: all of them when
+    there are at most ``most``, else the multiples of the smallest step of 1, 2, 5, 10, 20,
+    50 ... that leaves at most ``most`` (every step-th value when none is a multiple)."""
+    values = [int(v) for v in values]
+    scale = 1
+    while True:
+        for base in _TICK_STEPS:
+            step = base * scale
+            picked = [v for v in values if v % step == 0] or values[::step]
+            if len(picked) <= most:
+                return picked
+        scale *= 10
 
 
 def heatmap_text(
@@ -63,8 +87,9 @@ def heatmap_text(
     """A grid of rows x columns, each cell coloured by its value and labelled.
 
     ``cells`` gives each cell's text (default: the value itself); the column labels head
-    the grid.  ``vmin``/``vmax`` fix the colour scale (default: the values' range).
-    ``color=False`` gives plain text.
+    the grid.  Every label and cell is shown with ``display_token`` (``␣Paris``, ``↵``).
+    ``vmin``/``vmax`` fix the colour scale (default: the values' range).  ``color=False``
+    gives plain text.
     """
     n_rows, n_cols = len(row_labels), len(col_labels)
     if len(values) != n_rows or any(len(row) != n_cols for row in values):
@@ -75,12 +100,13 @@ def heatmap_text(
     lo = min(flat) if vmin is None else vmin
     hi = max(flat) if vmax is None else vmax
     span = hi - lo if hi > lo else 1.0
-    label_width = max(len(str(r)) for r in row_labels) + 1 if n_rows else 1
+    rows = [display_token(str(r)) for r in row_labels]
+    label_width = max(len(r) for r in rows) + 1 if n_rows else 1
     lines = [title] if title else []
     header = " " * label_width + "".join(_fit(str(c), cell_width) for c in col_labels)
     lines.append(header.rstrip())
     for r in range(n_rows):
-        parts = [str(row_labels[r]).rjust(label_width - 1) + " "]
+        parts = [rows[r].rjust(label_width - 1) + " "]
         for c in range(n_cols):
             value = float(values[r][c])
             text = _fit(cells[r][c] if cells is not None else f"{value:.2f}", cell_width)
@@ -111,11 +137,17 @@ def bar_chart(
     plt: Any = None,
 ) -> Any:
     """Bars of ``values`` over ``labels`` drawn on ``plt`` (cleared first) or a new figure;
-    returns the figure."""
+    returns the figure.  Integer labels (layers) are ticked by ``integer_ticks``."""
     if len(labels) != len(values):
         raise InputError(f"bar_chart: {len(labels)} labels for {len(values)} values")
     fig = _figure(plt)
-    fig.bar([str(label) for label in labels], [float(v) for v in values])
+    if all(_is_int(label) for label in labels):
+        fig.bar(list(range(len(labels))), [float(v) for v in values])
+        where = {int(label): n for n, label in enumerate(labels)}
+        ticks = integer_ticks(list(where))
+        fig.xticks([where[t] for t in ticks], [str(t) for t in ticks])
+    else:
+        fig.bar([str(label) for label in labels], [float(v) for v in values])
     _decorate(fig, title, xlabel, ylabel)
     return fig
 
@@ -137,10 +169,14 @@ def line_chart(
         if len(xs) != len(ys):
             raise InputError(f"line_chart: series {label!r} has {len(ys)} values for {len(xs)} x")
         fig.plot(xs, [float(v) for v in ys], label=str(label), marker="braille")
-    if x is not None and all(isinstance(v, int) for v in x):
-        fig.xticks(list(x))
+    if x is not None and all(_is_int(v) for v in x):
+        fig.xticks(integer_ticks([int(v) for v in x]))
     _decorate(fig, title, xlabel, ylabel)
     return fig
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _decorate(fig: Any, title: str | None, xlabel: str | None, ylabel: str | None) -> None:
