@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnknownArchitectureError
+from .model_config import model_classes
 
 _BASE = dict(
     hidden_size=64,
@@ -179,22 +180,6 @@ def _loaded_tokenizer_size(folder: Path, config: dict[str, Any]) -> int:
         return 0
 
 
-def _model_classes(config: dict[str, Any]) -> tuple[type[Any], type[Any]]:
-    """``(Model, ModelArgs)`` for ``config``, picked exactly as ``mlx_lm.load`` picks them."""
-    try:
-        from mlx_lm.utils import _get_classes
-    except ImportError:  # pragma: no cover - an mlx-lm without the private helper
-        import importlib
-
-        from mlx_lm.utils import MODEL_REMAPPING
-
-        model_type = MODEL_REMAPPING.get(config["model_type"], config["model_type"])
-        module = importlib.import_module(f"mlx_lm.models.{model_type}")
-        return module.Model, module.ModelArgs
-    classes: tuple[type[Any], type[Any]] = _get_classes(config)
-    return classes
-
-
 def _quantize(model: Any, config: dict[str, Any], bits: int) -> dict[str, Any]:
     """Quantize ``model`` in place as ``mlx_lm.convert`` does; returns the config to save.
 
@@ -251,7 +236,7 @@ def build_checkpoint(
         config["vocab_size"] = -(-max(len(tokenizer), loaded) // 64) * 64
     for key, value in special.items():
         config.setdefault(key, value)
-    model_class, args_class = _model_classes(config)
+    model_class, args_class = model_classes(config)
     mx.random.seed(seed)
     model = model_class(args_class.from_dict(config))
     # Some models (gemma3_text) always build an lm_head and are tied only when the checkpoint

@@ -3,7 +3,8 @@
 Every exception the library raises on purpose derives from ``MlxterpError`` and also from
 the builtin a caller would expect there (``KeyError`` for names, ``ValueError`` for bad
 values), so ``except MlxterpError`` catches everything mlxterp means to say and
-``except ValueError`` keeps working.
+``except ValueError`` keeps working.  ``ConfigWarning`` is the one warning category: a
+model loads, but its config says something the loader does not read.
 """
 
 from __future__ import annotations
@@ -79,3 +80,8 @@ class UnsupportedAttentionError(MlxterpError, ValueError):
 
 class SessionError(MlxterpError, ValueError):
     """A session that cannot be read, saved, run or replayed, with the reason."""
+
+
+class ConfigWarning(UserWarning):
+    """A model config holds a key that changes what the model computes in transformers but
+    that the mlx-lm architecture does not read (``mlxterp.model_config``)."""

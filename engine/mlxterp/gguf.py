@@ -13,7 +13,6 @@ is rebuilt from the file's own vocabulary with the ``tokenizers`` package.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .errors import ModelLoadError
+from .model_config import Normalization, model_classes, normalize, warn_ignored
 
 MAGIC = b"GGUF"
 # llama.cpp's block size for Q4_0, Q4_1 and Q8_0: one scale (and bias) per 32 weights.
@@ -352,9 +352,16 @@ def _quantization(weights: dict[str, mx.array]) -> dict[str, dict[str, Any]]:
 
 def build_model(meta: Metadata, tensors: dict[str, mx.array]) -> nn.Module:
     """The mlx-lm model of the file's architecture, its weights loaded (quantized kept so)."""
-    cfg = model_config(meta, tensors)
-    module = importlib.import_module(f"mlx_lm.models.{cfg['model_type']}")
-    model: nn.Module = module.Model(module.ModelArgs.from_dict(cfg))
+    return build(meta, tensors)[0]
+
+
+def build(meta: Metadata, tensors: dict[str, mx.array]) -> tuple[nn.Module, Normalization]:
+    """``build_model``, with the config it was built from (through ``mlxterp.model_config``,
+    which also names the keys the architecture would ignore)."""
+    normalization = normalize(model_config(meta, tensors))
+    cfg = normalization.config
+    model_class, args_class = model_classes(cfg)
+    model: nn.Module = model_class(args_class.from_dict(cfg))
     weights = map_weights(meta, tensors, cfg)
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
@@ -373,7 +380,7 @@ def build_model(meta: Metadata, tensors: dict[str, mx.array]) -> nn.Module:
         ) from err
     mx.eval(model.parameters())
     model.eval()
-    return model
+    return model, normalization
 
 
 # ---------------------------------------------------------------------------- the tokenizer
@@ -550,8 +557,11 @@ def build_tokenizer(meta: Metadata) -> Any:
     return TokenizerWrapper(hf, detokenizer_class=detokenizer)
 
 
-def load(path: Path) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` from a GGUF file; ``ModelLoadError`` says what is unsupported."""
+def load(path: Path) -> tuple[nn.Module, Any, Normalization]:
+    """``(model, tokenizer, config)`` from a GGUF file; ``ModelLoadError`` says what is
+    unsupported, a ``ConfigWarning`` what the architecture ignores."""
     tensors, meta = read(path)
     tokenizer = build_tokenizer(meta)
-    return build_model(meta, tensors), tokenizer
+    model, normalization = build(meta, tensors)
+    warn_ignored(normalization, str(path))
+    return model, tokenizer, normalization

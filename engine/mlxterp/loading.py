@@ -20,14 +20,16 @@ import json
 import os
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gguf, model_sources
+from . import gguf, model_config, model_sources
 from .errors import ModelLoadError
 
 DEMO_NAME = "demo"
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
+HUB_SOURCE = "Hugging Face hub"  # a hub id, from the cache or downloaded without code
 
 # The JSON files transformers and mlx-lm read while loading a model and its tokenizer.
 CONFIG_FILES = (
@@ -54,7 +56,12 @@ WEIGHTS_GLOB = "model*.safetensors"  # the weight files mlx_lm.load reads
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on its JSON header
 
-_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+LAYER_KEYS = (
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "n_layers",
+)  # config keys naming the depth
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")  # config keys naming the model width
 _INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "ffn_dim")
 _LAYER_NAME = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -83,40 +90,79 @@ def resolve_reference(name: str) -> Path | str:
     return name
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model, where it was found and the config it was built from."""
+
+    module: Any  # the mlx.nn.Module
+    tokenizer: Any
+    source: str  # "demo", a model_sources.SOURCES value, or HUB_SOURCE
+    path: Path  # the folder or GGUF file read
+    normalization: model_config.Normalization  # the config used and what was changed in it
+
+    @property
+    def is_gguf(self) -> bool:
+        """Whether the weights came from a GGUF file (else an mlx-lm/transformers folder)."""
+        return self.path.is_file()
+
+
 def load(name: str) -> tuple[Any, Any]:
-    """``(module, tokenizer)`` through ``mlx_lm.load`` (GGUF files through ``mlxterp.gguf``);
-    ``ModelLoadError`` with the reason."""
+    """``(module, tokenizer)`` for ``name``; see ``load_model``."""
+    loaded = load_model(name)
+    return loaded.module, loaded.tokenizer
+
+
+def load_model(name: str) -> LoadedModel:
+    """Load ``name`` through ``mlx_lm.load`` (GGUF files through ``mlxterp.gguf``), its config
+    normalized by ``mlxterp.model_config`` (a ``ConfigWarning`` names any numerics-changing
+    key the architecture ignores); ``ModelLoadError`` with the reason."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError('a model name or folder is needed ("demo" is the embedded model)')
     ref = resolve_reference(name)
+    source = DEMO_NAME
     if ref != DEMO_DIR:  # a GGUF file, or a model where users keep them (no network)
-        ref = model_sources.locate(name) or ref
+        found = model_sources.find(name)
+        ref, source = found if found is not None else (ref, model_sources.PATH_SOURCE)
     if isinstance(ref, Path) and gguf.is_gguf(ref):
-        return gguf.load(ref)
+        module, tokenizer, normalization = gguf.load(ref)
+        return LoadedModel(module, tokenizer, source, ref, normalization)
     if isinstance(ref, Path):
         folder = ref
         _check_folder_exists(name, folder)
     elif _HUB_ID.fullmatch(name):
-        folder = _hub_folder(name)
+        folder, source = _hub_folder(name), HUB_SOURCE
     else:
         raise ModelLoadError(
             f"model {name!r} not found: it is neither a local folder nor a hub id like "
             "'org/name' (use \"demo\" for the embedded model)"
         )
     check_folder(folder)
+    normalization = model_config.normalize(_read_json(folder / "config.json"), weight_names(folder))
+    model_config.warn_ignored(normalization, str(folder / "config.json"))
     import mlx_lm
 
     try:
         loaded = mlx_lm.load(
             str(folder),
             tokenizer_config={"trust_remote_code": False},
+            model_config=normalization.overrides,  # the files on disk stay as they are
             trust_remote_code=False,
         )
     except Exception as err:  # mlx_lm raises many kinds; say which model and why
         raise ModelLoadError(
             f"could not load the model {name!r} from {str(folder)!r}: {_first_line(err)}"
         ) from err
-    return loaded[0], loaded[1]
+    return LoadedModel(loaded[0], loaded[1], source, folder, normalization)
+
+
+def weight_names(folder: Path) -> list[str]:
+    """The tensor names in a folder's weight files (from their headers; no tensor is read)."""
+    return [
+        name
+        for path in sorted(folder.glob(WEIGHTS_GLOB))
+        for name in read_safetensors_header(path)
+        if name != "__metadata__"
+    ]
 
 
 def check_folder(folder: Path) -> None:
@@ -157,7 +203,7 @@ def check_sizes(config: dict[str, Any], headers: dict[str, dict[str, Any]]) -> N
     sizes = _sizes(config)
     names = [n for header in headers.values() for n in header if n != "__metadata__"]
     indices = {int(m.group(1)) for n in names for m in [_LAYER_NAME.search(n)] if m}
-    layer_key = next((k for k in _LAYER_KEYS if k in sizes), None)
+    layer_key = next((k for k in LAYER_KEYS if k in sizes), None)
     if layer_key is not None and indices and sizes[layer_key] > max(indices) + 1:
         raise ModelLoadError(
             f"config.json says {layer_key}={sizes[layer_key]}, but the weight files hold "
@@ -208,8 +254,8 @@ def _tensor_bytes(entry: Any) -> int:
 def _sizes(config: dict[str, Any]) -> dict[str, int]:
     """The size keys of the (text) config that are plain positive integers."""
     text = config.get("text_config")
-    source = text if isinstance(text, dict) and any(k in text for k in _LAYER_KEYS) else config
-    keys = (*_LAYER_KEYS, *HIDDEN_KEYS, *_INTERMEDIATE_KEYS, "vocab_size")
+    source = text if isinstance(text, dict) and any(k in text for k in LAYER_KEYS) else config
+    keys = (*LAYER_KEYS, *HIDDEN_KEYS, *_INTERMEDIATE_KEYS, "vocab_size")
     return {k: source[k] for k in keys if type(source.get(k)) is int and source[k] > 0}
 
 

@@ -140,14 +140,33 @@ def find_in_ollama(name: str) -> Path | None:
     raise ModelLoadError(f"Ollama manifest {str(manifest)!r} names no model layer")
 
 
-def locate(name: str) -> Path | None:
-    """A local model for ``name``: a path (a GGUF file, a folder) or a name found in the
-    Hugging Face cache, LM Studio or Ollama; ``None`` when nothing local matches."""
+PATH_SOURCE = "path"
+HF_CACHE_SOURCE = "Hugging Face cache"
+LMSTUDIO_SOURCE = "LM Studio"
+OLLAMA_SOURCE = "Ollama"
+_FINDERS = (
+    (HF_CACHE_SOURCE, find_in_hf_cache),
+    (LMSTUDIO_SOURCE, find_in_lmstudio),
+    (OLLAMA_SOURCE, find_in_ollama),
+)
+
+
+def find(name: str) -> tuple[Path, str] | None:
+    """``(model, source)`` for ``name``: a path (``PATH_SOURCE``: a GGUF file, a folder) or
+    a name found in the Hugging Face cache, LM Studio or Ollama (the ``*_SOURCE`` that
+    found it); ``None`` when nothing local matches."""
     path = Path(os.path.expanduser(name))
     if path.exists():
-        return _resolve(path)
-    for finder in (find_in_hf_cache, find_in_lmstudio, find_in_ollama):
+        resolved = _resolve(path)
+        return None if resolved is None else (resolved, PATH_SOURCE)
+    for source, finder in _FINDERS:
         found = finder(name)
         if found is not None:
-            return found
+            return found, source
     return None
+
+
+def locate(name: str) -> Path | None:
+    """The model ``find`` finds for ``name``, without its source."""
+    found = find(name)
+    return None if found is None else found[0]
