@@ -206,7 +206,7 @@ def test_loaded_session_goes_on_under_its_active_interventions(manager, tmp_path
 @pytest.mark.parametrize(
     "kind, params, message",
     [
-        ("trace", {"text": 5}, "text must be a string"),
+        ("trace", {"text": 5}, "text must be a prompt"),
         ("trace", {"text": PROMPT, "top_k": "x"}, "top_k must be an integer from 1 to 1024"),
         ("trace", {"text": PROMPT, "top_k": -2}, "top_k must be an integer"),
         ("trace", {"text": PROMPT, "top_k": True}, "top_k must be an integer"),

@@ -57,7 +57,7 @@ class ChartsPane(Pane):
 
     def restore(self, step: Step) -> None:
         if step.kind == "attention":
-            self.query_one("#attn-layer", Field).value = str(step.params["layer"])
+            self.query_one("#attn-layer", Field).value = str(_attention_layer(step))
 
     def show_step(self, step: Step, state: WorkbenchState) -> None:
         summary = step.summary
@@ -95,12 +95,13 @@ class ChartsPane(Pane):
     def attention(self, step: Step) -> None:
         """Chart the head typed above of an attention step (a reopened one has no weights:
         its summary is written out instead)."""
-        layer = step.summary["layer"]
+        layer = _attention_layer(step)
         message = self.query_one("#attn-message", FieldMessage)
         if not isinstance(step.result, dict) or layer not in step.result:
+            argmax = step.summary["last_query_argmax"]
             self._fresh(
                 f"attention of layer {layer} (recorded): most attended key per head at the "
-                f"last query {step.summary['last_query_argmax']}"
+                f"last query {argmax if 'layer' in step.summary else argmax[0]}"
             )
             self.query_one("#chart", PlotextPlot).refresh()
             return
@@ -150,3 +151,9 @@ class ChartsPane(Pane):
         plot = self._fresh(caption)
         plot.plt.matrix_plot(matrix)
         plot.refresh()
+
+
+def _attention_layer(step: Step) -> int:
+    """The layer an attention step shows: its one ``layer``, or the first of ``layers``."""
+    layer = step.summary.get("layer")
+    return int(layer) if layer is not None else int(step.summary["layers"][0])

@@ -29,8 +29,9 @@ class PatchingPane(Pane):
         "Activation patching: run the corrupted prompt with one layer's component (mlp, attn "
         "or the layer output) taken from the clean run, for every layer, and measure how much "
         "of the clean behaviour comes back (recovery %). logit_diff needs two answers, one "
-        "token each (␣Paris,␣London). 'by position' patches each position separately. Run "
-        "with the button, Enter in a field, or ctrl+k."
+        "token each (␣Paris,␣London). 'by position' patches each position separately; "
+        "positions (-1: the last; 0, 2: a list) patches only there. Run with the button, "
+        "Enter in a field, or ctrl+k."
     )
 
     def compose(self) -> ComposeResult:
@@ -45,6 +46,7 @@ class PatchingPane(Pane):
                 [(m, m) for m in METRICS], value="l2", allow_blank=False, id="patch-metric"
             )
             yield Checkbox("by position", id="patch-by-position")
+            yield Field(placeholder="positions: all", id="patch-positions")
         with Horizontal(id="patch-run-row"):
             yield Field(placeholder="answers for logit_diff: ␣Paris,␣London", id="patch-answer")
             yield KeyButton(
@@ -77,6 +79,9 @@ class PatchingPane(Pane):
             raise InputError("logit_diff needs two answers, right then wrong: ␣Paris,␣London")
         if self.query_one("#patch-by-position", Checkbox).value:
             params["by_position"] = True
+        where = checks.positions(self.query_one("#patch-positions", Field).value)
+        if where is not None:
+            params["positions"] = where
         return params
 
     def restore(self, step: Step) -> None:
@@ -92,6 +97,9 @@ class PatchingPane(Pane):
             ",".join(a.replace(" ", "␣") for a in answer) if answer else ""
         )
         self.query_one("#patch-by-position", Checkbox).value = bool(p.get("by_position"))
+        where = p.get("positions")
+        listed = [] if where is None else where if isinstance(where, list) else [where]
+        self.query_one("#patch-positions", Field).value = ", ".join(map(str, listed))
 
     def show_step(self, step: Step, state: WorkbenchState) -> None:
         self.show(step.summary)

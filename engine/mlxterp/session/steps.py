@@ -1,15 +1,26 @@
 """The kinds of step a session records: how each runs, and the summary kept of its result.
 
-A kind declares its parameters (required ones and defaults); its runner takes the model,
-the parameters and the enabled interventions and returns ``(result, summary)`` — the live
-result for whoever shows it, and a small dict of plain values that is saved and compared
-on replay.  Arrays a step produces (a steering vector) go in the summary as ``mx.array``
-and land in the sidecar.  An ``interventions`` step changes the session's intervention
-list instead (see :mod:`.active`).
+Every kind but ``interventions`` wraps library functions, and **its parameters are theirs**:
+read from their signatures (names, which are required, defaults), less the model, the
+session's interventions, what the step computes itself and what only draws (a plot), so
+that anything the library takes a session can record.  Three library names read shorter in
+a step (``inputs`` is ``text``, ``clean_text`` is ``clean``, ``corrupted_text`` is
+``corrupted``), and a kind may add parameters of its own (what its summary keeps).  Values
+are checked by name where the name says what it takes (``top_k``, ``layers``, prompts ...)
+and otherwise need only be a value a session file can hold; the library checks the rest
+when the step runs.
+
+A runner takes the model, the completed parameters and the enabled interventions and
+returns ``(result, summary)`` — the live result for whoever shows it, and a small dict of
+plain values that is saved and compared on replay.  Arrays (a steering vector, token ids
+given as an array) go in params or summary as ``mx.array`` and land in the sidecar.  An
+``interventions`` step changes the session's intervention list instead (see :mod:`.active`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,15 +32,25 @@ import numpy as np
 from .. import attention, attribution, lens, patching, steering
 from ..errors import SessionError
 from ..interventions import Intervention
+from ..model import InterpretableModel
 from .active import ACTIONS, InterventionFn, InterventionList
 
 if TYPE_CHECKING:
-    from ..model import InterpretableModel
+    from collections.abc import Iterable
 
 Params = dict[str, Any]
 Summary = dict[str, Any]
 Runner = Callable[["InterpretableModel", Params, dict[str, InterventionFn]], tuple[Any, Summary]]
 REQUIRED = object()
+
+# Arguments of the wrapped functions that are no step parameter: the model and the
+# interventions are the session's, a steering vector is what the step computes first.
+SUPPLIED = frozenset({"model", "interventions", "vector"})
+# Arguments that only draw (a plot in the terminal): nothing a summary could keep.
+PRESENTATION = frozenset({"plot", "figsize", "cmap", "max_display_tokens"})
+# The library's argument name -> the step's (what files have always called them).
+STEP_NAMES = {"inputs": "text", "clean_text": "clean", "corrupted_text": "corrupted"}
+TOML_INT = 2**63 - 1  # TOML integers are signed 64-bit
 
 
 @dataclass(frozen=True)
@@ -41,65 +62,185 @@ class Param:
     accepts: Callable[[Any], bool]
 
 
+@dataclass(frozen=True)
+class Check:
+    """What values a parameter of some name accepts (its default comes from elsewhere)."""
+
+    expects: str
+    accepts: Callable[[Any], bool]
+
+    def param(self, default: Any) -> Param:
+        return Param(default, self.expects, self.accepts)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_list(v: Any, item: Callable[[Any], bool]) -> bool:
+    return isinstance(v, (list, tuple)) and bool(v) and all(item(x) for x in v)
+
+
 def _is_texts(v: Any) -> bool:
-    return isinstance(v, str) or (
-        isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, str) for x in v)
+    return isinstance(v, str) or _is_list(v, lambda x: isinstance(x, str))
+
+
+def _is_prompt(v: Any) -> bool:
+    """One prompt: text or token ids (a list, or an integer array)."""
+    return (
+        isinstance(v, str)
+        or _is_list(v, _is_int)
+        or (isinstance(v, mx.array) and mx.issubdtype(v.dtype, mx.integer))
     )
 
 
-def _text(default: Any = REQUIRED) -> Param:
-    return Param(default, "a string", lambda v: isinstance(v, str))
+def _is_prompts(v: Any) -> bool:
+    """A prompt, or a batch of them (a list of prompts)."""
+    return _is_prompt(v) or _is_list(v, _is_prompt)
 
 
-def _texts(default: Any = REQUIRED) -> Param:
-    return Param(default, "a string or a list of strings", _is_texts)
+def _is_plain(v: Any) -> bool:
+    """A value a session file holds: text, a number, a flag, an array, lists and tables."""
+    if isinstance(v, (str, bool, mx.array)):
+        return True
+    if isinstance(v, int):  # not a bool: those returned above
+        return abs(v) <= TOML_INT
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_plain(x) for k, x in v.items())
+    return False
 
 
-def _count(default: Any = REQUIRED, most: int = 1024) -> Param:
-    return Param(default, f"an integer from 1 to {most}", lambda v: _is_int(v) and 0 < v <= most)
+def _count(most: int = 1024) -> Check:
+    return Check(f"an integer from 1 to {most}", lambda v: _is_int(v) and 0 < v <= most)
 
 
-def _index(default: Any = REQUIRED) -> Param:
-    return Param(default, "a layer index (an integer >= 0)", lambda v: _is_int(v) and v >= 0)
-
-
-LAYERS = Param(
-    None,
+PROMPT = Check("a prompt (text or token ids) or a list of prompts", _is_prompts)
+TEXT = Check("a string", lambda v: isinstance(v, str))
+TEXTS = Check("a string or a list of strings", _is_texts)
+INDEX = Check("a layer index (an integer >= 0)", lambda v: _is_int(v) and v >= 0)
+LAYERS = Check(
     "a list of layer indices",
     lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v),
 )
-ANSWER = Param(
-    None,
-    "a pair of strings (right answer, wrong answer)",
-    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v),
+TOKEN = Check("a token string or id", lambda v: isinstance(v, str) or _is_int(v))
+ANSWER = Check(
+    "a pair of tokens (right answer, wrong answer), each a string or an id",
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(TOKEN.accepts(x) for x in v),
 )
-NUMBER = Param(
-    4.0,
-    "a finite number",
-    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+POSITIONS = Check(
+    "a position or a list of positions (integers, negative from the end)",
+    lambda v: (_is_int(v) and abs(v) <= TOML_INT) or _is_list(v, _is_int),
 )
-FLAG = Param(False, "true or false", lambda v: isinstance(v, bool))
-TARGET = Param(None, "a token string or id", lambda v: isinstance(v, str) or _is_int(v))
-ACTION = Param(REQUIRED, f"one of {', '.join(map(repr, ACTIONS))}", lambda v: v in ACTIONS)
+NUMBER = Check("a finite number", _is_number)
+FLAG = Check("true or false", lambda v: isinstance(v, bool))
+PLAIN = Check("a value a session file can hold (text, numbers, flags, lists, tables)", _is_plain)
 INTERVENTION = Param(
     None, "an intervention (or its description table)", lambda v: isinstance(v, dict) or callable(v)
 )
+ACTION = Param(REQUIRED, f"one of {', '.join(map(repr, ACTIONS))}", lambda v: v in ACTIONS)
+
+# Parameter names (as steps call them) that say what they take; any other is PLAIN.
+CHECKS: dict[str, Check] = {
+    "text": PROMPT,
+    "prompt": PROMPT,
+    "clean": PROMPT,
+    "corrupted": PROMPT,
+    "positive": TEXTS,
+    "negative": TEXTS,
+    "capture": TEXTS,
+    "component": TEXT,
+    "metric": TEXT,
+    "top_k": _count(),
+    "max_tokens": _count(),
+    "batch_size": _count(2**20),
+    "layer": INDEX,
+    "layers": LAYERS,
+    "target": TOKEN,
+    "answer": ANSWER,
+    "positions": POSITIONS,
+    "by_position": FLAG,
+    "coefficient": NUMBER,
+    "temperature": Check("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
+    "seed": Check(f"an integer from 0 to {TOML_INT}", lambda v: _is_int(v) and 0 <= v <= TOML_INT),
+    "position": Check(
+        "a token position (an integer) or 'mean'", lambda v: _is_int(v) or v == "mean"
+    ),
+}
+
+
+@functools.cache
+def library_params(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
+    """The arguments of ``fn`` a step of it records: all but the first (the model, or
+    ``self`` of a model method), the ``SUPPLIED`` ones and the ``PRESENTATION`` ones."""
+    taken = list(inspect.signature(fn).parameters.values())[1:]
+    return tuple(
+        p
+        for p in taken
+        if p.name not in SUPPLIED | PRESENTATION
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    )
+
+
+def step_name(library_name: str) -> str:
+    """What a step calls the library's argument ``library_name``."""
+    return STEP_NAMES.get(library_name, library_name)
+
+
+def derived_params(
+    wraps: Iterable[Callable[..., Any]], own: dict[str, Param] | None = None
+) -> dict[str, Param]:
+    """The parameter table of a step wrapping ``wraps``: every recorded argument of each
+    (the first function that takes a name gives its default), then the step's ``own``."""
+    params: dict[str, Param] = {}
+    for fn in wraps:
+        for p in library_params(fn):
+            name = step_name(p.name)
+            default = REQUIRED if p.default is inspect.Parameter.empty else p.default
+            params.setdefault(name, CHECKS.get(name, PLAIN).param(default))
+    return {**params, **(own or {})}
+
+
+def _call(fn: Callable[..., Any], model: InterpretableModel, p: Params, **supplied: Any) -> Any:
+    """``fn(model, ...)`` with every step parameter it takes, under its library name (an
+    omitted one gets the function's own default), and the ``supplied`` arguments."""
+    kwargs = {q.name: p[step_name(q.name)] for q in library_params(fn) if step_name(q.name) in p}
+    return fn(model, **kwargs, **supplied)
 
 
 @dataclass
 class StepKind:
     """A kind of step: its parameters, how it runs, and whether it runs under the
-    session's interventions (``run`` is None for ``interventions``, which changes them)."""
+    session's interventions (``run`` is None for ``interventions``, which changes them).
+    ``wraps`` names the library functions whose arguments are its parameters."""
 
     name: str
     params: dict[str, Param]
     run: Runner | None
     uses_interventions: bool = False
     doc: str = ""
+    wraps: tuple[Callable[..., Any], ...] = ()
+
+    @classmethod
+    def wrapping(
+        cls,
+        name: str,
+        wraps: tuple[Callable[..., Any], ...],
+        run: Runner,
+        uses_interventions: bool,
+        doc: str,
+        own: dict[str, Param] | None = None,
+    ) -> StepKind:
+        """A kind whose parameters are those of ``wraps`` (see :func:`derived_params`)
+        and its ``own``."""
+        return cls(name, derived_params(wraps, own), run, uses_interventions, doc, wraps)
 
     def complete(self, given: Params) -> Params:
         """``given`` checked against the declared parameters, defaults filled in."""
@@ -171,23 +312,32 @@ def _ints(values: mx.array) -> list[int]:
     return [int(v) for v in np.asarray(values).ravel()]
 
 
+def _summaries(result: Any, digits: int) -> Any:
+    """``result.to_summary()`` rounded; a list of results (a batch) as a list of them."""
+    if isinstance(result, list):
+        return [_summaries(r, digits) for r in result]
+    return _rounded(result.to_summary(), digits)
+
+
 def _run_trace(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    """Full capture (the workbench shows every module's shape); the summary keeps the top
-    next tokens and the norm of each layer's residual at the last real token."""
-    trace = model.run(p["text"], interventions=active or None)
+    """One forward capturing what ``capture`` names (everything by default) and the layer
+    outputs; the summary keeps the top next tokens and the norm of each layer's residual
+    at the last real token, of the first row."""
+    layers = [model.layer_name(i) for i in range(model.num_layers)]
+    capture = p.get("capture")
+    if capture is not None:
+        capture = [*([capture] if isinstance(capture, str) else capture), *layers]
+    trace = _call(type(model).run, model, {**p, "capture": capture}, interventions=active or None)
     last = trace.last_token(trace.output)[0]
     probs = mx.softmax(last, axis=-1)
     ids, top = lens.top_entries(probs, p["top_k"])
     ids_list = _ints(ids)
-    norms = [
-        _float(mx.linalg.norm(trace.last_token(trace.activations[model.layer_name(i)])[0]))
-        for i in range(model.num_layers)
-    ]
+    norms = [_float(mx.linalg.norm(trace.last_token(trace.activations[n])[0])) for n in layers]
     summary = {
         "top_ids": ids_list,
-        "top_tokens": [model.token_to_str(i) for i in ids_list],
+        "top_tokens": [model.token_text(i) for i in ids_list],
         "top_probs": _floats(top),
         "logit_norm": _float(mx.linalg.norm(last)),
         "layer_norms": norms,
@@ -198,59 +348,30 @@ def _run_trace(
 def _run_lens(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    result = lens.lens(
-        model,
-        p["text"],
-        layers=p.get("layers"),
-        top_k=p["top_k"],
-        target=p.get("target"),
-        interventions=active or None,
-    )
-    return result, _rounded(result.to_summary())
-
-
-def _answer(p: Params) -> tuple[str, str] | None:
-    return (p["answer"][0], p["answer"][1]) if "answer" in p else None
+    result = _call(lens.lens, model, p, interventions=active or None)
+    return result, _summaries(result, 6)
 
 
 def _run_patching(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    result = patching.patching_sweep(
-        model,
-        p["clean"],
-        p["corrupted"],
-        component=p["component"],
-        layers=p.get("layers"),
-        metric=p["metric"],
-        answer=_answer(p),
-        by_position=p["by_position"],
-    )
-    return result, _rounded(result.to_summary(), 4)
+    result = _call(patching.patching_sweep, model, p)
+    return result, _summaries(result, 4)
 
 
 def _run_attribution(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    result = attribution.attribution_patching(
-        model,
-        p["clean"],
-        p["corrupted"],
-        component=p["component"],
-        metric=p["metric"],
-        answer=_answer(p),
-    )
-    return result, _rounded(result.to_summary(), 5)
+    result = _call(attribution.attribution_patching, model, p)
+    return result, _summaries(result, 5)
 
 
 def _run_steering(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    layer = _layer(model, p["layer"])
-    vector = steering.steering_vector(model, p["positive"], p["negative"], layer)
-    baseline, steered = steering.steer(
-        model, p["prompt"], vector, layer, coefficient=p["coefficient"], max_tokens=p["max_tokens"]
-    )
+    _layer(model, p["layer"])
+    vector = _call(steering.steering_vector, model, p)
+    baseline, steered = _call(steering.steer, model, p, vector=vector)
     summary = {
         "baseline": baseline,
         "steered": steered,
@@ -263,22 +384,36 @@ def _run_steering(
 def _run_generate(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    text, ids = steering.generate_with_ids(
-        model, p["prompt"], p["max_tokens"], interventions=active or None
-    )
+    text, ids = _call(steering.generate_with_ids, model, p, interventions=active or None)
     summary = {"text": text, "token_ids": ids}
     return summary, summary
+
+
+def _last_query(weights: mx.array) -> tuple[list[int], list[float]]:
+    """Per head of one row's ``(heads, q, k)`` weights: the key the last query attends to
+    most, and that weight."""
+    last = weights[:, -1, :]
+    return _ints(mx.argmax(last, axis=-1)), _rounded(_floats(mx.max(last, axis=-1)), 5)
 
 
 def _run_attention(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    patterns = attention.attention_patterns(model, p["text"], layers=[_layer(model, p["layer"])])
-    weights = next(iter(patterns.values()))[0]  # (heads, q, k)
+    """``layer`` (the step's own): that layer's heads, as steps have always kept them;
+    otherwise every layer of ``layers`` (default all), a list per layer."""
+    if "layer" in p and "layers" in p:
+        raise SessionError("an attention step takes layer (one) or layers (a list), not both")
+    one = "layer" in p
+    layers = [_layer(model, p["layer"])] if one else p.get("layers")
+    patterns = _call(attention.attention_patterns, model, {**p, "layers": layers})
+    per_layer = {i: _last_query(weights[0]) for i, weights in patterns.items()}
+    if one:
+        argmax, top = per_layer[p["layer"]]
+        return patterns, {"layer": p["layer"], "last_query_argmax": argmax, "last_query_max": top}
     summary = {
-        "layer": p["layer"],
-        "last_query_argmax": _ints(mx.argmax(weights[:, -1, :], axis=-1)),
-        "last_query_max": _rounded(_floats(mx.max(weights[:, -1, :], axis=-1)), 5),
+        "layers": list(per_layer),
+        "last_query_argmax": [argmax for argmax, _ in per_layer.values()],
+        "last_query_max": [top for _, top in per_layer.values()],
     }
     return patterns, summary
 
@@ -313,79 +448,60 @@ def restore(state: InterventionList, params: Params, summary: Summary) -> None:
 KINDS: dict[str, StepKind] = {
     k.name: k
     for k in [
-        StepKind(
+        StepKind.wrapping(
             "trace",
-            {"text": _text(), "top_k": _count(5)},
+            (InterpretableModel.run,),
             _run_trace,
             True,
             "one forward; the top next tokens at the last position",
+            own={"top_k": CHECKS["top_k"].param(5)},
         ),
-        StepKind(
+        StepKind.wrapping(
             "logit_lens",
-            {"text": _text(), "top_k": _count(3), "layers": LAYERS, "target": TARGET},
+            (lens.lens,),
             _run_lens,
             True,
             "what every layer predicts at every position",
         ),
-        StepKind(
+        StepKind.wrapping(
             "activation_patching",
-            {
-                "clean": _text(),
-                "corrupted": _text(),
-                "component": _text("mlp"),
-                "metric": _text("l2"),
-                "layers": LAYERS,
-                "answer": ANSWER,
-                "by_position": FLAG,
-            },
+            (patching.patching_sweep,),
             _run_patching,
             False,
             "recovery per layer from patching clean into corrupted",
         ),
-        StepKind(
+        StepKind.wrapping(
             "attribution_patching",
-            {
-                "clean": _text(),
-                "corrupted": _text(),
-                "component": _text("output"),
-                "metric": _text("logit_diff"),
-                "answer": ANSWER,
-            },
+            (attribution.attribution_patching,),
             _run_attribution,
             False,
             "gradient estimate of every layer x position patch",
         ),
-        StepKind(
+        StepKind.wrapping(
             "steering",
-            {
-                "positive": _texts(),
-                "negative": _texts(),
-                "layer": _index(),
-                "prompt": _text(),
-                "coefficient": NUMBER,
-                "max_tokens": _count(20),
-            },
+            (steering.steering_vector, steering.steer),
             _run_steering,
             False,
             "a contrast vector added at a layer while generating",
         ),
-        StepKind(
+        StepKind.wrapping(
             "generate",
-            {"prompt": _text(), "max_tokens": _count(20)},
+            (steering.generate_with_ids,),
             _run_generate,
             True,
-            "greedy continuation under the active interventions",
+            "a continuation (greedy, or sampled) under the active interventions",
         ),
-        StepKind(
+        StepKind.wrapping(
             "attention",
-            {"text": _text(), "layer": _index()},
+            (attention.attention_patterns,),
             _run_attention,
             False,
-            "attention weights of every head of one layer",
+            "attention weights of every head of one layer (or of several)",
+            own={"layer": INDEX.param(None)},
         ),
         StepKind(
             "interventions",
-            {"action": ACTION, "module": _text(None), "intervention": INTERVENTION},
+            {"action": ACTION, "module": TEXT.param(None), "intervention": INTERVENTION},
             None,
             False,
             "set, remove, clear, enable or disable an intervention",

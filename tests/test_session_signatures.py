@@ -1,0 +1,193 @@
+"""Everything the library takes, a session can record: the step parameters are generated
+from the library's signatures, every one is given a value, recorded in a real session on
+the demo model, saved to disk, reloaded and replayed to the same numbers.
+
+A parameter added to a library function later is picked up here without any edit: it
+gets a value from ``SAMPLES`` (by name) or from its annotation, and the test fails when the
+step kind does not take it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import tomllib
+
+import mlx.core as mx
+import pytest
+
+from mlxterp import InterpretableModel, attribution, lens, patching, steering
+from mlxterp import attention as attention
+from mlxterp.session import KINDS, Session, replay
+from mlxterp.session.steps import REQUIRED, step_name
+
+# The library functions each step kind must be able to record, whatever it calls.
+LIBRARY = {
+    "trace": [InterpretableModel.run],
+    "logit_lens": [lens.lens],
+    "activation_patching": [patching.patching_sweep, patching.activation_patching],
+    "attribution_patching": [attribution.attribution_patching],
+    "steering": [steering.steering_vector, steering.steer],
+    "generate": [steering.generate_with_ids, steering.generate],
+    "attention": [attention.attention_patterns],
+}
+# Arguments no step records, and why:
+NOT_RECORDED = {
+    "model",  # the session's model
+    "interventions",  # the session's own (intervention steps record them)
+    "vector",  # steer's vector: the steering step computes it from positive/negative
+    # purely presentational (a terminal plot; nothing a summary keeps):
+    "plot",
+    "figsize",
+    "cmap",
+    "max_display_tokens",
+}
+
+FRANCE, GERMANY = "The capital of France is", "The capital of Germany is"
+SONG = "I hate this song. It is"
+SAMPLES = {  # a valid value that is not the default, by step parameter name
+    "text": FRANCE,
+    "clean": FRANCE,
+    "corrupted": GERMANY,
+    "prompt": SONG,
+    "positive": ["I love this movie. It is", "What a wonderful day. It is"],
+    "negative": ["I hate this movie. It is", "What an awful day. It is"],
+    "top_k": 2,
+    "layers": [0, 7, 15],
+    "target": " Paris",
+    "component": "attn",
+    "metric": "logit_diff",
+    "answer": [" Paris", " Berlin"],
+    "positions": [-2, -1],
+    "by_position": True,
+    "batch_size": 2,
+    "capture": ["layers.3.mlp"],
+    "layer": 4,
+    "position": "mean",
+    "coefficient": 3.0,
+    "max_tokens": 4,
+    "temperature": 0.8,
+    "seed": 3,
+}
+PER_KIND = {  # where a kind needs another value
+    ("attention", "text"): "river king apple garden letter river king apple",
+    ("attention", "layers"): [2, 5],
+    ("steering", "component"): "mlp",
+    ("attribution_patching", "metric"): "kl",  # logit_diff is its default
+}
+# ``layer`` is the attention step's own shorthand for ``layers=[layer]``: not both at once.
+APART = {("attention", "layer")}
+
+
+def sample(kind: str, name: str, annotation: object = None) -> object:
+    """A valid, non-default value for parameter ``name`` of step ``kind``."""
+    if (kind, name) in PER_KIND:
+        return PER_KIND[(kind, name)]
+    if name in SAMPLES:
+        return SAMPLES[name]
+    text = str(annotation)
+    for word, value in (("bool", True), ("int", 2), ("float", 0.5)):
+        if word in text:
+            return value
+    pytest.fail(f"no sample value for {kind}.{name} ({text}): add one to SAMPLES")
+
+
+def library_args(fn):
+    """``(name, parameter)`` of every argument of ``fn`` a step should record."""
+    taken = list(inspect.signature(fn).parameters.values())[1:]  # the model, or self
+    return [(p.name, p) for p in taken if p.name not in NOT_RECORDED]
+
+
+def test_every_kind_is_listed():
+    assert set(LIBRARY) == set(KINDS) - {"interventions"}
+    for name, fns in LIBRARY.items():
+        assert set(KINDS[name].wraps) <= set(fns), name  # the test covers what it calls
+
+
+@pytest.mark.parametrize("kind", sorted(LIBRARY))
+def test_every_library_argument_is_a_step_parameter(kind):
+    params = KINDS[kind].params
+    for fn in LIBRARY[kind]:
+        for name, p in library_args(fn):
+            assert step_name(name) in params, f"{fn.__qualname__}({name}=) has no {kind} param"
+            declared = params[step_name(name)].default
+            if p.default is inspect.Parameter.empty:
+                assert declared is REQUIRED, (kind, name)
+            elif fn in KINDS[kind].wraps:
+                assert declared == p.default, (kind, name)  # one source of truth
+
+
+def _spy(calls, fn):
+    @functools.wraps(fn)
+    def spy(*args, **kwargs):
+        calls.setdefault(fn.__name__, []).append(kwargs)
+        return fn(*args, **kwargs)
+
+    return spy
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, mx.array) or isinstance(b, mx.array):
+        return bool(mx.array_equal(mx.array(a), mx.array(b)).item())
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _record_and_replay(manager, tmp_path, kind, params, monkeypatch=None):
+    """Record ``kind`` with ``params`` (spying on what the library receives), then load
+    the saved file and replay it; returns ``(step, calls, loaded step)``."""
+    calls: dict[str, list[dict]] = {}
+    if monkeypatch is not None:
+        for fn in KINDS[kind].wraps:
+            owner = InterpretableModel if fn is InterpretableModel.run else inspect.getmodule(fn)
+            monkeypatch.setattr(owner, fn.__name__, _spy(calls, fn))
+    path = tmp_path / f"{kind}.toml"
+    session = Session.new("demo", path, manager)
+    step = session.run(manager, kind, **params)
+    if monkeypatch is not None:
+        monkeypatch.undo()
+    with open(path, "rb") as handle:
+        saved = tomllib.load(handle)["steps"][0]["params"]
+    for name in params:
+        assert name in saved, name  # in the TOML itself (an array as its sidecar reference)
+    loaded = Session.load(path, manager).steps[0]
+    assert all(_same(loaded.params[k], v) for k, v in step.params.items())
+    report = replay(path, manager, tolerance=0.0)
+    assert report.ok, report.format_text()
+    assert report.steps[0].max_diff == 0.0
+    return step, calls, loaded
+
+
+@pytest.mark.parametrize("kind", sorted(LIBRARY))
+def test_every_parameter_records_reaches_the_library_and_replays(
+    kind, manager, tmp_path, monkeypatch
+):
+    params = {}
+    for name, p in KINDS[kind].params.items():
+        if (kind, name) in APART:
+            continue
+        fn_params = {step_name(n): q for fn in KINDS[kind].wraps for n, q in library_args(fn)}
+        annotation = fn_params[name].annotation if name in fn_params else None
+        params[name] = sample(kind, name, annotation)
+        assert not _same(params[name], p.default), (kind, name)  # a value that matters
+    _, calls, _ = _record_and_replay(manager, tmp_path, kind, params, monkeypatch)
+    for fn in KINDS[kind].wraps:
+        (received,) = calls[fn.__name__]
+        for name, _p in library_args(fn):
+            got, given = received.get(name), params[step_name(name)]
+            if kind == "trace" and name == "capture":  # it captures the layers too
+                got = got[: len(given)]
+            assert _same(got, given), (kind, fn.__name__, name, got, given)
+
+
+@pytest.mark.parametrize(
+    "kind, params",
+    [
+        ("attention", {"text": "river king apple garden river king", "layer": 3}),
+        ("trace", {"text": mx.array([1, 40, 41, 42], dtype=mx.int32)}),  # ids: to the sidecar
+        ("logit_lens", {"text": [1, 40, 41, 42], "layers": [15]}),  # ids as a TOML list
+    ],
+)
+def test_other_forms_record_and_replay(kind, params, manager, tmp_path):
+    _record_and_replay(manager, tmp_path, kind, params)
