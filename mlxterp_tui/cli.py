@@ -1,4 +1,5 @@
-"""``mlxterp``: open the workbench (``--model``, ``open FILE``) or replay a session headless."""
+"""``mlxterp``: open the workbench (``--model``, ``open FILE``), replay a session headless, or
+describe what a model loads as (``doctor MODEL``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model: demo)
        mlxterp open FILE.toml               open a saved session
        mlxterp replay FILE [options]        replay a session headless (exit 1 on mismatch)
-       mlxterp blas [--install | --remove]  which BLAS MLX uses (Linux); the OpenBLAS hook"""
+       mlxterp blas [--install | --remove]  which BLAS MLX uses (Linux); the OpenBLAS hook
+       mlxterp doctor MODEL [options]       what a model loads as: source, config, parity"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     opener.add_argument("file", help="session file (.toml)")
     sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE", add_help=False)
     sub.add_parser("blas", help="which BLAS MLX uses: mlxterp blas [--install]", add_help=False)
+    sub.add_parser("doctor", help="what a model loads as: mlxterp doctor MODEL", add_help=False)
     return parser
 
 
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlxterp.session import blas_main
 
         return blas_main(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from mlxterp.session import doctor_main
+
+        return doctor_main(argv[1:])
     args = _parser().parse_args(argv)
     from mlxterp.session import MlxterpError, Session, SessionManager
 

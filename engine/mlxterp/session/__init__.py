@@ -7,6 +7,7 @@ this package is everything the workbench imports from the engine.
 """
 
 from ..blas import main as blas_main
+from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..plotting import color_at  # the workbench colours lens cells as the plots do
 from .active import (
@@ -40,6 +41,7 @@ __all__ = [
     "StepReport",
     "blas_main",
     "color_at",
+    "doctor_main",
     "intervention_from_description",
     "replay",
     "replay_main",
