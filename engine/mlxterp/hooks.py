@@ -3,8 +3,10 @@
 MLX looks ``__call__`` up on the class, so a hook cannot be set on an instance.  For the
 duration of a forward pass each hooked module's class is swapped for a cached subclass
 whose ``__call__`` runs the original and hands the output to a *site* (capture,
-intervention).  Restoring the class afterwards returns the model to exactly what it was:
-the parameter tree is never touched, no wrapper module is inserted.
+intervention); an :class:`InputSite` is handed the call's positional arguments as well
+(per-head outputs are computed from an output projection's input).  Restoring the class
+afterwards returns the model to exactly what it was: the parameter tree is never touched,
+no wrapper module is inserted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ Site = Callable[[Any], Any]
 # Puts a new array where a module's output held its primary one.
 Rebuild = Callable[[mx.array], Any]
 
+
+class InputSite:
+    """A site that also sees what the module was called with: ``fn(output, args)``."""
+
+    def __init__(self, fn: Callable[[Any, tuple[Any, ...]], Any]):
+        self.fn = fn
+
+    def __call__(self, out: Any, args: tuple[Any, ...] = ()) -> Any:
+        return self.fn(out, args)
+
+
 _SITES: dict[int, Site] = {}
 _HOOKED_CLASSES: dict[type, type] = {}
 _LOCK = threading.Lock()
@@ -39,7 +52,9 @@ def _hooked_class(cls: type) -> type:
     def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         out = original_call(self, *args, **kwargs)
         site = _SITES.get(id(self))
-        return out if site is None else site(out)
+        if site is None:
+            return out
+        return site(out, args) if isinstance(site, InputSite) else site(out)
 
     hooked = type(cls.__name__, (cls,), {"__call__": __call__, "_mlxterp_original": cls})
     hooked.__qualname__ = cls.__qualname__

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 
 from . import loading
 from .errors import InputError, ModelAttributeError, ModelTypeError
+from .heads import with_head_sites
 from .hooks import Site, hooked, primary_array
 from .inputs import PreparedInput, TextCodec, check_token_ids, is_int, prepare
 from .interventions import InterventionFn, SiteContext, check_mapping
@@ -298,12 +299,19 @@ class InterpretableModel:
     ) -> AbstractContextManager[None]:
         """Context manager: the interventions stay installed (no capture) for every forward
         in the block, e.g. during generation."""
-        sites: list[tuple[str, Site]] = []
+        sites: dict[str, Site] = {}
+        heads: dict[str, InterventionFn] = {}
         for name, fn in check_mapping(interventions).items():
             canonical = self._index.resolve(name)
-            ctx = SiteContext(name=canonical, lengths=lengths)
-            sites.append((canonical, _intervention_site(fn, ctx)))
-        return self.hooked(sites)
+            if canonical in self._index.head_sites:
+                heads[canonical] = fn
+            else:
+                sites[canonical] = _intervention_site(fn, SiteContext(canonical, lengths))
+
+        def visit(name: str, array: mx.array) -> mx.array:
+            return apply_intervention(heads[name], array, SiteContext(name, lengths))
+
+        return self.hooked(with_head_sites(self._index, sites, (), heads, visit))
 
     # ------------------------------------------------------------------ read-out
     @property
@@ -393,6 +401,13 @@ class InterpretableModel:
         from .attribution import attribution_patching
 
         return attribution_patching(self, clean_text, corrupted_text, **kwargs)
+
+    def head_outputs(self, inputs: Any, layers: Layers = None) -> dict[int, mx.array]:
+        """Each head's share of the attention output per layer, ``(batch, seq, heads,
+        hidden)``; see ``mlxterp.heads``."""
+        from .heads import head_outputs
+
+        return head_outputs(self, inputs, layers=layers)
 
     def attention_patterns(self, text: Any, layers: Layers = None) -> dict[int, mx.array]:
         """Softmax attention weights per layer and head; see ``mlxterp.attention``."""

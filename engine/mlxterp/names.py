@@ -11,6 +11,11 @@ gives it (mlx-lm llama: ``model.layers.3.self_attn``).  These also resolve to it
   ``3.self_attn.q_proj`` is not).
 
 Segments may be shell-style globs (``layers.*.mlp``) where several matches are wanted.
+
+Attention modules with a per-head layout (``mlxterp.heads``) also have virtual names that
+reach no module but a computed value: ``<attn>.heads`` (all heads) and ``<attn>.heads.<h>``
+(``layers.5.attn.heads.2``), canonical as ``model.layers.5.self_attn.heads.2``.  They are
+not in ``modules``; ``head_sites`` maps each to its layout and head.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Iterable
 import mlx.nn as nn
 
 from .errors import LayerIndexError, ModelAttributeError, ModuleNameError
+from .heads import HEADS, HeadLayout, find_layouts
 
 MODEL_OUTPUT = "__model_output__"
 
@@ -59,6 +65,23 @@ class ModuleIndex:
         self.num_layers = len(self._layer_children()) if self.layer_path else 0
         self._cache: dict[str, str] = {}
         self._order = {name: i for i, name in enumerate(self.modules)}
+        self.heads: dict[str, HeadLayout] = find_layouts(self._attention_modules())
+        """Per-head layout of each attention module that has one, by canonical name."""
+        self.head_sites: dict[str, tuple[HeadLayout, int | None]] = {
+            name: (layout, None if n == 0 else n - 1)
+            for layout in self.heads.values()
+            for n, name in enumerate(layout.names)
+        }
+        """Every head name (canonical) -> its layout and head (None: all heads)."""
+
+    def _attention_modules(self) -> dict[str, nn.Module]:
+        """Each layer's attention module (by role alias), canonical name -> module."""
+        found: dict[str, nn.Module] = {}
+        for i in range(self.num_layers):
+            for path in self.step(self.layer_name(i), "attn"):
+                if path in self.modules:
+                    found[path] = self.modules[path]
+        return found
 
     # ----------------------------------------------------------------- layer list
     def _list_paths(self) -> list[str]:
@@ -159,6 +182,8 @@ class ModuleIndex:
         """Every canonical name a name or glob pattern reaches, in model order."""
         if pattern == MODEL_OUTPUT:
             return [MODEL_OUTPUT]
+        if pattern in self.head_sites:
+            return [pattern]
         found: set[str] = set()
         for start, segments in self._interpretations(pattern):
             found.update(self._walk(start, segments))
@@ -166,7 +191,29 @@ class ModuleIndex:
             found.update(n for n in self.modules if n.endswith("." + pattern))
         if not found and _is_glob(pattern):
             found.update(n for n in self.modules if fnmatch.fnmatchcase(n, "*" + pattern))
+        if not found and HEADS in pattern.split("."):
+            return self._match_heads(pattern)
         return sorted(found, key=self._order.__getitem__)
+
+    def _match_heads(self, pattern: str) -> list[str]:
+        """Head names a pattern such as ``layers.*.attn.heads.*`` reaches (module order)."""
+        owner, tail = _split_heads(pattern)
+        if owner is None:
+            return []
+        found: list[str] = []
+        for attn in self.match(owner):
+            layout = self.heads.get(attn)
+            if layout is None:
+                continue
+            if tail is None:
+                found.append(layout.name)
+            else:
+                found.extend(
+                    layout.head_name(h)
+                    for h in range(layout.n_heads)
+                    if fnmatch.fnmatchcase(str(h), tail)
+                )
+        return found
 
     def resolve(self, name: str) -> str:
         """The canonical name of one module; ``ModuleNameError`` (a KeyError) otherwise."""
@@ -174,7 +221,7 @@ class ModuleIndex:
             return self._cache[name]
         if not isinstance(name, str) or not name:
             raise ModuleNameError(f"module name must be a non-empty string, got {name!r}")
-        if name == MODEL_OUTPUT or name in self.modules:
+        if name == MODEL_OUTPUT or name in self.modules or name in self.head_sites:
             self._cache[name] = name
             return name
         if _is_glob(name):
@@ -195,10 +242,42 @@ class ModuleIndex:
                 raise ModuleNameError(
                     f"module name {name!r} is ambiguous; it could be: {shown}", candidates
                 )
+            elif HEADS in name.split("."):
+                found = self._resolve_head(name)
             else:
                 raise self.unknown(name)
         self._cache[name] = found
         return found
+
+    def _resolve_head(self, name: str) -> str:
+        """The canonical head name for ``<attention module>.heads[.<h>]``, or the error
+        saying which part is wrong."""
+        owner, tail = _split_heads(name)
+        if owner is None:
+            raise self.unknown(name)
+        attn = self.resolve(owner)
+        layout = self.heads.get(attn)
+        if layout is None:
+            examples = ", ".join(f"{self.short_name(a)}.{HEADS}.0" for a in list(self.heads)[:2])
+            where = (
+                f"; heads are named on attention modules, e.g. {examples}"
+                if examples
+                else (
+                    "; this model has no attention module whose output projection splits into heads"
+                )
+            )
+            raise ModuleNameError(f"{name!r}: {attn} has no per-head outputs{where}")
+        if tail is None:
+            return layout.name
+        last = layout.n_heads - 1
+        valid = [layout.head_name(h) for h in range(layout.n_heads)]
+        if not tail.isdigit() or int(tail) > last:
+            raise ModuleNameError(
+                f"{name!r}: head {tail!r} does not exist; {self.short_name(attn)} has "
+                f"{layout.n_heads} heads, numbered 0..{last}",
+                valid,
+            )
+        return layout.head_name(int(tail))
 
     def unknown(self, name: str) -> ModuleNameError:
         """The error for a name that reaches no module, listing the closest real names."""
@@ -214,6 +293,16 @@ class ModuleIndex:
             f"e.g. {examples})",
             list(dict.fromkeys(close)),
         )
+
+
+def _split_heads(name: str) -> tuple[str | None, str | None]:
+    """``("layers.5.attn", "2")`` for ``layers.5.attn.heads.2``; ``(owner, None)`` for
+    ``owner.heads``; ``(None, None)`` when the name is not of that form."""
+    parts = name.split(".")
+    at = len(parts) - 1 - parts[::-1].index(HEADS)
+    if at == 0 or len(parts) - at > 2:
+        return None, None
+    return ".".join(parts[:at]), (parts[at + 1] if at + 1 < len(parts) else None)
 
 
 def _natural_key(name: str) -> tuple[tuple[int, int, str], ...]:

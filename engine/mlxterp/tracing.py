@@ -18,6 +18,7 @@ import mlx.core as mx
 
 from . import interventions as iv
 from .errors import InputError, InterventionError, ModuleNameError, NotCapturedError, TraceError
+from .heads import with_head_sites
 from .hooks import Site, primary_array
 from .inputs import PreparedInput, shown
 from .interventions import InterventionFn
@@ -92,23 +93,27 @@ class _Recorder:
         self.call_counts: dict[str, int] = {}
         self.intervened: list[tuple[str, mx.array]] = []
 
+    def visit(self, name: str, array: mx.array) -> mx.array:
+        """Count, intervene on and capture one value of ``name``; what the model sees."""
+        count = self.call_counts.get(name, 0)
+        self.call_counts[name] = count + 1
+        fn = self.interventions.get(name)
+        if fn is not None:
+            ctx = iv.SiteContext(name=name, lengths=self.lengths)
+            array = iv.apply(fn, array, ctx)
+            self.intervened.append((name, array))
+        if name in self.capture and count == 0:
+            self.values[name] = array
+        return array
+
     def site(self, name: str) -> Site:
         def on_output(out: Any) -> Any:
             found = primary_array(out)
             if found is None:
                 return out
             array, rebuild = found
-            count = self.call_counts.get(name, 0)
-            self.call_counts[name] = count + 1
-            fn = self.interventions.get(name)
-            if fn is not None:
-                ctx = iv.SiteContext(name=name, lengths=self.lengths)
-                array = iv.apply(fn, array, ctx)
-                self.intervened.append((name, array))
-                out = rebuild(array)
-            if name in self.capture and count == 0:
-                self.values[name] = array
-            return out
+            new = self.visit(name, array)
+            return out if new is array else rebuild(new)
 
         return on_output
 
@@ -187,7 +192,10 @@ class Trace:
         capture = set(self._capture)
         recorder = _Recorder(capture, self.interventions, self._prepared.lengths)
         hooked_names = [n for n in index.modules if n in capture or n in self.interventions]
-        with model.hooked([(n, recorder.site(n)) for n in hooked_names]):
+        sites = {n: recorder.site(n) for n in hooked_names}
+        with model.hooked(
+            with_head_sites(index, sites, capture, self.interventions, recorder.visit)
+        ):
             logits = model.forward(self._prepared)
         output = logits.astype(mx.float32) if logits.dtype in (mx.float16, mx.bfloat16) else logits
         to_eval = [output, *recorder.values.values()]
