@@ -251,9 +251,11 @@ def test_logit_lens_rejects_bad_arguments(tiny_llama, kwargs, match):
         logit_lens(tiny_llama, TOKENS, **kwargs)
 
 
-def test_logit_lens_takes_one_prompt(word_model):
-    with pytest.raises(InputError, match="one prompt at a time"):
-        word_model.logit_lens(["the capital", "hello world"])
+def test_logit_lens_takes_one_prompt_or_a_list(word_model):
+    """A batch array is refused (its rows carry no lengths); a list of prompts is batched
+    (tests/test_batched_analyses.py)."""
+    with pytest.raises(InputError, match="one prompt at a time, or a list of prompts"):
+        word_model.logit_lens(mx.array([[1, 2, 3], [4, 5, 6]]))
 
 
 def test_logit_lens_plot_prints_a_grid_of_the_last_tokens(word_model, capsys):

@@ -7,20 +7,21 @@ layer and position: the corrupted forward runs with a zero ``delta`` added at ea
 component, and ``mx.value_and_grad`` differentiates the metric with respect to the deltas.
 It is a fast first look; check the cells that matter with ``activation_patching``, which
 runs the real patches.  Prompts of different lengths are right-aligned as in
-``mlxterp.patching``; only the positions they share get a score.
+``mlxterp.patching``; only the positions they share get a score.  Lists of (clean,
+corrupted) pairs run as one padded batch: one forward and one backward pass for them all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast, overload
 
 import mlx.core as mx
 
 from .activations import Layers, is_int
 from .errors import InputError
-from .patching import prepare_patching
+from .patching import Prompts, prepare_patching
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -98,47 +99,78 @@ class AttributionResult:
         }
 
 
+@overload
+def attribution_patching(
+    model: InterpretableModel,
+    clean_text: Prompts,
+    corrupted_text: Prompts,
+    component: str | None = "output",
+    metric: str = "logit_diff",
+    answer: Sequence[Any] | None = None,
+    layers: Layers = None,
+) -> list[AttributionResult]: ...
+@overload
 def attribution_patching(
     model: InterpretableModel,
     clean_text: Any,
     corrupted_text: Any,
     component: str | None = "output",
     metric: str = "logit_diff",
-    answer: Sequence[int | str] | None = None,
+    answer: Sequence[Any] | None = None,
     layers: Layers = None,
-) -> AttributionResult:
+) -> AttributionResult: ...
+def attribution_patching(
+    model: InterpretableModel,
+    clean_text: Any,
+    corrupted_text: Any,
+    component: str | None = "output",
+    metric: str = "logit_diff",
+    answer: Sequence[Any] | None = None,
+    layers: Layers = None,
+) -> AttributionResult | list[AttributionResult]:
     """Gradient estimate of patching ``component`` of every layer at every position.
 
     ``metric`` and ``answer`` as in ``activation_patching`` (``logit_diff`` needs
     ``answer=(clean_answer, corrupted_answer)``); ``component="output"`` is the whole layer's
-    output (the residual stream).
+    output (the residual stream).  Equal-length lists of clean and corrupted prompts give a
+    list of results, one per pair, from one forward and backward pass over the padded batch
+    (``answer`` one pair for all or a list of one per pair).
     """
     setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric, answer)
-    sites, cols, score = setup.sites, setup.positions, setup.score
+    sites, score, every = setup.sites, setup.score, mx.arange(len(setup.lengths))
 
     def corrupted_metric(deltas: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
         shifts = {site: _shift(delta) for site, delta in zip(sites, deltas, strict=True)}
         run = model.run(setup.corrupted.array, interventions=shifts, capture=sites)
-        return score(run.output[:, -1])[0], [run.activations[s] for s in sites]
+        values = score(setup.final(run.output, every))
+        # rows are independent, so the gradient of their sum is each row's own gradient
+        return values.sum(), [values, *(run.activations[s] for s in sites)]
 
     deltas = [mx.zeros_like(t) for t in setup.targets]
-    (value, acts), grads = mx.value_and_grad(corrupted_metric)(deltas)
+    (_, (values, *acts)), grads = mx.value_and_grad(corrupted_metric)(deltas)
     cells = mx.stack(
         [
-            _dot_per_position(target - act, grad)[cols]
+            _dot_per_position(target - act, grad)
             for target, act, grad in zip(setup.targets, acts, grads, strict=True)
         ]
-    )
-    return AttributionResult(
-        scores=cast(list[list[float]], cells.tolist()),  # (layers, positions)
-        layers=setup.layers,
-        positions=cols,
-        tokens=setup.tokens(model),
-        metric=metric,
-        component=component or "output",
-        clean_value=cast(float, score(setup.clean.output[:, -1])[0].item()),  # float32 scalars
-        corrupted_value=cast(float, value.item()),
-    )
+    )  # (layers, pairs, seq)
+    clean_values = score(score.clean_logits)
+    mx.eval(cells, values, clean_values)
+    grid = cast(list[list[list[float]]], cells.tolist())
+    results = [
+        AttributionResult(
+            scores=[[row[q][p] for p in cols] for row in grid],  # layers x positions
+            layers=setup.layers,
+            positions=cols,
+            tokens=setup.tokens(model, q),
+            metric=metric,
+            component=setup.component,
+            clean_value=cast(float, clean_values[q].item()),  # float32 scalars
+            corrupted_value=cast(float, values[q].item()),
+        )
+        for q, cols in enumerate(setup.positions)
+    ]
+    return results if setup.batched else results[0]
 
 
 def _shift(delta: mx.array) -> Callable[[mx.array], mx.array]:
@@ -146,6 +178,6 @@ def _shift(delta: mx.array) -> Callable[[mx.array], mx.array]:
 
 
 def _dot_per_position(diff: mx.array, grad: mx.array) -> mx.array:
-    """``Σ diff · grad`` over every axis after the sequence axis, in float32: ``(seq,)``."""
+    """``Σ diff · grad`` over every axis after the sequence axis, in float32: ``(rows, seq)``."""
     prod = diff.astype(mx.float32) * grad.astype(mx.float32)
-    return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(axis=-1)[0]
+    return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(axis=-1)

@@ -14,8 +14,9 @@ is therefore exactly the model's prediction.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast, overload
 
 import mlx.core as mx
 
@@ -114,21 +115,74 @@ def top_entries(values: mx.array, k: int) -> tuple[mx.array, mx.array]:
     return mx.take_along_axis(idx, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)
 
 
+def prompt_list(inputs: Any) -> list[Any] | None:
+    """``inputs`` as a list of prompts, or None when it is one prompt.
+
+    A list (or tuple) of strings or of token-id lists is a list of prompts, which the
+    analyses run as one right-padded batch; a string, one list of token ids or an array is
+    one prompt.  A list mixing the two kinds, or holding anything else, is refused.
+    """
+    if not isinstance(inputs, (list, tuple)) or not inputs or all(is_int(t) for t in inputs):
+        return None
+    if all(isinstance(t, str) for t in inputs):
+        return list(inputs)
+    if all(isinstance(t, (list, tuple)) and t and all(is_int(i) for i in t) for t in inputs):
+        return list(inputs)
+    kinds = sorted({type(t).__name__ for t in inputs})
+    raise InputError(
+        "a list of prompts holds strings only, or lists of token ids only; this one holds "
+        f"{', '.join(kinds)} (an array is one prompt: pass arrays one at a time)"
+    )
+
+
+@dataclass
+class _Residuals:
+    """The layer outputs of one traced forward over one prompt or a padded list of them."""
+
+    layers: list[int]
+    hidden: mx.array  # (n_layers, batch, seq, hidden)
+    trace: Trace
+    lengths: list[int]  # real tokens per row
+    batched: bool  # the input was a list of prompts
+
+    def flat(self, cells: list[tuple[int, int]] | None = None) -> mx.array:
+        """``(n_layers, cells, hidden)``: the residual at each ``(row, position)``, or at
+        every real token, row after row, when ``cells`` is None."""
+        n, batch, seq = self.hidden.shape[:3]
+        rows = self.hidden.reshape(n, batch * seq, -1)
+        if cells is None:
+            if all(length == seq for length in self.lengths):
+                return rows
+            cells = [(b, t) for b, length in enumerate(self.lengths) for t in range(length)]
+        return mx.take(rows, mx.array([b * seq + t for b, t in cells]), axis=1)
+
+    def row_tokens(self, model: InterpretableModel) -> list[list[str]]:
+        """The text of each row's real tokens (empty lists for non-token inputs)."""
+        text = functools.cache(model.token_text)
+        ids = self.trace.inputs or [[] for _ in self.lengths]
+        return [[text(t) for t in row] for row in ids]
+
+
 def _residuals(
     model: InterpretableModel,
     inputs: Any,
     layers: Layers,
     interventions: dict[str, InterventionFn] | None = None,
-) -> tuple[list[int], mx.array, Trace]:
-    """One traced forward capturing only the layer outputs: ``(layers, (n_layers, seq,
-    hidden), trace)`` for a single prompt."""
+) -> _Residuals:
+    """One traced forward capturing only the layer outputs, of one prompt or a list."""
     indices = layer_indices(model, layers)
     names = [model.layer_name(i) for i in indices]
+    batched = prompt_list(inputs) is not None
     trace = model.run(inputs, interventions=interventions, capture=names)
-    batch = trace.output.shape[0]
-    if batch != 1:
-        raise InputError(f"the logit lens reads one prompt at a time; got a batch of {batch}")
-    return indices, mx.stack([trace.activations[n][0] for n in names]), trace
+    hidden = mx.stack([trace.activations[n] for n in names])
+    batch, seq = hidden.shape[1], hidden.shape[2]
+    if not batched and batch != 1:
+        raise InputError(
+            f"the logit lens reads one prompt at a time, or a list of prompts; got a batch of "
+            f"{batch}: pass the prompts as a list"
+        )
+    lengths = trace.lengths or [seq] * batch
+    return _Residuals(indices, hidden, trace, lengths, batched)
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -136,34 +190,61 @@ def _check_positive(name: str, value: Any) -> None:
         raise InputError(f"{name} must be a positive int; got {value!r}")
 
 
-def _result(
+def _split(values: list[Any], lengths: list[int]) -> list[list[Any]]:
+    """A list of cells (row after row) cut into one list per row of ``lengths`` cells."""
+    ends = list(itertools.accumulate(lengths))
+    return [values[end - n : end] for end, n in zip(ends, lengths, strict=True)]
+
+
+def _results(
     model: InterpretableModel,
-    layers: list[int],
+    res: _Residuals,
     logits: mx.array,
-    trace: Trace,
     k: int,
     target: int | None = None,
-) -> LensResult:
-    """A ``LensResult`` from float32 logits ``(n_layers, seq, vocab)``."""
+) -> list[LensResult]:
+    """One ``LensResult`` per row from float32 logits ``(n_layers, real tokens, vocab)`` of
+    every row's real tokens, row after row."""
     if target is not None and target >= logits.shape[-1]:
         raise InputError(f"token id {target} is outside the vocabulary ({logits.shape[-1]} tokens)")
     probs = mx.softmax(logits, axis=-1)
     ids, top_p = top_entries(probs, k)
-    target_p = probs[:, -1, target] if target is not None else None
+    last = mx.array(list(itertools.accumulate(res.lengths))) - 1  # each row's last real token
+    target_p = probs[:, last, target] if target is not None else None  # (layers, rows)
     mx.eval(ids, top_p, *([target_p] if target_p is not None else []))
     text = functools.cache(model.token_text)  # each id decoded once
-    ids_list = cast(list[list[list[int]]], ids.tolist())  # (layers, seq, k)
-    return LensResult(
-        layers=layers,
-        tokens=[text(t) for t in trace.inputs[0]] if trace.inputs else [],
-        top_ids=ids_list,
-        top_probs=cast(list[list[list[float]]], top_p.tolist()),
-        top_strs=[[[text(i) for i in cell] for cell in row] for row in ids_list],
-        target=target,
-        target_probs=cast(list[float], target_p.tolist()) if target_p is not None else None,
-    )
+    ids_list = cast(list[list[list[int]]], ids.tolist())  # (layers, cells, k)
+    probs_list = cast(list[list[list[float]]], top_p.tolist())
+    strs = [[[text(i) for i in cell] for cell in row] for row in ids_list]
+    per_row = [
+        [_split(layer_cells, res.lengths) for layer_cells in by_layer]
+        for by_layer in (ids_list, probs_list, strs)
+    ]  # [ids|probs|strs][layer][row][position]
+    target_rows = cast(list[list[float]], target_p.T.tolist()) if target_p is not None else None
+    return [
+        LensResult(
+            layers=res.layers,
+            tokens=tokens,
+            top_ids=[layer[b] for layer in per_row[0]],
+            top_probs=[layer[b] for layer in per_row[1]],
+            top_strs=[layer[b] for layer in per_row[2]],
+            target=target,
+            target_probs=target_rows[b] if target_rows is not None else None,
+        )
+        for b, tokens in enumerate(res.row_tokens(model))
+    ]
 
 
+@overload
+def lens(
+    model: InterpretableModel,
+    inputs: list[str] | tuple[str, ...] | list[list[int]],
+    layers: Layers = None,
+    top_k: int = 5,
+    target: int | str | None = None,
+    interventions: dict[str, InterventionFn] | None = None,
+) -> list[LensResult]: ...
+@overload
 def lens(
     model: InterpretableModel,
     inputs: Any,
@@ -171,19 +252,55 @@ def lens(
     top_k: int = 5,
     target: int | str | None = None,
     interventions: dict[str, InterventionFn] | None = None,
-) -> LensResult:
-    """Logit lens of one prompt with probabilities (softmax in float32).
+) -> LensResult: ...
+def lens(
+    model: InterpretableModel,
+    inputs: Any,
+    layers: Layers = None,
+    top_k: int = 5,
+    target: int | str | None = None,
+    interventions: dict[str, InterventionFn] | None = None,
+) -> LensResult | list[LensResult]:
+    """Logit lens of one prompt with probabilities (softmax in float32); of a list of prompts
+    (see :func:`prompt_list`), a list of results, one per prompt and cut to its own tokens.
 
     ``target`` (a token id or a one-token string) adds its probability at the last position
-    for every layer; ``interventions`` are applied during the forward pass.
+    (each prompt's last real token) for every layer; ``interventions`` are applied during the
+    forward pass.  A list runs as one right-padded forward and one projection of every
+    prompt's real tokens.
     """
     _check_positive("top_k", top_k)
     unembed = model.unembedder
     target_id = None if target is None else model.token_id(target)
-    indices, hidden, trace = _residuals(model, inputs, layers, interventions)
-    return _result(model, indices, unembed(hidden), trace, top_k, target_id)
+    res = _residuals(model, inputs, layers, interventions)
+    results = _results(model, res, unembed(res.flat()), top_k, target_id)
+    return results if res.batched else results[0]
 
 
+def _positions(position: Any, lengths: list[int]) -> list[int]:
+    """``position`` (negative from the end) as an index into each row's real tokens."""
+    out = []
+    for b, length in enumerate(lengths):
+        if not is_int(position) or not -length <= position < length:
+            which = f"prompt {b} has" if len(lengths) > 1 else "a prompt of"
+            raise InputError(f"position {position!r} is out of range: {which} {length} tokens")
+        out.append(int(position) % length)
+    return out
+
+
+@overload
+def logit_lens(
+    model: InterpretableModel,
+    text: list[str] | tuple[str, ...] | list[list[int]],
+    top_k: int = 1,
+    layers: Layers = None,
+    position: int | None = None,
+    plot: bool = False,
+    max_display_tokens: int = 15,
+    figsize: tuple[float, float] = (16, 10),
+    cmap: str = "viridis",
+) -> list[LogitLens]: ...
+@overload
 def logit_lens(
     model: InterpretableModel,
     text: Any,
@@ -194,48 +311,73 @@ def logit_lens(
     max_display_tokens: int = 15,
     figsize: tuple[float, float] = (16, 10),
     cmap: str = "viridis",
-) -> LogitLens:
+) -> LogitLens: ...
+def logit_lens(
+    model: InterpretableModel,
+    text: Any,
+    top_k: int = 1,
+    layers: Layers = None,
+    position: int | None = None,
+    plot: bool = False,
+    max_display_tokens: int = 15,
+    figsize: tuple[float, float] = (16, 10),
+    cmap: str = "viridis",
+) -> LogitLens | list[LogitLens]:
     """What each layer predicts at each position: ``{layer: [[(id, logit, text), ...] per
-    position]}`` with the ``top_k`` best tokens, best first.
+    position]}`` with the ``top_k`` best tokens, best first.  A list of prompts (see
+    :func:`prompt_list`) gives a list of such dicts, one per prompt, each over its own
+    tokens only, from one forward over the padded batch and one projection.
 
-    ``position=p`` (negative counts from the end) gives ``{layer: [(id, logit, text), ...]}``
-    for that position only.  ``layers`` picks layers (default all; keys are non-negative
-    indices).  ``plot=True`` prints a layers x positions grid of top tokens coloured by
-    probability (colour map ``cmap``) for the last ``max_display_tokens`` positions;
-    ``figsize[0]`` sets its width at about 10 terminal columns per unit.
+    ``position=p`` (negative counts from the end of each prompt: ``-1`` is its last token)
+    gives ``{layer: [(id, logit, text), ...]}`` for that position only.  ``layers`` picks
+    layers (default all; keys are non-negative indices).  ``plot=True`` prints a layers x
+    positions grid of top tokens coloured by probability (colour map ``cmap``) for the last
+    ``max_display_tokens`` positions, one grid per prompt; ``figsize[0]`` sets its width at
+    about 10 terminal columns per unit.
     """
     _check_positive("top_k", top_k)
     if plot:  # bad plot settings fail before the model runs
         _check_positive("max_display_tokens", max_display_tokens)
         plotting.color_at(cmap, 0.0)
     unembed = model.unembedder
-    indices, hidden, trace = _residuals(model, text, layers)
-    seq = hidden.shape[1]
-    if position is not None:
-        if not is_int(position) or not -seq <= position < seq:
-            raise InputError(f"position {position!r} is out of range for a prompt of {seq} tokens")
-        position = int(position) % seq
-    if position is None or plot:  # the plot shows every position
-        logits = unembed(hidden)
-        picked = logits if position is None else logits[:, position : position + 1]
+    res = _residuals(model, text, layers)
+    picks = None if position is None else _positions(position, res.lengths)
+    logits = None
+    if picks is None or plot:  # the plot shows every position
+        logits = unembed(res.flat())
+    if picks is None:
+        picked, counts = cast(mx.array, logits), res.lengths
+    elif logits is None:
+        picked, counts = unembed(res.flat(list(enumerate(picks)))), [1] * len(picks)
     else:
-        logits = picked = unembed(hidden[:, position : position + 1])
+        starts = itertools.accumulate(res.lengths, initial=0)
+        picked = logits[:, mx.array([s + p for s, p in zip(starts, picks, strict=False)])]
+        counts = [1] * len(picks)
     ids, scores = top_entries(picked, top_k)
     text_of = functools.cache(model.token_text)  # each id decoded once
-    rows = [
+    cells = [
         [
             [(i, s, text_of(i)) for i, s in zip(cell_ids, cell_scores, strict=True)]
             for cell_ids, cell_scores in zip(row_ids, row_scores, strict=True)
         ]
         for row_ids, row_scores in zip(
-            cast(list[list[list[int]]], ids.tolist()),  # (layers, positions, k)
+            cast(list[list[list[int]]], ids.tolist()),  # (layers, cells, k)
             cast(list[list[list[float]]], scores.tolist()),
             strict=True,
         )
     ]
+    per_layer = [_split(layer_cells, counts) for layer_cells in cells]  # [layer][row][position]
     if plot:
-        width = max(4, min(12, (int(figsize[0] * 10) - 6) // max(1, min(seq, max_display_tokens))))
-        print(_result(model, indices, logits, trace, 1).heatmap(max_display_tokens, cmap, width))
-    if position is not None:
-        return {layer: row[0] for layer, row in zip(indices, rows, strict=True)}
-    return dict(zip(indices, rows, strict=True))
+        for length, result in zip(
+            res.lengths, _results(model, res, cast(mx.array, logits), 1), strict=True
+        ):
+            cols = max(1, min(length, max_display_tokens))
+            width = max(4, min(12, (int(figsize[0] * 10) - 6) // cols))
+            print(result.heatmap(max_display_tokens, cmap, width))
+    out: list[LogitLens] = [
+        {layer: rows[b][0] for layer, rows in zip(res.layers, per_layer, strict=True)}
+        if picks is not None
+        else {layer: rows[b] for layer, rows in zip(res.layers, per_layer, strict=True)}
+        for b in range(len(res.lengths))
+    ]
+    return out if res.batched else out[0]

@@ -12,8 +12,9 @@ into the percentage of the clean-vs-corrupted gap that a patch closes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
@@ -91,33 +92,70 @@ def answer_ids(model: InterpretableModel, answer: Sequence[Answer] | None) -> tu
     return model.token_id(clean), model.token_id(corrupted)
 
 
+def answer_pairs(model: InterpretableModel, answer: Any, count: int) -> list[tuple[int, int]]:
+    """The answer pairs of ``count`` (clean, corrupted) prompt pairs: one pair for all of them
+    (``[(clean_id, corrupted_id)]``) or one per prompt pair (a list of ``count`` pairs)."""
+    if (
+        isinstance(answer, (list, tuple))
+        and answer
+        and all(isinstance(a, (list, tuple)) for a in answer)
+    ):
+        if len(answer) != count:
+            raise InputError(
+                f"answer holds {len(answer)} answer pairs for {count} prompt pairs: give one "
+                "(clean_answer, corrupted_answer) pair for all of them or one per prompt pair"
+            )
+        return [answer_ids(model, a) for a in answer]
+    return [answer_ids(model, answer)]
+
+
 class Metric:
-    """One metric, bound to what it compares against: ``metric(logits) -> (batch,)`` float32.
+    """One metric, bound to what it compares against: ``metric(logits) -> (rows,)`` float32.
 
     Distances measure the way to the clean logits; ``logit_diff`` reads the answer pair.
+    ``clean_logits`` is one row ``(vocab,)`` that every scored row is compared with, or
+    ``(rows, vocab)``: one reference per scored row.  Likewise ``answer`` is one
+    ``(clean_id, corrupted_id)`` pair or a list of them, one per row.  ``select`` picks the
+    references of some rows, so one metric scores a batch that mixes prompt pairs.
     """
 
-    def __init__(self, name: str, clean_logits: mx.array, answer: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        name: str,
+        clean_logits: mx.array,
+        answer: tuple[int, int] | list[tuple[int, int]] | None = None,
+    ):
         check_metric(name)
+        self.answers: mx.array | None = None  # (1 or rows, 2) token ids
         if name == "logit_diff":
             if answer is None:
                 raise InputError("metric='logit_diff' needs answer=(clean_id, corrupted_id)")
+            pairs = answer if isinstance(answer, list) else [answer]
             vocab = clean_logits.shape[-1]
-            for token_id in answer:
+            for token_id in (t for pair in pairs for t in pair):
                 if token_id >= vocab:
                     raise InputError(
                         f"answer token id {token_id} is outside the vocabulary ({vocab} tokens)"
                     )
+            self.answers = mx.array(pairs, dtype=mx.int32).reshape(-1, 2)
         self.name = name
         self.clean_logits = clean_logits.astype(mx.float32)
-        self.answer = answer
+
+    def select(self, rows: mx.array) -> Metric:
+        """This metric with the references (clean logits, answers) of ``rows`` only: row ``i``
+        of what the result scores is compared with reference ``rows[i]``."""
+        picked = copy.copy(self)
+        if self.clean_logits.ndim == 2:
+            picked.clean_logits = self.clean_logits[rows]
+        if self.answers is not None and self.answers.shape[0] > 1:
+            picked.answers = self.answers[rows]
+        return picked
 
     def __call__(self, logits: mx.array) -> mx.array:
-        if self.name != "logit_diff" or self.answer is None:  # the answer comes with logit_diff
+        if self.answers is None:  # the answers come with logit_diff
             return DISTANCES[self.name](logits, self.clean_logits)
-        rows = _rows(logits)
-        a, b = self.answer
-        return rows[:, a] - rows[:, b]
+        picked = mx.take_along_axis(_rows(logits), self.answers, axis=-1)  # (rows, 2)
+        return picked[:, 0] - picked[:, 1]
 
 
 def recovery(

@@ -362,13 +362,15 @@ class InterpretableModel:
         position: int | None = None,
         plot: bool = False,
         **kwargs: Any,
-    ) -> LogitLens:
-        """Top predictions of every layer at every position; see ``mlxterp.lens.logit_lens``."""
+    ) -> LogitLens | list[LogitLens]:
+        """Top predictions of every layer at every position (one dict per prompt for a list
+        of prompts); see ``mlxterp.lens.logit_lens``."""
         from .lens import logit_lens
 
-        return logit_lens(
+        result: LogitLens | list[LogitLens] = logit_lens(
             self, text, top_k=top_k, layers=layers, position=position, plot=plot, **kwargs
         )
+        return result
 
     def activation_patching(
         self,
@@ -379,8 +381,9 @@ class InterpretableModel:
         metric: str = "l2",
         plot: bool = False,
         **kwargs: Any,
-    ) -> dict[int, float] | PatchingResult:
-        """Recovery % per layer from patching clean into corrupted; see ``mlxterp.patching``."""
+    ) -> dict[int, float] | PatchingResult | list[dict[int, float]] | list[PatchingResult]:
+        """Recovery % per layer from patching clean into corrupted (one result per pair for
+        lists of prompts); see ``mlxterp.patching``."""
         from .patching import activation_patching
 
         return activation_patching(
@@ -396,11 +399,15 @@ class InterpretableModel:
 
     def attribution_patching(
         self, clean_text: Any, corrupted_text: Any, **kwargs: Any
-    ) -> AttributionResult:
-        """Gradient estimate of every layer x position patch; see ``mlxterp.attribution``."""
+    ) -> AttributionResult | list[AttributionResult]:
+        """Gradient estimate of every layer x position patch (one result per pair for lists
+        of prompts); see ``mlxterp.attribution``."""
         from .attribution import attribution_patching
 
-        return attribution_patching(self, clean_text, corrupted_text, **kwargs)
+        result: AttributionResult | list[AttributionResult] = attribution_patching(
+            self, clean_text, corrupted_text, **kwargs
+        )
+        return result
 
     def head_outputs(self, inputs: Any, layers: Layers = None) -> dict[int, mx.array]:
         """Each head's share of the attention output per layer, ``(batch, seq, heads,

@@ -11,14 +11,23 @@ with ``n = min(len(clean), len(corrupted))`` tokens, corrupted position ``len(co
 receives clean position ``len(clean) - k`` for ``k = 1..n``; earlier positions of the longer
 prompt are never patched.  Metrics always compare the final-position logits.
 
-**Speed.**  The clean and corrupted prompts run once each; then every patched run of the
-sweep goes through one batched forward (or a few, ``batch_size`` rows at a time): the
-corrupted input is tiled, and row ``r`` has only its own layer's component replaced (a
-row mask).  Rows are ordered by layer, and a batch whose first patched layer is ``a``
-starts from the corrupted run's output of layer ``a - 1``: that layer's output is replaced
-by the stored value, so MLX (lazy) never computes the layers below it.  This works on any
-architecture whose layers feed each other in order, and is exact everywhere (models that
-call a layer more than once per forward run every batch from the start).
+**Lists of pairs.**  ``clean_text`` and ``corrupted_text`` may be equal-length lists of
+prompts (see ``mlxterp.lens.prompt_list``): pair ``q`` is ``(clean_text[q],
+corrupted_text[q])`` and keeps every rule above on its own (alignment, positions counted in
+its corrupted prompt, its own final position, its own answer pair when ``answer`` lists one
+per pair).  ``patching_sweep`` then returns a :class:`PatchingBatch`: one
+:class:`PatchingResult` per pair plus the mean recovery per layer.
+
+**Speed.**  The clean prompts run once (one right-padded batch), the corrupted ones once;
+then every patched run of the sweep — every pair x layer — goes through one batched forward
+(or a few, ``batch_size`` rows at a time): row ``r`` is its pair's corrupted input with only
+its own layer's component replaced (a row mask), and its metric is read at its pair's last
+real token (right padding leaves the earlier positions of a causal model untouched).  Rows
+are ordered by layer, and a batch whose first patched layer is ``a`` starts from the
+corrupted run's output of layer ``a - 1`` (each row its own pair's): that layer's output is
+replaced by the stored value, so MLX (lazy) never computes the layers below it.  This works
+on any architecture whose layers feed each other in order, and is exact everywhere (models
+that call a layer more than once per forward run every batch from the start).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast, overload
 
 import mlx.core as mx
 import numpy as np
@@ -35,15 +44,16 @@ from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
 from .inputs import PreparedInput, int_list
-from .metrics import Metric, answer_ids, check_metric, recovery
+from .lens import prompt_list
+from .metrics import Metric, answer_pairs, check_metric, recovery
 
 if TYPE_CHECKING:
     from .interventions import InterventionFn
     from .model import InterpretableModel
     from .tracing import Trace
 
-PatchRow = tuple[int, tuple[int, ...]]
-"""One patched run of a sweep: the index into its layers and the positions patched."""
+PatchRow = tuple[int, int, tuple[int, ...]]
+"""One patched run of a sweep: its pair, the index into its layers and the positions patched."""
 
 # Without batch_size: at most this many tokens per batched forward, and the rows split into
 # at least this many groups of layers, so later groups start from stored residuals.
@@ -132,14 +142,69 @@ class PatchingResult:
                 color=color,
                 title=f"Recovery % patching {self.component} (rows: layers, columns: positions)",
             )
-        fig = plotting.bar_chart(
-            self.layers,
-            [self.recovery[layer] for layer in self.layers],
-            title=f"Recovery % patching {self.component} ({self.metric})",
-            xlabel="layer",
-            ylabel="recovery %",
+        title = f"Recovery % patching {self.component} ({self.metric})"
+        return _recovery_chart(self.recovery, title, width, height, color)
+
+
+class PatchingBatchSummary(TypedDict):
+    """``PatchingBatch.to_summary()``: the mean recovery in ``layers`` order, and each pair's
+    summary."""
+
+    metric: str
+    component: str
+    layers: list[int]
+    mean_recovery: list[float]
+    pairs: list[PatchingSummary]
+
+
+class PatchingBatch(list[PatchingResult]):
+    """A sweep over a list of (clean, corrupted) pairs: a list of each pair's
+    :class:`PatchingResult`, in the order of the pairs, with their mean recovery per layer."""
+
+    @property
+    def layers(self) -> list[int]:
+        return self[0].layers
+
+    @property
+    def mean_recovery(self) -> dict[int, float]:
+        """Recovery percent per layer, averaged over the pairs with a gap to recover.
+
+        A pair whose clean and corrupted runs give the same metric value (its ``note`` says
+        so) has nothing to recover and is left out; every mean is 0 if no pair has a gap.
+        """
+        counted = [r for r in self if r.note is None]
+        return {
+            layer: sum(r.recovery[layer] for r in counted) / len(counted) if counted else 0.0
+            for layer in self.layers
+        }
+
+    def to_summary(self) -> PatchingBatchSummary:
+        """Plain values to store and compare."""
+        mean = self.mean_recovery
+        return {
+            "metric": self[0].metric,
+            "component": self[0].component,
+            "layers": list(self.layers),
+            "mean_recovery": [mean[layer] for layer in self.layers],
+            "pairs": [r.to_summary() for r in self],
+        }
+
+    def chart(self, width: int = 80, height: int = 20, color: bool = True) -> str:
+        """The mean recovery per layer as a terminal bar chart."""
+        first = self[0]
+        title = (
+            f"Mean recovery % over {len(self)} pairs patching {first.component} ({first.metric})"
         )
-        return plotting.to_text(fig, width, height, color)
+        return _recovery_chart(self.mean_recovery, title, width, height, color)
+
+
+def _recovery_chart(
+    recovery: dict[int, float], title: str, width: int, height: int, color: bool
+) -> str:
+    fig = plotting.bar_chart(
+        list(recovery), list(recovery.values()), title=title, xlabel="layer", ylabel="recovery %"
+    )
+    return plotting.to_text(fig, width, height, color)
 
 
 def activation_patching(
@@ -151,12 +216,12 @@ def activation_patching(
     metric: str = "l2",
     plot: bool = False,
     positions: int | Sequence[int] | None = None,
-    answer: Sequence[int | str] | None = None,
+    answer: Sequence[Any] | None = None,
     by_position: bool = False,
     figsize: tuple[float, float] = (12, 8),
     cmap: str = "RdBu_r",
     batch_size: int | None = None,
-) -> dict[int, float] | PatchingResult:
+) -> dict[int, float] | PatchingResult | list[dict[int, float]] | list[PatchingResult]:
     """Recovery percent per layer from patching the clean ``component`` into the corrupted run.
 
     Returns ``{layer: recovery_percent}``; with ``by_position=True`` the whole
@@ -168,8 +233,14 @@ def activation_patching(
     the end) limits where patches go.  Prompts of different lengths are right-aligned (see
     the module docstring).  ``plot=True`` prints a terminal chart (``figsize[0]`` sets its
     width at about 10 columns per unit; ``cmap`` colours the by-position grid).
+
+    Equal-length lists of clean and corrupted prompts patch every pair in the same batched
+    forwards and return a list with one result per pair (what one pair returns);
+    ``answer`` is then one pair for all or a list of one per pair, and ``plot=True`` prints
+    the mean recovery per layer (:attr:`PatchingBatch.mean_recovery`, which
+    :func:`patching_sweep` returns with the per-pair results).
     """
-    result = patching_sweep(
+    result: PatchingResult | PatchingBatch = patching_sweep(
         model,
         clean_text,
         corrupted_text,
@@ -184,10 +255,34 @@ def activation_patching(
     if plot:
         columns = shutil.get_terminal_size((100, 24)).columns
         width = max(40, min(columns, int(figsize[0] * 10)))
-        print(result.chart(width=width, height=max(12, int(figsize[1] * 2.5)), cmap=cmap))
+        height = max(12, int(figsize[1] * 2.5))
+        if isinstance(result, PatchingBatch):
+            print(result.chart(width=width, height=height))
+        else:
+            print(result.chart(width=width, height=height, cmap=cmap))
+    if isinstance(result, PatchingBatch):
+        return list(result) if by_position else [r.recovery for r in result]
     return result if by_position else result.recovery
 
 
+Prompts = list[str] | tuple[str, ...] | list[list[int]]
+"""A list of prompts (see ``mlxterp.lens.prompt_list``)."""
+
+
+@overload
+def patching_sweep(
+    model: InterpretableModel,
+    clean_text: Prompts,
+    corrupted_text: Prompts,
+    component: str | None = "mlp",
+    layers: Layers = None,
+    metric: str = "l2",
+    positions: int | Sequence[int] | None = None,
+    answer: Sequence[Any] | None = None,
+    by_position: bool = False,
+    batch_size: int | None = None,
+) -> PatchingBatch: ...
+@overload
 def patching_sweep(
     model: InterpretableModel,
     clean_text: Any,
@@ -196,11 +291,25 @@ def patching_sweep(
     layers: Layers = None,
     metric: str = "l2",
     positions: int | Sequence[int] | None = None,
-    answer: Sequence[int | str] | None = None,
+    answer: Sequence[Any] | None = None,
     by_position: bool = False,
     batch_size: int | None = None,
-) -> PatchingResult:
-    """The sweep behind :func:`activation_patching`, as a :class:`PatchingResult`.
+) -> PatchingResult: ...
+def patching_sweep(
+    model: InterpretableModel,
+    clean_text: Any,
+    corrupted_text: Any,
+    component: str | None = "mlp",
+    layers: Layers = None,
+    metric: str = "l2",
+    positions: int | Sequence[int] | None = None,
+    answer: Sequence[Any] | None = None,
+    by_position: bool = False,
+    batch_size: int | None = None,
+) -> PatchingResult | PatchingBatch:
+    """The sweep behind :func:`activation_patching`, as a :class:`PatchingResult`; for lists
+    of clean and corrupted prompts, a :class:`PatchingBatch` (one result per pair and the
+    mean recovery per layer).
 
     ``batch_size`` bounds the patched runs per forward (default: about 2048 tokens' worth).
     """
@@ -209,46 +318,70 @@ def patching_sweep(
     setup = prepare_patching(
         model, clean_text, corrupted_text, component, layers, metric, answer, positions
     )
-    indices, sites, cols, score = setup.layers, setup.sites, setup.positions, setup.score
-    corrupted_array = setup.corrupted.array
-    patches = dict(zip(sites, setup.targets, strict=True))
+    indices, score, pairs = setup.layers, setup.score, len(setup.lengths)
 
-    rows: list[PatchRow] = [(j, tuple(cols)) for j in range(len(indices))]
+    rows: list[PatchRow] = [
+        (q, j, tuple(cols)) for q, cols in enumerate(setup.positions) for j in range(len(indices))
+    ]
     if by_position:
-        rows += [(j, (p,)) for j in range(len(indices)) for p in cols]
-    rows = sorted(dict.fromkeys(rows), key=lambda row: indices[row[0]])
+        rows += [
+            (q, j, (p,))
+            for q, cols in enumerate(setup.positions)
+            for j in range(len(indices))
+            for p in cols
+        ]
+    rows = sorted(dict.fromkeys(rows), key=lambda row: indices[row[1]])
+    width = setup.corrupted.array.shape[1]
     per_forward = batch_size or max(
-        1, min(DEFAULT_BATCH_TOKENS // corrupted_array.shape[1], -(-len(rows) // PREFIX_GROUPS))
+        1, min(DEFAULT_BATCH_TOKENS // width, -(-len(rows) // PREFIX_GROUPS))
     )
     chunks = [rows[k : k + per_forward] for k in range(0, len(rows), per_forward)]
-    starts = sorted({indices[chunk[0][0]] for chunk in chunks} - {0})
+    starts = sorted({indices[chunk[0][1]] for chunk in chunks} - {0})
     residuals = [model.layer_name(s - 1) for s in starts]
 
-    corrupted = model.run(corrupted_array, capture=residuals)
-    clean_value = _float(score(setup.clean.output[:, -1]))
-    corrupted_value = _float(score(corrupted.output[:, -1]))
+    corrupted = model.run(setup.corrupted.array, capture=residuals)
+    clean_values = _floats(score(score.clean_logits))
+    corrupted_values = _floats(score(setup.final(corrupted.output, mx.arange(pairs))))
 
     # a layer called more than once per forward (shared weights) has no single output to
     # start from: run such models from the embedding
     reuse = all(corrupted.call_counts.get(name) == 1 for name in residuals)
     values: dict[PatchRow, float] = {}
     for chunk in chunks:
-        start = indices[chunk[0][0]] if reuse else 0
-        prefix = (
-            {model.layer_name(start - 1): corrupted.activations[model.layer_name(start - 1)]}
-            if start > 0
-            else {}
-        )
-        out = _patched_run(model, corrupted_array, chunk, sites, patches, prefix)
-        scores = cast(list[float], score(out).tolist())  # one per row of the chunk
-        values.update(zip(chunk, scores, strict=True))
+        owners = mx.array([row[0] for row in chunk])
+        start = indices[chunk[0][1]] if reuse else 0
+        below = model.layer_name(start - 1) if start > 0 else None
+        prefix = {below: setup.rows_of(corrupted.activations[below], owners)} if below else {}
+        out = _patched_run(model, setup, chunk, owners, prefix)
+        values.update(zip(chunk, _floats(score.select(owners)(out)), strict=True))
 
-    layer_values = {indices[j]: values[(j, tuple(cols))] for j in range(len(indices))}
+    results = [
+        _pair_result(
+            model, setup, q, values, clean_values[q], corrupted_values[q], by_position, metric
+        )
+        for q in range(pairs)
+    ]
+    return PatchingBatch(results) if setup.batched else results[0]
+
+
+def _pair_result(
+    model: InterpretableModel,
+    setup: PatchingSetup,
+    pair: int,
+    values: dict[PatchRow, float],
+    clean_value: float,
+    corrupted_value: float,
+    by_position: bool,
+    metric: str,
+) -> PatchingResult:
+    """Pair ``pair``'s result from the metric value of every patched run of the sweep."""
+    indices, cols = setup.layers, setup.positions[pair]
+    layer_values = {indices[j]: values[(pair, j, tuple(cols))] for j in range(len(indices))}
     recovered, note = recovery(list(layer_values.values()), clean_value, corrupted_value)
     matrix = None
     if by_position:
         matrix = [
-            recovery([values[(j, (p,))] for p in cols], clean_value, corrupted_value)[0]
+            recovery([values[(pair, j, (p,))] for p in cols], clean_value, corrupted_value)[0]
             for j in range(len(indices))
         ]
     return PatchingResult(
@@ -257,10 +390,10 @@ def patching_sweep(
         clean_value=clean_value,
         corrupted_value=corrupted_value,
         metric=metric,
-        component=component or "output",
+        component=setup.component,
         layers=indices,
         positions=cols,
-        tokens=setup.tokens(model),
+        tokens=setup.tokens(model, pair),
         values=layer_values,
         matrix=matrix,
         note=note,
@@ -269,24 +402,44 @@ def patching_sweep(
 
 @dataclass
 class PatchingSetup:
-    """What activation and attribution patching share: the layers and their component
-    sites, the clean trace, the bound metric, the corrupted input, the corrupted positions
-    to patch and each site's clean activation right-aligned to the corrupted prompt."""
+    """What activation and attribution patching share, for one pair or a list of pairs.
+
+    The layers and their component sites; the clean trace (one row per pair, right-padded);
+    the bound metric (one clean reference and answer pair per pair); the corrupted input
+    (one row per pair, right-padded) and its real lengths; each pair's corrupted positions
+    to patch; and each site's clean activations right-aligned to the corrupted prompts,
+    ``(pairs, corrupted seq, ...)``.
+    """
 
     layers: list[int]
     sites: list[str]
+    component: str
     clean: Trace
     score: Metric
     corrupted: PreparedInput
-    positions: list[int]
+    lengths: list[int]
+    positions: list[list[int]]
     targets: list[mx.array]
+    batched: bool  # the prompts came as lists (results are lists)
 
-    def tokens(self, model: InterpretableModel) -> list[str]:
-        """The text of the corrupted tokens at ``positions`` (ids or indices without one)."""
-        ids = self.corrupted.tokens[0] if self.corrupted.tokens else None
-        if ids is None:
-            return [str(p) for p in self.positions]
-        return [model.token_text(ids[p]) for p in self.positions]
+    def rows_of(self, values: mx.array, owners: mx.array) -> mx.array:
+        """Per-pair ``values`` (pairs, ...) for rows owned by the pairs ``owners``; one pair's
+        values stay one row, which broadcasts over every row."""
+        return values if len(self.lengths) == 1 else values[owners]
+
+    def final(self, logits: mx.array, owners: mx.array) -> mx.array:
+        """Logits ``(rows, seq, vocab)`` at each row's last real position (its pair's)."""
+        last = mx.array(self.lengths)[owners] - 1
+        return logits[mx.arange(logits.shape[0]), last]
+
+    def tokens(self, model: InterpretableModel, pair: int) -> list[str]:
+        """The text of pair ``pair``'s corrupted tokens at its positions (ids or indices
+        without one)."""
+        cols = self.positions[pair]
+        if not self.corrupted.tokens:
+            return [str(p) for p in cols]
+        ids = self.corrupted.tokens[pair]
+        return [model.token_text(ids[p]) for p in cols]
 
 
 def prepare_patching(
@@ -296,64 +449,118 @@ def prepare_patching(
     component: str | None,
     layers: Layers,
     metric: str,
-    answer: Sequence[int | str] | None,
+    answer: Sequence[Any] | None,
     positions: int | Sequence[int] | None = None,
 ) -> PatchingSetup:
-    """Check the arguments (before any forward pass), run the clean prompt once capturing the
-    component of every layer, and right-align it with the corrupted prompt."""
+    """Check the arguments (before any forward pass), run the clean prompts once (one padded
+    batch) capturing the component of every layer, and right-align each with its corrupted
+    prompt."""
     if component is not None and not isinstance(component, str):
         raise InputError(f"component must be a module name such as 'mlp'; got {component!r}")
     check_metric(metric)
     indices = layer_indices(model, layers)
     sites = [model.layer_name(i, component) for i in indices]  # unknown names raise here
-    answer_pair = answer_ids(model, answer) if metric == "logit_diff" else None
+    batched = _pair_count(clean_text, corrupted_text) is not None
     clean_input, corrupted = model.prepare(clean_text), model.prepare(corrupted_text)
-    for which, prepared in (("clean_text", clean_input), ("corrupted_text", corrupted)):
-        if prepared.array.shape[0] != 1:
-            raise InputError(
-                f"{which} must be one prompt, not a batch of {prepared.array.shape[0]}"
-            )
-    clean_len, corrupted_len = clean_input.array.shape[1], corrupted.array.shape[1]
-    cols = _patch_positions(positions, corrupted_len, min(clean_len, corrupted_len))
+    if batched:  # one width for both runs: a pair of identical prompts runs bit for bit alike
+        width = max(clean_input.array.shape[1], corrupted.array.shape[1])
+        clean_input, corrupted = _widened(clean_input, width), _widened(corrupted, width)
+    else:
+        for which, prepared in (("clean_text", clean_input), ("corrupted_text", corrupted)):
+            if prepared.array.shape[0] != 1:
+                raise InputError(
+                    f"{which} must be one prompt, not a batch of {prepared.array.shape[0]}; "
+                    "to patch several pairs give lists of clean and corrupted prompts"
+                )
+    pairs = clean_input.array.shape[0]
+    answers = answer_pairs(model, answer, pairs) if metric == "logit_diff" else None
+    clean_lengths = clean_input.lengths or [clean_input.array.shape[1]]
+    corrupted_lengths = corrupted.lengths or [corrupted.array.shape[1]]
+    cols = [
+        _patch_positions(positions, k, min(c, k), q if batched else None)
+        for q, (c, k) in enumerate(zip(clean_lengths, corrupted_lengths, strict=True))
+    ]
     clean = model.run(clean_input.array, capture=sites)
     if clean.output.ndim != 3:
         raise InputError(
             "patching compares final-position logits, so the model must output (batch, seq, "
             f"vocab); it gave shape {tuple(clean.output.shape)}"
         )
-    targets = [_right_aligned(clean.activations[s], clean_len, corrupted_len, s) for s in sites]
+    clean_final = clean.output[mx.arange(pairs), mx.array(clean_lengths) - 1]
+    widths = clean_input.array.shape[1], corrupted.array.shape[1]
+    targets = [
+        _right_aligned(clean.activations[s], clean_lengths, corrupted_lengths, *widths, s)
+        for s in sites
+    ]
     return PatchingSetup(
         indices,
         sites,
+        component or "output",
         clean,
-        Metric(metric, clean.output[0, -1], answer_pair),
+        Metric(metric, clean_final, answers),
         corrupted,
+        corrupted_lengths,
         cols,
         targets,
+        batched,
     )
+
+
+def _widened(prepared: PreparedInput, width: int) -> PreparedInput:
+    """Token rows right-padded to ``width`` (what the padding holds never reaches a real
+    position of a causal model)."""
+    pad = width - prepared.array.shape[1]
+    array = mx.pad(prepared.array, [(0, 0), (0, pad)]) if pad else prepared.array
+    return PreparedInput(array, tokens=prepared.tokens, texts=prepared.texts)
+
+
+def _pair_count(clean_text: Any, corrupted_text: Any) -> int | None:
+    """How many pairs two lists of prompts make; None for one pair of single prompts."""
+    for which, value in (("clean_text", clean_text), ("corrupted_text", corrupted_text)):
+        if isinstance(value, (list, tuple)) and not value:
+            raise InputError(
+                f"{which} is an empty list; give one prompt, or a list of prompts (one per pair)"
+            )
+    clean, corrupted = prompt_list(clean_text), prompt_list(corrupted_text)
+    if clean is None and corrupted is None:
+        return None
+    if clean is None or corrupted is None:
+        listed = "clean_text" if clean is not None else "corrupted_text"
+        raise InputError(
+            f"{listed} is a list of prompts but the other is one prompt: give both as one "
+            "prompt, or both as lists of prompts (one clean and one corrupted per pair)"
+        )
+    if len(clean) != len(corrupted):
+        raise InputError(
+            f"clean_text holds {len(clean)} prompts and corrupted_text {len(corrupted)}: the "
+            "lists pair up one to one, so they must be equally long"
+        )
+    return len(clean)
 
 
 def _patched_run(
     model: InterpretableModel,
-    corrupted: mx.array,
+    setup: PatchingSetup,
     chunk: list[PatchRow],
-    sites: list[str],
-    patches: dict[str, mx.array],
+    owners: mx.array,
     prefix: dict[str, mx.array],
 ) -> mx.array:
-    """One forward of the corrupted input tiled to one row per patch; final-position logits."""
-    batch, seq = len(chunk), corrupted.shape[1]
-    masks: dict[str, np.ndarray] = {}
-    for r, (j, cols) in enumerate(chunk):
-        mask = masks.setdefault(sites[j], np.zeros((batch, seq), dtype=bool))
+    """One forward with a row per patched run of ``chunk`` (its pair's corrupted input, its
+    own patch): the logits at each row's final position, ``(rows, vocab)``."""
+    batch, seq = len(chunk), setup.corrupted.array.shape[1]
+    masks: dict[int, np.ndarray] = {}
+    for r, (_, j, cols) in enumerate(chunk):
+        mask = masks.setdefault(j, np.zeros((batch, seq), dtype=bool))
         mask[r, list(cols)] = True
     interventions: dict[str, InterventionFn] = {
         name: _constant(value) for name, value in prefix.items()
     }
-    for site, mask in masks.items():
-        interventions[site] = _row_patch(patches[site], mx.array(mask))
-    tiled = mx.broadcast_to(corrupted, (batch, *corrupted.shape[1:]))
-    return model.run(tiled, interventions=interventions, capture=[]).output[:, -1]
+    for j, mask in masks.items():
+        value = setup.rows_of(setup.targets[j], owners)
+        interventions[setup.sites[j]] = _row_patch(value, mx.array(mask))
+    inputs = setup.corrupted.array[owners]
+    out = model.run(inputs, interventions=interventions, capture=[]).output
+    return setup.final(out, owners)
 
 
 def _row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
@@ -370,20 +577,38 @@ def _constant(value: mx.array) -> Callable[[mx.array], mx.array]:
     return lambda x: value
 
 
-def _right_aligned(act: mx.array, clean_len: int, corrupted_len: int, site: str) -> mx.array:
-    """The clean activation laid over the corrupted positions, final tokens matched."""
-    if act.ndim < 2 or act.shape[0] != 1 or act.shape[1] != clean_len:
+def _right_aligned(
+    act: mx.array,
+    clean_lengths: list[int],
+    corrupted_lengths: list[int],
+    clean_width: int,
+    width: int,
+    site: str,
+) -> mx.array:
+    """Each pair's clean activation (``clean_width`` positions per row) laid over its
+    corrupted positions, final tokens matched: ``(pairs, width, ...)`` with ``width`` the
+    corrupted input's; zero where a corrupted position has no clean one."""
+    pairs, clean_seq = len(clean_lengths), clean_width
+    if act.ndim < 2 or act.shape[0] != pairs or act.shape[1] != clean_seq:
         raise InputError(
-            f"{site} outputs shape {tuple(act.shape)}; patching needs (1, seq, ...) with the "
-            f"prompt's {clean_len} positions on axis 1"
+            f"{site} outputs shape {tuple(act.shape)}; patching needs ({pairs}, seq, ...) with "
+            f"the clean input's {clean_seq} positions on axis 1"
         )
-    if clean_len >= corrupted_len:
-        return act[:, clean_len - corrupted_len :]
-    pad = mx.zeros((1, corrupted_len - clean_len, *act.shape[2:]), dtype=act.dtype)
-    return mx.concatenate([pad, act], axis=1)
+    clean_len = np.array(clean_lengths)[:, None]
+    corrupted_len = np.array(corrupted_lengths)[:, None]
+    t = np.arange(width)[None, :]
+    source = t - corrupted_len + clean_len  # the clean position each corrupted one receives
+    valid = (source >= 0) & (t < corrupted_len)
+    flat = np.where(valid, source + np.arange(pairs)[:, None] * clean_seq, 0).reshape(-1)
+    rest = act.shape[2:]
+    taken = mx.take(act.reshape(pairs * clean_seq, *rest), mx.array(flat), axis=0)
+    mask = mx.array(valid).reshape(*valid.shape, *(1,) * len(rest))
+    return mx.where(mask, taken.reshape(*valid.shape, *rest), 0)
 
 
-def _patch_positions(positions: int | Sequence[int] | None, length: int, shared: int) -> list[int]:
+def _patch_positions(
+    positions: int | Sequence[int] | None, length: int, shared: int, pair: int | None = None
+) -> list[int]:
     """Corrupted-prompt positions to patch: the shared final ``shared`` ones by default."""
     first = length - shared
     if positions is None:
@@ -391,18 +616,19 @@ def _patch_positions(positions: int | Sequence[int] | None, length: int, shared:
     wanted = int_list(positions)
     if wanted is None:
         raise InputError(f"positions must be an int or a list of ints; got {positions!r}")
+    prompt = "the corrupted prompt" if pair is None else f"pair {pair}'s corrupted prompt"
     out = []
     for p in wanted:
         q = int(p) + length if p < 0 else int(p)
         if not first <= q < length:
             raise InputError(
-                f"position {p} cannot be patched: the corrupted prompt has {length} tokens and "
-                f"only its last {shared} line up with the clean prompt (positions {first}.."
-                f"{length - 1}, or -{shared}..-1)"
+                f"position {p} cannot be patched: {prompt} has {length} tokens and only its "
+                f"last {shared} line up with the clean prompt (positions {first}..{length - 1}, "
+                f"or -{shared}..-1)"
             )
         out.append(q)
     return list(dict.fromkeys(out))
 
 
-def _float(values: mx.array) -> float:
-    return cast(float, values[0].item())  # a float32 metric value
+def _floats(values: mx.array) -> list[float]:
+    return cast(list[float], values.tolist())  # float32 metric values, one per row
