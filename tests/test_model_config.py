@@ -28,6 +28,8 @@ from mlxterp.model_config import normalize
 
 TOKENS = [[1, 40, 75, 200, 7, 300, 12, 99, 150, 33, 250, 60]]
 ROOT = Path(__file__).resolve().parent.parent
+# RoPE's base as transformers 5 saves it (mlx-lm alone reads only a top-level rope_theta)
+TF5_ROPE = {"rope_theta": 100000.0, "rope_type": "default"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_transformers5_rope_parameters_give_the_rope_base(llama_folder, tmp_path
     nested = variant(
         llama_folder,
         tmp_path / "nested",
-        with_keys(rope_theta=None, rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}),
+        with_keys(rope_theta=None, rope_parameters=TF5_ROPE),
     )
     classic = variant(llama_folder, tmp_path / "classic", with_keys(rope_theta=100000.0))
     model = InterpretableModel(str(nested))
@@ -200,7 +202,7 @@ def test_normalization_never_writes_to_the_folder(llama_folder, tmp_path):
         with_keys(
             rope_theta=None,
             tie_word_embeddings=None,
-            rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+            rope_parameters=TF5_ROPE,
             final_logit_softcapping=30.0,
         ),
     )
@@ -232,7 +234,7 @@ def test_doctor_reports_what_was_loaded_and_changed(llama_folder, tmp_path):
         tmp_path / "nested",
         with_keys(
             rope_theta=None,
-            rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+            rope_parameters=TF5_ROPE,
             final_logit_softcapping=30.0,
         ),
     )

@@ -21,6 +21,7 @@ import pytest
 
 from mlxterp import InterpretableModel, gguf
 from mlxterp import interventions as iv
+from mlxterp.doctor import diagnose
 from mlxterp.session import Session, SessionManager, replay
 from mlxterp.steering import steer, steering_vector
 
@@ -76,6 +77,17 @@ def test_loads_from_the_gguf_and_stays_quantized(smol):
     assert isinstance(q, nn.QuantizedLinear) and (q.bits, q.group_size) == (4, 32)  # Q4_1
     assert isinstance(embed, nn.QuantizedEmbedding) and embed.bits == 8  # Q8_0
     assert q.weight.dtype == mx.uint32
+
+
+def test_doctor_describes_the_file():
+    report = diagnose(str(GGUF))
+    assert (report.source, report.file_format) == ("local path", "GGUF file")
+    assert report.path == str(GGUF.resolve()) and report.model_type == "llama"
+    assert report.values["layers"] == 30 and report.rope_bases == (100000.0,)
+    assert report.tied_embeddings and not report.changes and not report.ignored
+    bits = {(q.bits, q.group_size): q.kinds for q in report.quantized}
+    assert bits[(4, 32)]["q_proj"] == 30 and bits[(8, 32)] == {"embed_tokens": 1}
+    assert report.parameters > 130_000_000 and report.parity.status == "skipped"
 
 
 def test_the_capital_of_france_is_paris(smol):

@@ -60,9 +60,8 @@ class Quantized:
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(self.kinds.items()))
         count = sum(self.kinds.values())
-        return (
-            f"{self.bits}-bit {self.mode}, group size {self.group_size}: {count} modules ({kinds})"
-        )
+        modules = f"{count} module" + ("" if count == 1 else "s")
+        return f"{self.bits}-bit {self.mode}, group size {self.group_size}: {modules} ({kinds})"
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def diagnose(name: str, *, parity: bool = True, prompt: str = PARITY_PROMPT) -> 
     return DoctorReport(
         name=name,
         source=loaded.source,
-        path=str(loaded.path),
+        path=str(loaded.path.resolve()),
         file_format="GGUF file" if loaded.is_gguf else "safetensors folder",
         model_type=norm.model_type,
         values=_values(module, norm.config),

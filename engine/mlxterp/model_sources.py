@@ -140,7 +140,7 @@ def find_in_ollama(name: str) -> Path | None:
     raise ModelLoadError(f"Ollama manifest {str(manifest)!r} names no model layer")
 
 
-PATH_SOURCE = "path"
+PATH_SOURCE = "local path"
 HF_CACHE_SOURCE = "Hugging Face cache"
 LMSTUDIO_SOURCE = "LM Studio"
 OLLAMA_SOURCE = "Ollama"
