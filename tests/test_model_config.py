@@ -85,18 +85,57 @@ def test_transformers5_rope_parameters_give_the_rope_base(llama_folder, tmp_path
     assert mx.max(mx.abs(logits(model) - logits(base_10k))).item() > 1e-4
 
 
-def test_rope_scaling_inside_rope_parameters_reaches_the_model(llama_folder, tmp_path):
-    scaling = {"rope_type": "linear", "factor": 4.0}
+@pytest.mark.parametrize(
+    ("scaling", "changes_short_prompts"),
+    [
+        ({"rope_type": "linear", "factor": 4.0}, True),
+        (
+            {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+            True,
+        ),
+        ({"rope_type": "yarn", "factor": 4.0}, True),
+        ({"rope_type": "dynamic", "factor": 2.0}, False),  # only past max_position_embeddings
+    ],
+    ids=lambda v: v.get("rope_type", "") if isinstance(v, dict) else str(v),
+)
+def test_rope_scaling_inside_rope_parameters_reaches_the_model(
+    llama_folder, tmp_path, scaling, changes_short_prompts
+):
     nested = variant(
         llama_folder,
         tmp_path / "nested",
         with_keys(rope_theta=None, rope_parameters={"rope_theta": 10000.0, **scaling}),
     )
-    classic = variant(llama_folder, tmp_path / "classic", with_keys(rope_scaling=scaling))
+    # transformers fills in the pre-training length from max_position_embeddings (512)
+    classic_scaling = dict(scaling)
+    if scaling["rope_type"] in ("llama3", "yarn"):
+        classic_scaling["original_max_position_embeddings"] = 512
+    classic = variant(llama_folder, tmp_path / "classic", with_keys(rope_scaling=classic_scaling))
     model, reference = InterpretableModel(str(nested)), InterpretableModel(str(classic))
     assert mx.array_equal(logits(model), logits(reference))
-    unscaled = InterpretableModel(str(llama_folder))
-    assert mx.max(mx.abs(logits(model) - logits(unscaled))).item() > 1e-4
+    if changes_short_prompts:
+        unscaled = InterpretableModel(str(llama_folder))
+        assert mx.max(mx.abs(logits(model) - logits(unscaled))).item() > 1e-5
+
+
+def test_legacy_llama3_scaling_gets_the_pre_training_length_transformers_uses(
+    llama_folder, tmp_path
+):
+    """mlx-lm alone assumes 8192 where transformers takes max_position_embeddings."""
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    }
+    legacy = variant(llama_folder, tmp_path / "legacy", with_keys(rope_scaling=scaling))
+    explicit = variant(
+        llama_folder,
+        tmp_path / "explicit",
+        with_keys(rope_scaling={**scaling, "original_max_position_embeddings": 512}),
+    )
+    model, reference = InterpretableModel(str(legacy)), InterpretableModel(str(explicit))
+    assert mx.array_equal(logits(model), logits(reference))
 
 
 def test_llama3_scaling_gets_transformers_pre_training_length():
@@ -225,6 +264,10 @@ def test_loading_safety_checks_still_come_first(llama_folder, tmp_path):
     huge = variant(llama_folder, tmp_path / "huge", with_keys(num_hidden_layers=10**9))
     with pytest.raises(ModelLoadError, match="num_hidden_layers"):
         InterpretableModel(str(huge))
+    for model_type in ("no_such_arch", "base"):  # base: an mlx-lm module without a Model
+        odd = variant(llama_folder, tmp_path / model_type, with_keys(model_type=model_type))
+        with pytest.raises(ModelLoadError, match=model_type):
+            InterpretableModel(str(odd))
 
 
 # ---------------------------------------------------------------------------- doctor

@@ -202,7 +202,7 @@ def _args_class(config: Any) -> type[Any] | None:
         return None
     try:
         return model_classes(config)[1]
-    except (ValueError, ImportError):
+    except (ValueError, ImportError, AttributeError):  # no such model (``base``: no Model)
         return None
 
 
@@ -329,10 +329,14 @@ class _Table:
         kind = fixed.get("rope_type", fixed.get("type"))
         if "type" in fixed and "rope_type" in fixed and fixed["type"] != kind:
             fixed["type"] = kind
-        if kind in _NEEDS_ORIGINAL_LENGTH and "original_max_position_embeddings" not in fixed:
-            length = self.get("original_max_position_embeddings") or self.get(
-                "max_position_embeddings"
-            )
+        if kind in _NEEDS_ORIGINAL_LENGTH:
+            # a top-level original_max_position_embeddings wins (Phi-3 keeps it there), else
+            # the scaling's own, else max_position_embeddings
+            length = self.get("original_max_position_embeddings")
+            if not isinstance(length, int):
+                length = fixed.get("original_max_position_embeddings")
+            if not isinstance(length, int):
+                length = self.get("max_position_embeddings")
             if isinstance(length, int):
                 fixed["original_max_position_embeddings"] = length
         if fixed != spec:
