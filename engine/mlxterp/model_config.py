@@ -166,8 +166,8 @@ def normalize(config: dict[str, Any], weight_names: Iterable[str] = ()) -> Norma
     else:
         lifted = _lift_text_config(config, fields)
         read = dict(lifted)
-        if isinstance(text, dict) and "rope_parameters" not in config:
-            read.setdefault("rope_parameters", text.get("rope_parameters"))
+        if isinstance(text, dict) and "rope_parameters" in text and "rope_parameters" not in config:
+            read.setdefault("rope_parameters", text["rope_parameters"])  # moved, not lifted
         table = _Table({**config, **read}, fields, names, original=config)
         for key, value in lifted.items():
             table.set(key, value, "read from text_config")
@@ -191,7 +191,7 @@ def warn_ignored(normalization: Normalization, where: str) -> None:
     keys = "; ".join(str(k) for k in normalization.ignored)
     warnings.warn(
         f"{where}: mlx-lm's {normalization.model_type} model does not read {keys}; "
-        "transformers does, so this model may compute something else than the original",
+        "transformers does, so this model may compute something other than the original",
         ConfigWarning,
         stacklevel=3,
     )
