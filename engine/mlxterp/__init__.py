@@ -17,6 +17,7 @@ from .activations import (  # noqa: E402
     get_activations,
 )
 from .attribution import attribution_patching  # noqa: E402
+from .dla import LogitAttribution, direct_logit_attribution  # noqa: E402
 from .errors import (  # noqa: E402
     InputError,
     InterventionError,
@@ -59,6 +60,7 @@ __all__ = [
     "InterventionError",
     "LayerIndexError",
     "LayerListProxy",
+    "LogitAttribution",
     "MlxterpError",
     "ModelAttributeError",
     "ModelLoadError",
@@ -79,6 +81,7 @@ __all__ = [
     "batch_get_activations",
     "collect_activations",
     "demo_model",
+    "direct_logit_attribution",
     "generate",
     "get_activations",
     "interventions",

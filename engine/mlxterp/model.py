@@ -27,6 +27,7 @@ from .unembed import Unembedder
 if TYPE_CHECKING:
     from .activations import Layers
     from .attribution import AttributionResult
+    from .dla import LogitAttribution
     from .lens import LogitLens
     from .patching import PatchingResult
 
@@ -415,6 +416,15 @@ class InterpretableModel:
         from .heads import head_outputs
 
         return head_outputs(self, inputs, layers=layers)
+
+    def direct_logit_attribution(
+        self, text: Any, target: int | str, baseline: int | str | None = None, position: int = -1
+    ) -> LogitAttribution:
+        """The logit (difference) at ``position`` split into embedding, heads, MLPs, biases
+        and remainders; see ``mlxterp.dla``."""
+        from .dla import direct_logit_attribution
+
+        return direct_logit_attribution(self, text, target, baseline, position)
 
     def attention_patterns(self, text: Any, layers: Layers = None) -> dict[int, mx.array]:
         """Softmax attention weights per layer and head; see ``mlxterp.attention``."""

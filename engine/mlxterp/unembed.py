@@ -46,9 +46,11 @@ class Unembedder:
         self.embed_name = _first(index, parents, EMBED_NAMES)
         self._head: Callable[[mx.array], mx.array]
         if self.head_name is not None:
-            self._head = index.modules[self.head_name]
+            self._head_module = index.modules[self.head_name]
+            self._head = self._head_module
         elif self.embed_name is not None:
-            self._head = index.modules[self.embed_name].as_linear
+            self._head_module = index.modules[self.embed_name]
+            self._head = self._head_module.as_linear
         else:
             raise UnembedError(
                 "cannot find this model's unembedding (no lm_head-like module and no token "
@@ -74,6 +76,35 @@ class Unembedder:
 
     def __call__(self, hidden: mx.array) -> mx.array:
         return self.project(self.normalize(hidden))
+
+    def rows(self, token_ids: list[int]) -> tuple[mx.array, mx.array | None]:
+        """The unembedding directions of ``token_ids`` and their biases, float32:
+        ``weights (k, hidden)`` and ``bias (k,)`` (None without one), such that the head
+        maps a normalized vector ``x`` to ``x @ weights.T + bias`` at those tokens (before
+        soft-capping).  Quantized weights are dequantized."""
+        module = self._head_module
+        if not isinstance(
+            module, (nn.Linear, nn.QuantizedLinear, nn.Embedding, nn.QuantizedEmbedding)
+        ):
+            raise UnembedError(
+                f"cannot read unembedding rows from a {type(module).__name__} head; "
+                "a (quantized) Linear or a tied (quantized) Embedding is needed"
+            )
+        ids = mx.array(token_ids)
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            biases = module.get("biases")
+            weights = mx.dequantize(
+                module["weight"][ids],
+                module["scales"][ids],
+                None if biases is None else biases[ids],
+                group_size=module.group_size,
+                bits=module.bits,
+                mode=module.mode,
+            )
+        else:
+            weights = module["weight"][ids]
+        bias = module["bias"][ids].astype(mx.float32) if "bias" in module else None
+        return weights.astype(mx.float32), bias
 
 
 def _softcap(root: nn.Module) -> float | None:
