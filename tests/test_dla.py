@@ -114,3 +114,12 @@ def test_a_final_norm_that_is_no_norm_is_refused():
     model = InterpretableModel(module)
     with pytest.raises(UnsupportedAttentionError, match=r"cannot freeze model\.norm"):
         model.direct_logit_attribution(mx.array([[1, 2, 3]]), 5)
+
+
+def test_a_tied_quantized_read_out(tmp_path):
+    from mlxterp.checkpoints import build_checkpoint
+
+    folder = build_checkpoint("llama_tied", tmp_path / "q", seed=1, quantize_bits=4)
+    model = InterpretableModel(str(folder))
+    assert type(model.module(model.unembedder.embed_name).module).__name__ == "QuantizedEmbedding"
+    _check_sums(model.direct_logit_attribution(PROMPT, " Paris", 9))
