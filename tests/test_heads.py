@@ -163,3 +163,17 @@ def test_head_interventions_stay_installed_for_generation(tiny_llama):
         plain = tiny_llama(ids)
     assert mx.array_equal(plain.astype(mx.float32), traced).item()
     assert not mx.array_equal(tiny_llama(ids).astype(mx.float32), traced).item()
+
+
+def test_head_proxies_save_captured_heads(tiny_llama):
+    ids = mx.array([[1, 2, 3]])
+    with tiny_llama.trace(ids, capture=["layers.1.attn.heads", "layers.1.attn.heads.2"]) as trace:
+        every = tiny_llama.layers[1].attn.heads.output.save()
+        one = tiny_llama.layers[1].attn.heads[2].output.save()
+    assert every.shape == (1, 3, 4, 64) and mx.array_equal(every[..., 2, :], one).item()
+    assert trace.get("layers.1.attn.heads.2.output") is one
+    assert len(tiny_llama.layers[1].attn.heads) == 4
+    with pytest.raises(IndexError, match=r"there are 4 heads \(0\.\.3\)"):
+        tiny_llama.layers[1].attn.heads[4]
+    with pytest.raises(KeyError, match="not captured"), tiny_llama.trace(ids):
+        tiny_llama.layers[1].attn.heads[0].output.save()

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import LayerIndexError, ModelAttributeError
+from .heads import HEADS, HeadLayout
 from .tracing import current_trace
 
 if TYPE_CHECKING:
@@ -60,9 +61,12 @@ class ModuleProxy:
     def output(self) -> OutputProxy:
         return OutputProxy(self._model, self._canonical, f"{self._display}.output")
 
-    def _child(self, attr: str) -> ModuleProxy | ModuleListProxy | None:
+    def _child(self, attr: str) -> ModuleProxy | ModuleListProxy | HeadsProxy | None:
         index = self._model.module_index
         path = f"{self._canonical}.{attr}"
+        layout = index.heads.get(self._canonical)
+        if attr == HEADS and layout is not None and path not in index.modules:
+            return HeadsProxy(self._model, layout, f"{self._display}.{attr}")
         if path in index.modules:
             return ModuleProxy(self._model, path, f"{self._display}.{attr}")
         kids = index.children(path)
@@ -104,6 +108,55 @@ class ModuleProxy:
 
     def __repr__(self) -> str:
         return f"ModuleProxy({self._canonical}: {type(self.module).__name__})"
+
+
+class HeadProxy:
+    """One attention head (``model.layers[5].attn.heads[2]``): its share of the output."""
+
+    def __init__(self, model: InterpretableModel, canonical: str, display: str):
+        self._model = model
+        self.name = canonical
+        self._display = display
+
+    @property
+    def output(self) -> OutputProxy:
+        """This head's share of the attention output (capture it: ``capture=[...]``)."""
+        return OutputProxy(self._model, self.name, f"{self._display}.output")
+
+    def __repr__(self) -> str:
+        return f"HeadProxy({self.name})"
+
+
+class HeadsProxy:
+    """The heads of an attention module (``model.layers[5].attn.heads``): ``.output`` is
+    all of them ``(batch, seq, heads, hidden)``, ``[h]`` one head; see ``mlxterp.heads``."""
+
+    def __init__(self, model: InterpretableModel, layout: HeadLayout, display: str):
+        self._model = model
+        self._layout = layout
+        self._display = display
+        self.name = layout.name
+
+    @property
+    def output(self) -> OutputProxy:
+        """All heads' shares of the attention output (capture them: ``capture=[...]``)."""
+        return OutputProxy(self._model, self.name, f"{self._display}.output")
+
+    def __len__(self) -> int:
+        return self._layout.n_heads
+
+    def __getitem__(self, head: int) -> HeadProxy:
+        n = self._layout.n_heads
+        if not isinstance(head, int) or not -n <= head < n:
+            raise LayerIndexError(f"{self._display}[{head!r}]: there are {n} heads (0..{n - 1})")
+        h = head % n
+        return HeadProxy(self._model, self._layout.head_name(h), f"{self._display}.{h}")
+
+    def __iter__(self) -> Iterator[HeadProxy]:
+        return (self[h] for h in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"HeadsProxy({self.name}, {len(self)} heads)"
 
 
 class ModuleListProxy:
