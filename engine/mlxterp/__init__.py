@@ -19,6 +19,7 @@ from .activations import (  # noqa: E402
 from .attribution import attribution_patching  # noqa: E402
 from .dla import LogitAttribution, direct_logit_attribution  # noqa: E402
 from .errors import (  # noqa: E402
+    ConfigWarning,
     InputError,
     InterventionError,
     LayerIndexError,
@@ -55,6 +56,7 @@ __all__ = [
     "MODEL_OUTPUT",
     "ActivationCache",
     "ActivationMap",
+    "ConfigWarning",
     "InputError",
     "InterpretableModel",
     "InterventionError",
