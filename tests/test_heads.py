@@ -177,3 +177,13 @@ def test_head_proxies_save_captured_heads(tiny_llama):
         tiny_llama.layers[1].attn.heads[4]
     with pytest.raises(KeyError, match="not captured"), tiny_llama.trace(ids):
         tiny_llama.layers[1].attn.heads[0].output.save()
+
+
+def test_patching_takes_head_components_and_all_heads_equal_the_attention(demo):
+    clean, corrupted = "The capital of France is", "The capital of Germany is"
+    layers = [2, 12]
+    heads = demo.activation_patching(clean, corrupted, component="attn.heads", layers=layers)
+    attn = demo.activation_patching(clean, corrupted, component="attn", layers=layers)
+    assert heads == pytest.approx(attn, abs=1e-3)
+    one = demo.activation_patching(clean, corrupted, component="attn.heads.2", layers=layers)
+    assert sorted(one) == layers and one != pytest.approx(attn, abs=1e-3)
