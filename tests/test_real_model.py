@@ -276,3 +276,16 @@ def test_a_session_on_the_gguf_saves_and_replays_exactly(smol, tmp_path):
     report = replay(tmp_path / "smol.toml", SessionManager(), tolerance=0.0)  # loads the file
     assert report.ok, report.format_text()
     assert len(report.steps) == 2
+
+
+def test_heads_and_direct_logit_attribution_add_up_on_the_gguf(smol):
+    """Issue 15's identities on a trained 4-bit model with grouped-query attention."""
+    heads = smol.head_outputs(PROMPT, layers=[3, 20])
+    trace = smol.run(PROMPT, capture=["layers.3.attn", "layers.20.attn"])
+    for layer, shares in heads.items():
+        assert shares.shape[2] == 9  # SmolLM2-135M: 9 query heads (3 key/value heads)
+        attn = trace.activations[f"layers.{layer}.attn"].astype(mx.float32)
+        assert mx.abs(shares.sum(axis=-2) - attn).max().item() < 1e-5
+    result = smol.direct_logit_attribution(PROMPT, " Paris", " Berlin")
+    assert abs(sum(result.values) - result.model_value) < 1e-4
+    assert result.model_value > 0  # the model prefers Paris
