@@ -75,8 +75,10 @@ PER_KIND = {  # where a kind needs another value
     ("steering", "component"): "mlp",
     ("attribution_patching", "metric"): "kl",  # logit_diff is its default
 }
-# ``layer`` is the attention step's own shorthand for ``layers=[layer]``: not both at once.
-APART = {("attention", "layer")}
+# Recorded in tests of their own: ``layer`` is the attention step's shorthand for
+# ``layers=[layer]`` (not both at once); ``messages`` replaces ``text`` and needs a chat
+# template, which the demo model lacks (tests/test_chat.py records it on a model with one).
+APART = {("attention", "layer"), ("trace", "messages")}
 
 
 def sample(kind: str, name: str, annotation: object = None) -> object:
@@ -175,6 +177,8 @@ def test_every_parameter_records_reaches_the_library_and_replays(
     for fn in KINDS[kind].wraps:
         (received,) = calls[fn.__name__]
         for name, _p in library_args(fn):
+            if (kind, step_name(name)) in APART:
+                continue
             got, given = received.get(name), params[step_name(name)]
             if kind == "trace" and name == "capture":  # it captures the layers too
                 got = got[: len(given)]
@@ -191,3 +195,35 @@ def test_every_parameter_records_reaches_the_library_and_replays(
 )
 def test_other_forms_record_and_replay(kind, params, manager, tmp_path):
     _record_and_replay(manager, tmp_path, kind, params)
+
+
+BATCHES = [
+    ("logit_lens", {"text": [FRANCE, "The capital of Italy is"], "target": " Paris"}),
+    (
+        "activation_patching",
+        {
+            "clean": [FRANCE, "The capital of Italy is"],
+            "corrupted": [GERMANY, "The capital of Spain is"],
+            "component": "output",
+            "positions": [-1],
+            "layers": [0, 8, 15],
+        },
+    ),
+    (
+        "attribution_patching",
+        {
+            "clean": [FRANCE, FRANCE],
+            "corrupted": [GERMANY, "The capital of Spain is"],
+            "answer": [[" Paris", " Berlin"], [" Paris", " Madrid"]],  # one pair per pair
+        },
+    ),
+    ("trace", {"text": [FRANCE, "The capital of Italy is"]}),
+    ("steering", {"positive": ["a b", "c d"], "negative": "e f", "layer": 2, "prompt": SONG}),
+]
+
+
+@pytest.mark.parametrize("kind, params", BATCHES, ids=[k for k, _ in BATCHES])
+def test_batched_forms_record_and_replay(kind, params, manager, tmp_path):
+    step, _, _ = _record_and_replay(manager, tmp_path, kind, params)
+    if kind in ("logit_lens", "activation_patching", "attribution_patching"):
+        assert len(step.summary["batch"]) == 2  # one summary per prompt or pair

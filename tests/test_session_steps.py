@@ -226,7 +226,7 @@ def test_loaded_session_goes_on_under_its_active_interventions(manager, tmp_path
         (
             "steering",
             {"positive": [], "negative": "b", "layer": 1, "prompt": "x"},
-            "positive must be a string or a list of strings",
+            "positive must be a string or a chat, or a list of them",
         ),
         (
             "generate",

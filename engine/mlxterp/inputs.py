@@ -2,15 +2,17 @@
 the scalars (numbers, seeds, token ids) that analyses take, so that MLX never sees a value
 it cannot represent.
 
-Accepted: ``str``; ``list[str]`` (right-padded, true length per row kept);
-``list[int]`` (one sequence, batch added); ``list[list[int]]``; ``mx.array`` of token ids
-shaped ``(seq,)`` or ``(batch, seq)``; any other array (embeddings, custom models) as is.
+Accepted: ``str``; a chat (``[{"role": "user", "content": "..."}, ...]``, rendered by the
+tokenizer's chat template with the generation prompt added); ``list`` of strings and chats
+(right-padded, true length per row kept); ``list[int]`` (one sequence, batch added);
+``list[list[int]]``; ``mx.array`` of token ids shaped ``(seq,)`` or ``(batch, seq)``; any
+other array (embeddings, custom models) as is.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard, cast
 
@@ -24,6 +26,9 @@ FLOAT32_MAX = 3.4028234663852886e38
 PROMPT_SLACK = 4  # normalizers can shorten text; the character bound allows for it
 UNKNOWN_TOKEN_CHARS = 256  # the bound's longest token when the vocabulary cannot be read
 
+Chat = Sequence[Mapping[str, str]]
+"""Messages for a chat template: ``[{"role": "user", "content": "..."}, ...]``."""
+
 
 def is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
     """Whether ``value`` is an integer (Python or NumPy), not a bool."""
@@ -36,6 +41,62 @@ def int_list(value: object) -> list[int | np.integer[Any]] | None:
     given = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else []
     wanted = [p for p in given if is_int(p)]
     return wanted if wanted and len(wanted) == len(given) else None
+
+
+def is_chat(value: object) -> TypeGuard[Chat]:
+    """Whether ``value`` is a chat: a non-empty list of messages, each a mapping with a
+    string ``role`` and a string ``content`` (and only string values)."""
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(
+            isinstance(m, Mapping)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items())
+            for m in value
+        )
+    )
+
+
+def prompt_list(inputs: Any) -> list[Any] | None:
+    """``inputs`` as a list of prompts, or None when it is one prompt.
+
+    A list (or tuple) of strings and chats, or of token-id lists, is a list of prompts (run
+    as one right-padded batch); a string, a chat, one list of token ids or an array is one
+    prompt.  A list mixing text with token ids, or holding anything else, is refused.
+    """
+    if not isinstance(inputs, (list, tuple)) or not inputs or is_chat(inputs):
+        return None
+    if all(is_int(t) for t in inputs):
+        return None
+    if all(isinstance(t, str) or is_chat(t) for t in inputs):
+        return list(inputs)
+    if all(_is_int_list(t) for t in inputs):
+        return list(inputs)
+    kinds = sorted({type(t).__name__ for t in inputs})
+    raise InputError(
+        "a list of prompts holds strings only, or lists of token ids only (a chat counts as "
+        f"a string); this one holds {', '.join(kinds)} (an array is one prompt: pass arrays "
+        "one at a time)"
+    )
+
+
+def chosen_prompt(inputs: Any, messages: Any) -> Any:
+    """The prompt of an entry point taking ``inputs`` or ``messages=`` (a chat): exactly
+    one of them, and ``messages`` must be a chat."""
+    if messages is None:
+        if inputs is None:
+            raise InputError("give a prompt: inputs (text, token ids ...) or messages=[...]")
+        return inputs
+    if inputs is not None:
+        raise InputError("give the prompt once: inputs or messages=, not both")
+    if not is_chat(messages):
+        raise InputError(
+            'messages= takes a chat: a list of {"role": ..., "content": ...} tables with '
+            f"string values; got {shown(messages)}"
+        )
+    return messages
 
 
 @dataclass
@@ -86,6 +147,10 @@ class TextCodec:
         """
         if text == "":
             raise InputError("the prompt is empty; type some text to run the model on")
+        self._check_length_chars(text, max_length)
+        return self.encode(text)
+
+    def _check_length_chars(self, text: str, max_length: int | None) -> None:
         if max_length is not None:
             limit = max_length * self.longest_token_chars() * PROMPT_SLACK
             if len(text) > limit:
@@ -94,7 +159,34 @@ class TextCodec:
                     f"{max_length} tokens, which no text over {limit} characters fits in; "
                     "shorten the prompt"
                 )
-        return self.encode(text)
+
+    def chat_text(self, messages: Chat) -> str:
+        """``messages`` rendered by the tokenizer's chat template, with the generation
+        prompt added (the text the model continues as the assistant)."""
+        self._check_text("")
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
+            raise InputError(
+                "this model's tokenizer has no chat template, so it cannot take messages; "
+                "give the prompt as text, or load the model with a tokenizer that has one "
+                "(chat_template in tokenizer_config.json, tokenizer.chat_template in a GGUF)"
+            )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+            )
+        except Exception as err:  # the template's own complaint (Jinja), e.g. a role it refuses
+            raise InputError(f"the chat template cannot render these messages: {err}") from None
+        if not isinstance(text, str):
+            raise InputError(f"the chat template gave {type(text).__name__}, not text")
+        return text
+
+    def encode_chat(self, messages: Chat, max_length: int | None) -> tuple[str, list[int]]:
+        """``(text, token ids)`` of a chat through the template: the template writes its
+        own special tokens (BOS included where it has one), so none are added."""
+        text = self.chat_text(messages)
+        self._check_length_chars(text, max_length)
+        return text, self.encode_piece(text)
 
     def longest_token_chars(self) -> int:
         """Characters in the vocabulary's longest token (read once)."""
@@ -152,10 +244,15 @@ def prepare(
 
     Token ids outside ``[0, vocab_size)`` are refused (MLX would read out of bounds).
     """
-    if isinstance(inputs, str):
-        rows, texts = [codec.encode_prompt(inputs, max_length)], [inputs]
-    elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
-        rows, texts = [codec.encode_prompt(t, max_length) for t in inputs], list(inputs)
+    texts: list[str] | None
+    if isinstance(inputs, str) or is_chat(inputs):
+        texts, rows = _encode([inputs], codec, max_length)
+    elif (
+        isinstance(inputs, (list, tuple))
+        and inputs
+        and all(isinstance(t, str) or is_chat(t) for t in inputs)
+    ):
+        texts, rows = _encode(inputs, codec, max_length)
     elif _is_int_list(inputs):
         rows, texts = [[int(i) for i in inputs]], None
     elif isinstance(inputs, (list, tuple)) and inputs and all(_is_int_list(r) for r in inputs):
@@ -180,8 +277,9 @@ def prepare(
         raise InputError("the input list is empty; give a prompt, prompts or token ids")
     else:
         raise InputError(
-            f"unsupported input {type(inputs).__name__}: use a string, a list of strings, "
-            "a list of token ids, or an mx.array"
+            f"unsupported input {type(inputs).__name__}: use a string, a chat (a list of "
+            '{"role": ..., "content": ...} messages), a list of strings or chats, a list of '
+            "token ids, or an mx.array"
         )
     for row in rows:
         if not row:
@@ -189,6 +287,22 @@ def prepare(
         _check_length(len(row), max_length)
     check_token_ids((t for row in rows for t in row), vocab_size)
     return PreparedInput(_pad(rows, codec.pad_id), tokens=rows, texts=texts)
+
+
+def _encode(
+    prompts: Sequence[str | Chat], codec: TextCodec, max_length: int | None
+) -> tuple[list[str], list[list[int]]]:
+    """``(texts, token ids)`` of text and chat prompts (a chat's text is the template's)."""
+    texts, rows = [], []
+    for prompt in prompts:
+        text, row = (
+            (prompt, codec.encode_prompt(prompt, max_length))
+            if isinstance(prompt, str)
+            else codec.encode_chat(prompt, max_length)
+        )
+        texts.append(text)
+        rows.append(row)
+    return texts, rows
 
 
 def check_token_ids(ids: Iterable[int], vocab_size: int | None) -> None:

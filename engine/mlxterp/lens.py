@@ -23,6 +23,7 @@ import mlx.core as mx
 from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
+from .inputs import prompt_list as prompt_list  # one rule for prompts; patching reads it here
 
 if TYPE_CHECKING:
     from .interventions import InterventionFn
@@ -113,26 +114,6 @@ def top_entries(values: mx.array, k: int) -> tuple[mx.array, mx.array]:
     vals = mx.take_along_axis(values, idx, axis=-1)
     order = mx.argsort(-vals, axis=-1)
     return mx.take_along_axis(idx, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)
-
-
-def prompt_list(inputs: Any) -> list[Any] | None:
-    """``inputs`` as a list of prompts, or None when it is one prompt.
-
-    A list (or tuple) of strings or of token-id lists is a list of prompts, which the
-    analyses run as one right-padded batch; a string, one list of token ids or an array is
-    one prompt.  A list mixing the two kinds, or holding anything else, is refused.
-    """
-    if not isinstance(inputs, (list, tuple)) or not inputs or all(is_int(t) for t in inputs):
-        return None
-    if all(isinstance(t, str) for t in inputs):
-        return list(inputs)
-    if all(isinstance(t, (list, tuple)) and t and all(is_int(i) for i in t) for t in inputs):
-        return list(inputs)
-    kinds = sorted({type(t).__name__ for t in inputs})
-    raise InputError(
-        "a list of prompts holds strings only, or lists of token ids only; this one holds "
-        f"{', '.join(kinds)} (an array is one prompt: pass arrays one at a time)"
-    )
 
 
 @dataclass

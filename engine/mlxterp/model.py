@@ -16,7 +16,7 @@ from . import loading
 from .errors import InputError, ModelAttributeError, ModelTypeError
 from .heads import with_head_sites
 from .hooks import Site, hooked, primary_array
-from .inputs import PreparedInput, TextCodec, check_token_ids, is_int, prepare
+from .inputs import Chat, PreparedInput, TextCodec, check_token_ids, chosen_prompt, is_int, prepare
 from .interventions import InterventionFn, SiteContext, check_mapping
 from .interventions import apply as apply_intervention
 from .names import MODEL_OUTPUT, ModuleIndex
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .dla import LogitAttribution
     from .lens import LogitLens
     from .patching import PatchingResult
+    from .steering import Prompts
 
 _ARCH_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
@@ -171,6 +172,18 @@ class InterpretableModel:
         self.require_tokenizer()
         return self._codec.encode(text)
 
+    def encode_chat(self, messages: Chat) -> list[int]:
+        """Token ids of a chat (``[{"role": "user", "content": ...}, ...]``) through the
+        tokenizer's chat template, with the generation prompt added; ``InputError`` when
+        the tokenizer has no template."""
+        self.require_tokenizer()
+        return self._codec.encode_chat(messages, self.max_length)[1]
+
+    def chat_text(self, messages: Chat) -> str:
+        """The text the chat template makes of ``messages`` (generation prompt added)."""
+        self.require_tokenizer()
+        return self._codec.chat_text(messages)
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text."""
         return [self.encode(t) for t in texts]
@@ -246,8 +259,8 @@ class InterpretableModel:
 
     # ------------------------------------------------------------------ running
     def prepare(self, inputs: Any) -> PreparedInput:
-        """Checked model input for anything a trace takes (text, ids, arrays), with row
-        lengths; see ``mlxterp.inputs``."""
+        """Checked model input for anything a trace takes (text, a chat, ids, arrays), with
+        row lengths; see ``mlxterp.inputs``."""
         return prepare(inputs, self._codec, self.max_length, self._input_vocab)
 
     def forward(self, prepared: PreparedInput) -> mx.array:
@@ -256,27 +269,33 @@ class InterpretableModel:
             out = self.model(prepared.array)
         return cast(mx.array, out[0] if isinstance(out, tuple) else out)
 
-    def __call__(self, inputs: Any) -> mx.array:
-        """A plain forward pass (no capture): the model's output for ``inputs``."""
-        return self.forward(self.prepare(inputs))
+    def __call__(self, inputs: Any = None, *, messages: Chat | None = None) -> mx.array:
+        """A plain forward pass (no capture): the model's output for ``inputs`` (or the
+        chat ``messages``, through the chat template)."""
+        return self.forward(self.prepare(chosen_prompt(inputs, messages)))
 
     def trace(
         self,
-        inputs: Any,
+        inputs: Any = None,
         interventions: Mapping[str, InterventionFn] | None = None,
         capture: CaptureSpec = None,
+        *,
+        messages: Chat | None = None,
     ) -> Trace:
         """A trace of one forward pass; use as ``with model.trace(inputs) as trace:``.
 
+        ``messages=[{"role": "user", "content": ...}]`` instead of ``inputs`` runs a chat
+        through the tokenizer's chat template (a chat passed as ``inputs`` does the same).
         ``interventions`` maps module names (any alias) to functions of the output.
         ``capture`` limits what is kept to names or glob patterns (default: everything).
         """
-        return Trace(self, inputs, interventions, capture)
+        return Trace(self, chosen_prompt(inputs, messages), interventions, capture)
 
     def run(
         self,
-        inputs: Any,
+        inputs: Any = None,
         *,
+        messages: Chat | None = None,
         interventions: Mapping[str, InterventionFn] | None = None,
         capture: CaptureSpec = None,
     ) -> Trace:
@@ -284,8 +303,9 @@ class InterpretableModel:
 
         ``trace.output``, ``trace.activations`` (what ``capture`` names; everything by
         default) and ``trace.lengths`` are ready to read; interventions are applied.
+        ``messages=`` runs a chat through the chat template, as in :meth:`trace`.
         """
-        return Trace(self, inputs, interventions, capture).execute()
+        return Trace(self, chosen_prompt(inputs, messages), interventions, capture).execute()
 
     @contextmanager
     def hooked(self, sites: Sequence[tuple[str, Site]]) -> Iterator[None]:
@@ -433,7 +453,7 @@ class InterpretableModel:
         return attention_patterns(self, text, layers=layers)
 
     def steering_vector(
-        self, positive: str | list[str], negative: str | list[str], layer: int, **kwargs: Any
+        self, positive: Prompts, negative: Prompts, layer: int, **kwargs: Any
     ) -> mx.array:
         """Mean difference of contrasting prompts at a layer; see ``mlxterp.steering``."""
         from .steering import steering_vector
@@ -442,15 +462,24 @@ class InterpretableModel:
 
     def generate(
         self,
-        prompt: Any,
+        prompt: Any = None,
         max_tokens: int = 20,
         interventions: dict[str, InterventionFn] | None = None,
+        *,
+        messages: Chat | None = None,
         **kwargs: Any,
     ) -> str:
-        """Greedy (or sampled) continuation, with interventions applied at every step."""
+        """Greedy (or sampled) continuation, with interventions applied at every step;
+        ``messages=`` continues a chat as the assistant (through the chat template)."""
         from .steering import generate
 
-        return generate(self, prompt, max_tokens=max_tokens, interventions=interventions, **kwargs)
+        return generate(
+            self,
+            chosen_prompt(prompt, messages),
+            max_tokens=max_tokens,
+            interventions=interventions,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         label = self.name or type(self.model).__name__

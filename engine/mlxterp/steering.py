@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
@@ -21,12 +21,13 @@ from mlx_lm.models.cache import make_prompt_cache
 from . import interventions as iv
 from .activations import is_int, position_index
 from .errors import InputError, InterventionError
-from .inputs import check_seed, finite_number
+from .inputs import Chat, check_seed, finite_number, is_chat
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
 
-Prompts = str | list[str]
+Prompts = str | Chat | Sequence[str | Chat]
+"""Text prompts or chats (``[{"role": "user", "content": ...}]``), one or a list."""
 
 
 def steering_vector(
@@ -41,7 +42,8 @@ def steering_vector(
 
     Read at ``model.layer_name(layer, component)`` (the layer output by default), at each
     prompt's own token ``position`` (``-1``: its last real token) or averaged over its real
-    tokens with ``position="mean"``.  Returns a float32 vector ``(hidden,)``.
+    tokens with ``position="mean"``.  A prompt may be a chat (through the chat template).
+    Returns a float32 vector ``(hidden,)``.
     """
     pos, neg = _prompt_list(positive, "positive"), _prompt_list(negative, "negative")
     if not (is_int(position) or position == "mean"):
@@ -190,10 +192,14 @@ def steer(
     return baseline, steered
 
 
-def _prompt_list(prompts: Prompts, which: str) -> list[str]:
-    if isinstance(prompts, str):
+def _prompt_list(prompts: Prompts, which: str) -> list[str | Chat]:
+    if isinstance(prompts, str) or is_chat(prompts):
         return [prompts]
-    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
+    if (
+        isinstance(prompts, (list, tuple))
+        and prompts
+        and all(isinstance(p, str) or is_chat(p) for p in prompts)
+    ):
         return list(prompts)
     raise InputError(f"{which} must be a prompt or a non-empty list of prompts; got {prompts!r}")
 

@@ -20,6 +20,7 @@ import mlx.core as mx
 
 from .. import __version__
 from ..errors import ModelLoadError, NotSerializableError, SessionError
+from ..inputs import is_chat
 from ..interventions import describe
 from ..loading import resolve_reference
 from ..model import InterpretableModel
@@ -91,13 +92,12 @@ class Step:
     def title(self) -> str:
         """A one-line description for lists."""
         p = self.params
-        main = (
-            p.get("text")
-            or p.get("prompt")
-            or p.get("clean")
-            or p.get("module")
-            or p.get("action", "")
+        main = next(
+            (p[k] for k in ("text", "messages", "prompt", "clean", "module") if p.get(k)),
+            p.get("action", ""),
         )
+        if is_chat(main):  # a chat reads as what its last message says
+            main = f"[{main[-1]['role']}] {main[-1]['content']}"
         return f"{self.index:>2} {self.kind}: {str(main)[:48]}"
 
 

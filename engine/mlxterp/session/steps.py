@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import attention, attribution, lens, patching, steering
 from ..errors import SessionError
+from ..inputs import is_chat
 from ..interventions import Intervention
 from ..model import InterpretableModel
 from .active import ACTIONS, InterventionFn, InterventionList
@@ -89,10 +90,18 @@ def _is_texts(v: Any) -> bool:
     return isinstance(v, str) or _is_list(v, lambda x: isinstance(x, str))
 
 
+def _is_messages(v: Any) -> bool:
+    """Text or a chat, or a list of them."""
+    return (
+        isinstance(v, str) or is_chat(v) or _is_list(v, lambda x: isinstance(x, str) or is_chat(x))
+    )
+
+
 def _is_prompt(v: Any) -> bool:
-    """One prompt: text or token ids (a list, or an integer array)."""
+    """One prompt: text, a chat, or token ids (a list, or an integer array)."""
     return (
         isinstance(v, str)
+        or is_chat(v)
         or _is_list(v, _is_int)
         or (isinstance(v, mx.array) and mx.issubdtype(v.dtype, mx.integer))
     )
@@ -122,7 +131,12 @@ def _count(most: int = 1024) -> Check:
     return Check(f"an integer from 1 to {most}", lambda v: _is_int(v) and 0 < v <= most)
 
 
-PROMPT = Check("a prompt (text or token ids) or a list of prompts", _is_prompts)
+PROMPT = Check(
+    "a prompt (text, a chat of role/content tables, or token ids) or a list of prompts",
+    _is_prompts,
+)
+PROMPTS_TEXT = Check("a string or a chat, or a list of them", _is_messages)
+CHAT = Check("a chat: a list of tables with a string role and a string content", is_chat)
 TEXT = Check("a string", lambda v: isinstance(v, str))
 TEXTS = Check("a string or a list of strings", _is_texts)
 INDEX = Check("a layer index (an integer >= 0)", lambda v: _is_int(v) and v >= 0)
@@ -131,9 +145,16 @@ LAYERS = Check(
     lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v),
 )
 TOKEN = Check("a token string or id", lambda v: isinstance(v, str) or _is_int(v))
+
+
+def _is_answer(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(TOKEN.accepts(x) for x in v)
+
+
 ANSWER = Check(
-    "a pair of tokens (right answer, wrong answer), each a string or an id",
-    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(TOKEN.accepts(x) for x in v),
+    "a pair of tokens (right answer, wrong answer), each a string or an id, or a list of "
+    "such pairs (one per prompt pair)",
+    lambda v: _is_answer(v) or _is_list(v, _is_answer),
 )
 POSITIONS = Check(
     "a position or a list of positions (integers, negative from the end)",
@@ -153,8 +174,9 @@ CHECKS: dict[str, Check] = {
     "prompt": PROMPT,
     "clean": PROMPT,
     "corrupted": PROMPT,
-    "positive": TEXTS,
-    "negative": TEXTS,
+    "positive": PROMPTS_TEXT,
+    "negative": PROMPTS_TEXT,
+    "messages": CHAT,
     "capture": TEXTS,
     "component": TEXT,
     "metric": TEXT,
@@ -312,11 +334,13 @@ def _ints(values: mx.array) -> list[int]:
     return [int(v) for v in np.asarray(values).ravel()]
 
 
-def _summaries(result: Any, digits: int) -> Any:
-    """``result.to_summary()`` rounded; a list of results (a batch) as a list of them."""
+def _summaries(result: Any, digits: int) -> Summary:
+    """``result.to_summary()`` rounded; for a list of results (a batch of prompts or
+    pairs), ``{"batch": [summary, ...]}`` (a summary is a table in the file)."""
     if isinstance(result, list):
-        return [_summaries(r, digits) for r in result]
-    return _rounded(result.to_summary(), digits)
+        return {"batch": [_rounded(r.to_summary(), digits) for r in result]}
+    summary: Summary = _rounded(result.to_summary(), digits)
+    return summary
 
 
 def _run_trace(
