@@ -66,6 +66,13 @@ ACTIONS: tuple[Action, ...] = (
         "Switch the selected intervention off / on",
     ),
     Action("remove_intervention", "", "remove_intervention", "Remove the selected intervention"),
+    Action(
+        "toggle_chat",
+        "f9",
+        "toggle_chat",
+        "Chat switch: send the prompt as a user message through the chat template",
+        priority=True,
+    ),
     Action("save", "ctrl+s", "save", "Save the session", "Save", True),
     Action("save_as", "f4", "save_as", "Save the session as a new file", priority=True),
     Action("open", "ctrl+o", "open", "Open a session file", "Open", True),

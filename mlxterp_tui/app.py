@@ -16,10 +16,18 @@ from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingsMap, BindingType
 from textual.timer import Timer
-from textual.widgets import Input, ListView, TabbedContent, Tabs
+from textual.widgets import Checkbox, Input, ListView, TabbedContent, Tabs
 from textual.worker import Worker, WorkerState
 
-from mlxterp.session import InputError, MlxterpError, Session, SessionManager, Step, replay
+from mlxterp.session import (
+    InputError,
+    MlxterpError,
+    Session,
+    SessionManager,
+    Step,
+    is_chat,
+    replay,
+)
 
 from . import checks
 from .actions import PANES, bindings
@@ -47,11 +55,15 @@ from .screens import ChoiceScreen, HelpScreen, PathScreen, ReportScreen
 from .state import (
     SHIPPED_SESSIONS,
     ModelView,
+    Prompt,
     WorkbenchState,
     discard_recovery,
     new_recovery_path,
+    prompt_text,
     recovery_files,
+    shown,
     state_dir,
+    user_message,
 )
 
 TEXT_KINDS = ("logit_lens", "trace", "attention")  # steps whose ``text`` is the prompt
@@ -189,15 +201,16 @@ class WorkbenchApp(App[None]):
         self.post_message(SessionOpened(run_id, session, model, recovered))
 
     @work(thread=True, exclusive=True, group="tokens", exit_on_error=False)
-    def _tokenize(self, model: ModelView, text: str) -> None:
-        """The prompt's first tokens as ``(piece, id)`` and their count."""
+    def _tokenize(self, model: ModelView, text: str, chat: bool) -> None:
+        """The prompt's first tokens as ``(piece, id)`` and their count (``chat``: of the
+        text as a user message, through the chat template)."""
         try:
-            ids = model.encode(text)
+            ids = model.encode_chat(user_message(text)) if chat else model.encode(text)
         except MlxterpError as err:
-            self.post_message(TokensReady(text, [], 0, f"(no tokens: {err})"))
+            self.post_message(TokensReady(text, [], 0, f"(no tokens: {err})", chat))
             return
         pieces = [(model.token_to_str(i), i) for i in ids[:MAX_CHIPS]]
-        self.post_message(TokensReady(text, pieces, len(ids), "(no tokens)"))
+        self.post_message(TokensReady(text, pieces, len(ids), "(no tokens)", chat))
 
     def start_step(self, kind: str, **params: Any) -> None:
         """Compute a step in a worker, if the model is ready."""
@@ -278,8 +291,8 @@ class WorkbenchApp(App[None]):
         if not self.main.is_attached:
             return  # the app is closing
         bar = self.query_one(PromptBar)
-        if message.text == bar.text:
-            bar.show_tokens(message.pieces, message.count, message.note)
+        if (message.text, message.chat) == (bar.text, bar.chat):
+            bar.show_tokens(message.pieces, message.count, message.note, message.chat)
 
     # ------------------------------------------------------------------ recording
     async def _record(self, step: Step) -> None:
@@ -294,6 +307,7 @@ class WorkbenchApp(App[None]):
 
     async def _shown(self, step: Step, switch: bool = False) -> None:
         """Render ``step`` in every pane that knows its kind (``switch``: and show its pane)."""
+        step = shown(step)  # a batch as its first prompt, prompts as text
         if step.kind == "logit_lens":
             self._lens_seen(step)
         if step.params.get("text") and step.kind in TEXT_KINDS:
@@ -318,10 +332,13 @@ class WorkbenchApp(App[None]):
         prompt = self.query_one(PromptBar).prompt
         prompt.history = []
         for step in steps:
-            if step.kind in TEXT_KINDS and step.params.get("text"):
-                prompt.remember(step.params["text"])
+            if step.kind in TEXT_KINDS and prompt_text(step.params.get("text")):
+                prompt.remember(prompt_text(step.params["text"]))
+        texts = [s.params.get("text") for s in steps if s.kind in TEXT_KINDS]
+        if restore_forms and texts:  # the chat switch as the last prompt was sent
+            self.query_one(PromptBar).chat = is_chat(texts[-1])
         for pane in self.main.panes():
-            last = next((s for s in reversed(steps) if s.kind in pane.KINDS), None)
+            last = next((shown(s) for s in reversed(steps) if s.kind in pane.KINDS), None)
             if last is not None:
                 pane.show_step(last, self.state)
                 if restore_forms:
@@ -401,12 +418,14 @@ class WorkbenchApp(App[None]):
         self.push_screen(HelpScreen(panes, self.key_rows()))
 
     # ------------------------------------------------------------------ actions: steps
-    def _prompt_text(self) -> str | None:
-        text = self.query_one(PromptBar).text
-        if not text.strip():
+    def _prompt(self) -> Prompt | None:
+        """What the prompt runs (its text, or a chat with the chat switch on); None, with a
+        warning, when it is empty."""
+        bar = self.query_one(PromptBar)
+        if not bar.text.strip():
             self.notify("the prompt is empty: type some text first", severity="warning")
             return None
-        return text
+        return bar.value
 
     def _model_or_warn(self) -> ModelView | None:
         if self.state.model is None:
@@ -415,7 +434,7 @@ class WorkbenchApp(App[None]):
 
     @on(Input.Submitted, "#prompt")
     def action_run_lens(self) -> None:
-        model, text = self._model_or_warn(), self._prompt_text()
+        model, text = self._model_or_warn(), self._prompt()
         if model is None or text is None:
             return
         try:
@@ -427,7 +446,7 @@ class WorkbenchApp(App[None]):
         self.start_step("logit_lens", **params)
 
     def action_run_trace(self) -> None:
-        text = self._prompt_text()
+        text = self._prompt()
         if text is not None:
             self.start_step("trace", text=text)
 
@@ -462,7 +481,7 @@ class WorkbenchApp(App[None]):
             layer = self.query_one(ChartsPane).attention_layer(model)
         except MlxterpError:
             return
-        text = self._prompt_text()
+        text = self._prompt()
         if text is not None:
             self.start_step("attention", text=text, layer=layer)
 
@@ -501,15 +520,15 @@ class WorkbenchApp(App[None]):
             self.notify(error_text(err), severity="error", title="intervention refused")
             return False
         self.call_later(self._shown, step)
-        text = self.query_one(PromptBar).text
+        bar = self.query_one(PromptBar)
         if (
             rerun
             and self.state.last_lens is not None
-            and text.strip()
+            and bar.text.strip()
             and self.state.model is not None
         ):
             try:
-                params = self.query_one(LensPane).params(self.state.model, text)
+                params = self.query_one(LensPane).params(self.state.model, bar.value)
             except MlxterpError:
                 return True
             self.start_step("logit_lens", **params)
@@ -746,4 +765,14 @@ class WorkbenchApp(App[None]):
                 [], 0, "(loading model…)" if model is None and bar.text else "(no tokens yet)"
             )
             return
-        self._tokenize(model, bar.text)
+        self._tokenize(model, bar.text, bar.chat)
+
+    @on(Checkbox.Changed, "#prompt-chat")
+    def _chat_switched(self) -> None:
+        """The token strip follows the chat switch at once."""
+        self._tokenize_now()
+
+    def action_toggle_chat(self) -> None:
+        """Flip the chat switch: the prompt goes as a user message through the template."""
+        bar = self.query_one(PromptBar)
+        bar.chat = not bar.chat

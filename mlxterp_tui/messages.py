@@ -55,11 +55,15 @@ class WorkFailed(Message):
 
 
 class TokensReady(Message):
-    """The prompt ``text`` tokenized: ``(piece, id)`` of its first tokens and the count."""
+    """The prompt ``text`` tokenized (``chat``: through the chat template): ``(piece, id)``
+    of its first tokens and the count."""
 
-    def __init__(self, text: str, pieces: list[tuple[str, int]], count: int, note: str) -> None:
+    def __init__(
+        self, text: str, pieces: list[tuple[str, int]], count: int, note: str, chat: bool = False
+    ) -> None:
         super().__init__()
         self.text, self.pieces, self.count, self.note = text, pieces, count, note
+        self.chat = chat  # tokenized as one user message through the chat template
 
 
 __all__ = [

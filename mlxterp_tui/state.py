@@ -6,15 +6,16 @@ Widgets render this state; only the UI thread changes it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from mlxterp.session import Session, Step
+from mlxterp.session import Session, Step, is_chat
 
 STATE_ENV = "MLXTERP_STATE_DIR"
 SHIPPED_SESSIONS = Path(__file__).resolve().parent.parent / "sessions"
@@ -32,10 +33,47 @@ class ModelView(Protocol):
     @property
     def vocab_size(self) -> int | None: ...
     def encode(self, text: str) -> list[int]: ...
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
     def token_to_str(self, token_id: int) -> str: ...
     def token_id(self, token: int | str) -> int: ...
     def resolve(self, name: str) -> str: ...
     def named_modules(self) -> Iterator[tuple[str, object]]: ...
+
+
+Prompt = str | list[dict[str, str]]
+"""What the prompt runs: its text, or the text as one user message of a chat."""
+
+PROMPT_KEYS = ("text", "messages", "prompt", "clean", "corrupted", "positive", "negative")
+
+
+def user_message(text: str) -> list[dict[str, str]]:
+    """``text`` as a chat of one user message (what the chat switch sends)."""
+    return [{"role": "user", "content": text}]
+
+
+def prompt_text(value: Any) -> str:
+    """What a field shows of a recorded prompt: text as it is, a chat's last message, the
+    first of a batch; token ids have no text to show (empty)."""
+    if isinstance(value, str):
+        return value
+    if is_chat(value):
+        return str(value[-1]["content"])
+    if isinstance(value, list) and value and (isinstance(value[0], str) or is_chat(value[0])):
+        return prompt_text(value[0])
+    return ""
+
+
+def shown(step: Step) -> Step:
+    """``step`` as the panes show it: a batch (recorded by a script) as its first prompt or
+    pair, and prompts as the text a field holds."""
+    summary, result = step.summary, step.result
+    if isinstance(summary.get("batch"), list) and summary["batch"]:
+        summary = summary["batch"][0]
+        result = result[0] if isinstance(result, list) and result else None
+    params = {k: (prompt_text(v) if k in PROMPT_KEYS else v) for k, v in step.params.items()}
+    if summary is step.summary and params == step.params:
+        return step
+    return dataclasses.replace(step, params=params, summary=summary, result=result)
 
 
 def state_dir() -> Path:

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Static
 from mlxterp.session import Step, color_at
 
 from .. import checks
-from ..state import ModelView, WorkbenchState
+from ..state import ModelView, Prompt, WorkbenchState
 from ..widgets import Field, FieldMessage
 from . import Pane
 
@@ -90,8 +90,9 @@ class LensPane(Pane):
         )
         yield table
 
-    def params(self, model: ModelView, text: str) -> dict[str, Any]:
-        """The ``logit_lens`` step's parameters for ``text``; ``InputError`` beside the field."""
+    def params(self, model: ModelView, text: Prompt) -> dict[str, Any]:
+        """The ``logit_lens`` step's parameters for ``text`` (or a chat); ``InputError``
+        beside the field."""
 
         def read() -> dict[str, Any]:
             topk = self.query_one("#lens-topk", Field).value or "5"

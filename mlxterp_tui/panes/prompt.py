@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import Static
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Checkbox, Static
 
+from ..state import Prompt, user_message
 from ..widgets import PromptInput
 
 CHIP_STYLES = ("black on #8fbcbb", "black on #d8dee9")
@@ -27,15 +28,32 @@ def token_chips(pieces: list[tuple[str, int]], count: int) -> Text:
 
 
 class PromptBar(Vertical):
-    """The prompt (Enter runs the lens; ctrl+z undoes; up/down: earlier prompts) over the
+    """The prompt (Enter runs the lens; ctrl+z undoes; up/down: earlier prompts) and the
+    chat switch (f9: the prompt goes as a user message through the chat template), over the
     token strip, which the app fills off the UI thread once typing pauses."""
 
     def compose(self) -> ComposeResult:
-        yield PromptInput(
-            placeholder="Prompt — Enter runs the logit lens; ↑/↓ earlier prompts; ctrl+z undo",
-            id="prompt",
-        )
+        with Horizontal(id="prompt-row"):
+            yield PromptInput(
+                placeholder="Prompt — Enter runs the logit lens; ↑/↓ earlier prompts; ctrl+z undo",
+                id="prompt",
+            )
+            yield Checkbox("chat", id="prompt-chat")
         yield Static("(no tokens yet)", id="token-strip", markup=False)
+
+    @property
+    def chat(self) -> bool:
+        """Whether the prompt goes through the chat template (the switch beside it)."""
+        return self.query_one("#prompt-chat", Checkbox).value
+
+    @chat.setter
+    def chat(self, on: bool) -> None:
+        self.query_one("#prompt-chat", Checkbox).value = on
+
+    @property
+    def value(self) -> Prompt:
+        """What the prompt runs: its text, or (chat on) the text as one user message."""
+        return user_message(self.text) if self.chat else self.text
 
     @property
     def prompt(self) -> PromptInput:
@@ -45,7 +63,11 @@ class PromptBar(Vertical):
     def text(self) -> str:
         return self.prompt.value
 
-    def show_tokens(self, pieces: list[tuple[str, int]], count: int, note: str) -> None:
-        """Draw the chips, or ``note`` when there are none to draw."""
+    def show_tokens(
+        self, pieces: list[tuple[str, int]], count: int, note: str, chat: bool = False
+    ) -> None:
+        """Draw the chips (after ``chat:`` when they are the chat template's), or ``note``
+        when there are none to draw."""
         strip = self.query_one("#token-strip", Static)
-        strip.update(token_chips(pieces, count) if pieces else Text(note))
+        shown = token_chips(pieces, count) if pieces else Text(note)
+        strip.update(Text.assemble(("chat: ", "bold"), shown) if chat else shown)

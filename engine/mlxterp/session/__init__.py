@@ -9,6 +9,7 @@ this package is everything the workbench imports from the engine.
 from ..blas import main as blas_main
 from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
+from ..inputs import is_chat  # a recorded prompt may be a chat
 from ..plotting import color_at  # the workbench colours lens cells as the plots do
 from .active import (
     ACTIONS,
@@ -43,6 +44,7 @@ __all__ = [
     "color_at",
     "doctor_main",
     "intervention_from_description",
+    "is_chat",
     "replay",
     "replay_main",
 ]
