@@ -65,3 +65,27 @@ async def test_reopens_an_attention_step_over_several_layers(model_dir, manager,
         await settle(app, pilot)
         assert app.is_running
         assert "layer 1" in str(app.query_one("#chart-caption", Static).render())
+
+
+async def test_reopens_batched_and_chat_steps_a_script_recorded(model_dir, manager, tmp_path):
+    path = tmp_path / "script.toml"
+    session = Session.new(model_dir, path, manager)
+    session.run(manager, "logit_lens", text=[FRANCE, GERMANY], layers=[0, 1])
+    session.run(
+        manager,
+        "activation_patching",
+        clean=[FRANCE, FRANCE],
+        corrupted=[GERMANY, "The capital of Italy is"],
+        positions=-1,
+    )
+    session.run(manager, "steering", positive=["a b", "c d"], negative="e f", layer=1, prompt="x")
+    app = WorkbenchApp(model_dir, session=Session.load(path, manager), manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        assert app.is_running
+        assert app.query_one("#prompt", Input).history == [FRANCE]  # a batch's first prompt
+        assert app.query_one("#patch-clean", Input).value == FRANCE
+        assert app.query_one("#patch-positions", Input).value == "-1"
+        assert app.query_one("#steer-positive", Input).value == "a b"
+        rows = app.query_one("#lens-table").row_count
+        assert rows == 2  # the first prompt's lens, one row per layer
