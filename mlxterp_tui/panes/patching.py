@@ -46,7 +46,7 @@ class PatchingPane(Pane):
                 [(m, m) for m in METRICS], value="l2", allow_blank=False, id="patch-metric"
             )
             yield Checkbox("by position", id="patch-by-position")
-            yield Field(placeholder="positions: all", id="patch-positions")
+            yield Field(placeholder="all positions", id="patch-positions")
         with Horizontal(id="patch-run-row"):
             yield Field(placeholder="answers for logit_diff: ␣Paris,␣London", id="patch-answer")
             yield KeyButton(
