@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-from mlxterp.session import InputError
+from mlxterp.session import InputError, token_from_display
 
 
 class Tokenizes(Protocol):
@@ -50,14 +50,10 @@ def whole(text: str, name: str, *, low: int | None = None, high: int | None = No
     return int(number(text, name, low=low, high=high, integer=True))
 
 
-def token_text(text: str) -> str:
-    """A typed token with ``␣`` standing for a space (``␣Paris`` is `` Paris``)."""
-    return text.replace("␣", " ")
-
-
 def single_token(model: Tokenizes, text: str, name: str) -> str:
-    """``text`` (``␣`` for a space) if the model reads it as exactly one token."""
-    token = token_text(text)
+    """``text``, written as tokens are shown (``␣`` a space, ``↵`` a newline, ``⇥`` a tab:
+    ``token_from_display``), if the model reads it as exactly one token."""
+    token = token_from_display(text)
     try:
         model.token_id(token)
     except InputError as err:

@@ -136,8 +136,9 @@ def is_evenly_spaced_integers(labels: list[str]) -> bool:
     return len({b - a for a, b in itertools.pairwise(values)}) == 1
 
 
+@pytest.mark.parametrize("width", [40, 80])
 @pytest.mark.parametrize("n_layers", [4, 16, 30, 48])
-def test_patching_bar_chart_has_evenly_spaced_integer_layer_ticks(n_layers):
+def test_patching_bar_chart_has_evenly_spaced_integer_layer_ticks(n_layers, width):
     layers = list(range(n_layers))
     result = PatchingResult(
         recovery={layer: 100.0 * layer / n_layers for layer in layers},
@@ -150,7 +151,7 @@ def test_patching_bar_chart_has_evenly_spaced_integer_layer_ticks(n_layers):
         positions=[-1],
         tokens=["."],
     )
-    labels = x_tick_labels(result.chart(width=80, height=16, color=False))
+    labels = x_tick_labels(result.chart(width=width, height=16, color=False))
     assert is_evenly_spaced_integers(labels), labels
     assert labels[0] == "0" and len(labels) <= plotting.MOST_TICKS
 
@@ -159,6 +160,20 @@ def test_line_chart_of_layers_has_evenly_spaced_integer_ticks():
     fig = plotting.line_chart({"p": [n / 30 for n in range(30)]}, x=list(range(30)))
     labels = x_tick_labels(plotting.to_text(fig, width=60, height=12, color=False))
     assert is_evenly_spaced_integers(labels), labels
+
+
+def test_layer_grid_has_integer_rows_and_token_columns():
+    fig = plotting.matrix_chart(
+        [[float(r * c) for c in range(4)] for r in range(30)],
+        list(range(30)),
+        ["<s>", " Paris", "\n", "\t"],
+        xlabel="position",
+        ylabel="layer",
+    )
+    lines = plotext.uncolorize(plotting.to_text(fig, 60, 14, color=False)).splitlines()
+    assert x_tick_labels("\n".join(lines)) == ["<s>", "␣Paris", "↵", "⇥"]
+    rows = [line.split("┤")[0].strip() for line in lines if "┤" in line]
+    assert is_evenly_spaced_integers(rows) and rows[0] == "0", rows  # layer 0 on top
 
 
 def test_bar_chart_of_some_layers_ticks_each_of_them():

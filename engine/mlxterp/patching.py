@@ -202,7 +202,12 @@ def _recovery_chart(
     recovery: dict[int, float], title: str, width: int, height: int, color: bool
 ) -> str:
     fig = plotting.bar_chart(
-        list(recovery), list(recovery.values()), title=title, xlabel="layer", ylabel="recovery %"
+        list(recovery),
+        list(recovery.values()),
+        title=title,
+        xlabel="layer",
+        ylabel="recovery %",
+        width=width,
     )
     return plotting.to_text(fig, width, height, color)
 

@@ -3,10 +3,11 @@
 Everything is drawn with plotext, so it works over SSH and needs no GUI.  ``heatmap_text``
 returns the grid as a string (cells coloured by value, each holding a short label such as
 the top token; labels are shown through ``token_display.display_token``, so whitespace
-tokens are visible and never break a line).  ``bar_chart`` and ``line_chart`` draw onto a
-plotext figure: pass the ``.plt`` of a ``textual_plotext.PlotextPlot`` to draw inside the
-workbench, or nothing to get a fresh figure, which ``to_text`` turns into a string for
-printing.  Integer x values (layers) get integer ticks, evenly thinned when there are many.
+tokens are visible and never break a line).  ``bar_chart``, ``line_chart`` and
+``matrix_chart`` draw onto a plotext figure: pass the ``.plt`` of a
+``textual_plotext.PlotextPlot`` to draw inside the workbench, or nothing to get a fresh
+figure, which ``to_text`` turns into a string for printing.  Integer labels (layers,
+positions) get integer ticks, evenly thinned when there are many.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def color_at(cmap: str, value: float) -> tuple[int, int, int]:
     return r, g, b
 
 
-# At most this many labelled ticks on an integer x axis (two-digit layers fit in 80 columns).
+# At most this many labelled ticks on an x axis (fewer when the chart is narrow: see
+# _fitting) and on a y axis (a chart in a 24-line terminal has about 10 lines of plot).
 MOST_TICKS = 16
+MOST_Y_TICKS = 8
+TOKEN_TICK_WIDTH = 8  # a token under an axis is cut to this many characters
 _TICK_STEPS = (1, 2, 5)  # times 1, 10, 100 ...
 
 
@@ -135,21 +139,68 @@ def bar_chart(
     xlabel: str | None = None,
     ylabel: str | None = None,
     plt: Any = None,
+    width: int = 80,
 ) -> Any:
     """Bars of ``values`` over ``labels`` drawn on ``plt`` (cleared first) or a new figure;
-    returns the figure.  Integer labels (layers) are ticked by ``integer_ticks``."""
+    returns the figure.  Integer labels (layers) are ticked by ``integer_ticks``, as many
+    as fit in the ``width`` columns the chart will take."""
     if len(labels) != len(values):
         raise InputError(f"bar_chart: {len(labels)} labels for {len(values)} values")
     fig = _figure(plt)
     if all(_is_int(label) for label in labels):
         fig.bar(list(range(len(labels))), [float(v) for v in values])
-        where = {int(label): n for n, label in enumerate(labels)}
-        ticks = integer_ticks(list(where))
-        fig.xticks([where[t] for t in ticks], [str(t) for t in ticks])
+        fig.xticks(*_ticks(labels, _fitting(width, labels)))
     else:
         fig.bar([str(label) for label in labels], [float(v) for v in values])
     _decorate(fig, title, xlabel, ylabel)
     return fig
+
+
+def matrix_chart(
+    matrix: Sequence[Sequence[float]],
+    rows: Sequence[Any],
+    columns: Sequence[Any],
+    *,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    plt: Any = None,
+    width: int = 80,
+) -> Any:
+    """``matrix`` (rows x columns) as plotext's colour grid on ``plt`` (cleared first) or a
+    new figure, its rows (top down) and columns labelled by ``rows`` and ``columns``:
+    integers (layers, positions) by ``integer_ticks``, anything else (tokens) shown by
+    ``display_token``; as many columns as fit in ``width`` and at most ``MOST_Y_TICKS``
+    rows.  Returns the figure."""
+    if len(matrix) != len(rows) or any(len(row) != len(columns) for row in matrix):
+        raise InputError(f"matrix_chart: the matrix must be {len(rows)} rows of {len(columns)}")
+    fig = _figure(plt)
+    fig.matrix_plot([[float(v) for v in row] for row in matrix])
+    where, texts = _ticks(columns, _fitting(width, columns))
+    fig.xticks(where, texts)
+    where, texts = _ticks(rows, MOST_Y_TICKS)
+    fig.yticks([len(rows) - 1 - n for n in where], texts)  # plotext draws row 0 on top
+    _decorate(fig, title, xlabel, ylabel)
+    return fig
+
+
+def _fitting(width: int, labels: Sequence[Any]) -> int:
+    """How many of ``labels`` can be tick labels side by side under a chart ``width``
+    columns wide (at most ``MOST_TICKS``, at least 2)."""
+    widest = max((min(len(str(label)), TOKEN_TICK_WIDTH) for label in labels), default=1)
+    return max(2, min(MOST_TICKS, (width - 10) // (widest + 2)))
+
+
+def _ticks(labels: Sequence[Any], most: int) -> tuple[list[int], list[str]]:
+    """Which of ``labels`` (by index) to tick, at most ``most``, and their text: integer
+    labels by ``integer_ticks``, others every n-th, shown as tokens (``display_token``)."""
+    if all(_is_int(label) for label in labels):
+        where = {int(label): n for n, label in enumerate(labels)}
+        picked = integer_ticks(list(where), most)
+        return [where[t] for t in picked], [str(t) for t in picked]
+    stride = -(-len(labels) // most)  # ceiling division
+    indices = list(range(0, len(labels), stride))
+    return indices, [display_token(str(labels[n]), TOKEN_TICK_WIDTH) for n in indices]
 
 
 def line_chart(
@@ -160,9 +211,12 @@ def line_chart(
     xlabel: str | None = None,
     ylabel: str | None = None,
     plt: Any = None,
+    width: int = 80,
 ) -> Any:
     """One line per ``{label: values}`` entry over ``x`` (default 0, 1, ...) drawn on ``plt``
-    (cleared first) or a new figure; returns the figure."""
+    (cleared first) or a new figure; returns the figure.  The legend names each series
+    (an empty label stays out of it); integer ``x`` is ticked by ``integer_ticks``, as many
+    as fit in the ``width`` columns the chart will take."""
     fig = _figure(plt)
     for label, ys in series.items():
         xs = list(x) if x is not None else list(range(len(ys)))
@@ -170,7 +224,7 @@ def line_chart(
             raise InputError(f"line_chart: series {label!r} has {len(ys)} values for {len(xs)} x")
         fig.plot(xs, [float(v) for v in ys], label=str(label), marker="braille")
     if x is not None and all(_is_int(v) for v in x):
-        fig.xticks(integer_ticks([int(v) for v in x]))
+        fig.xticks(integer_ticks([int(v) for v in x], _fitting(width, x)))
     _decorate(fig, title, xlabel, ylabel)
     return fig
 

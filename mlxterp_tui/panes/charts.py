@@ -11,7 +11,7 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from mlxterp.session import InputError, Step
+from mlxterp.session import InputError, Step, bar_chart, line_chart, matrix_chart
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
@@ -71,7 +71,13 @@ class ChartsPane(Pane):
             )
         elif step.kind == "activation_patching":
             if summary.get("matrix"):
-                self.grid("Recovery % by layer (rows) x position (columns)", summary["matrix"])
+                self.grid(
+                    "Recovery % by layer (rows) x position (columns)",
+                    summary["matrix"],
+                    summary["layers"],
+                    summary.get("tokens") or summary["positions"],
+                    ("position", "layer"),
+                )
             else:
                 self.bars(
                     f"Recovery % patching {summary['component']} ({summary['metric']})",
@@ -117,10 +123,19 @@ class ChartsPane(Pane):
             message.say(f"{err} — layer {layer} has {weights.shape[0]} heads")
             return
         message.say(None)
+        pattern = weights[head].tolist()
         self.grid(
             f"Attention, layer {layer} head {head} (rows: queries, columns: keys)",
-            weights[head].tolist(),
+            pattern,
+            list(range(len(pattern))),
+            list(range(len(pattern[0]))),
+            ("key", "query"),
         )
+
+    @staticmethod
+    def _width(plot: PlotextPlot) -> int:
+        """The columns the chart has (the whole pane's before the first layout)."""
+        return plot.size.width or 80
 
     def _fresh(self, caption: str) -> PlotextPlot:
         self.query_one("#chart-caption", Static).update(Text(caption))
@@ -130,26 +145,34 @@ class ChartsPane(Pane):
         return plot
 
     def line(self, caption: str, xs: list, ys: list, xlabel: str, ylabel: str) -> None:
-        """A line chart of ``ys`` over ``xs``."""
+        """A line chart of ``ys`` over ``xs`` (the engine's: integer layers, integer ticks)."""
         plot = self._fresh(caption)
-        plot.plt.plot(xs, ys, marker="braille")
-        plot.plt.xticks(xs)
-        plot.plt.xlabel(xlabel)
-        plot.plt.ylabel(ylabel)
+        line_chart(  # the empty label: no legend
+            {"": ys}, xs, xlabel=xlabel, ylabel=ylabel, plt=plot.plt, width=self._width(plot)
+        )
         plot.refresh()
 
     def bars(self, caption: str, xs: list, ys: list, xlabel: str, ylabel: str) -> None:
-        """A bar chart of ``ys`` over ``xs``."""
+        """A bar chart of ``ys`` over ``xs`` (the engine's: integer layers, integer ticks)."""
         plot = self._fresh(caption)
-        plot.plt.bar([str(x) for x in xs], ys)
-        plot.plt.xlabel(xlabel)
-        plot.plt.ylabel(ylabel)
+        bar_chart(xs, ys, xlabel=xlabel, ylabel=ylabel, plt=plot.plt, width=self._width(plot))
         plot.refresh()
 
-    def grid(self, caption: str, matrix: list[list[Any]]) -> None:
-        """A heatmap of ``matrix`` through plotext's ``matrix_plot``."""
+    def grid(
+        self, caption: str, matrix: list[list[Any]], rows: list, columns: list, axes: tuple
+    ) -> None:
+        """A heatmap of ``matrix``, its rows and columns labelled (integers or tokens) and
+        its axes named ``(columns, rows)``."""
         plot = self._fresh(caption)
-        plot.plt.matrix_plot(matrix)
+        matrix_chart(
+            matrix,
+            rows,
+            columns,
+            xlabel=axes[0],
+            ylabel=axes[1],
+            plt=plot.plt,
+            width=self._width(plot),
+        )
         plot.refresh()
 
 

@@ -19,6 +19,7 @@ from mlxterp.session import (
     InterventionEntry,
     MlxterpError,
     Step,
+    display_token,
     intervention_from_description,
 )
 
@@ -159,9 +160,8 @@ def comparison(baseline: dict | None, current: dict | None) -> str:
         strict=False,  # a lens over some layers compares those
     ):
         mark = " " if b_s[-1] == c_s[-1] else "*"
-        lines.append(
-            f"L{layer:<4} {b_s[-1]!r:>10} {b_p[-1]:.3f}   {mark} {c_s[-1]!r:>10} {c_p[-1]:.3f}"
-        )
+        before, after = display_token(b_s[-1], 10), display_token(c_s[-1], 10)
+        lines.append(f"L{layer:<4} {before:>10} {b_p[-1]:.3f}   {mark} {after:>10} {c_p[-1]:.3f}")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from mlxterp.session import Step, color_at
+from mlxterp.session import Step, color_at, display_token
 
 from .. import checks
 from ..state import ModelView, Prompt, WorkbenchState
@@ -23,17 +23,11 @@ CELL_WIDTH = 8
 MOST_TOP_K = 1024
 
 
-def shown_token(token: str, width: int = CELL_WIDTH) -> str:
-    """A token made printable and cut to ``width`` characters."""
-    text = "".join(c if c.isprintable() else "·" for c in token).replace(" ", "␣")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def prob_cell(token: str, prob: float) -> Text:
     """The token on a background coloured by ``prob`` (viridis), readable foreground."""
     r, g, b = color_at("viridis", prob)
     fg = "black" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "white"
-    return Text(shown_token(token), style=f"{fg} on rgb({r},{g},{b})")
+    return Text(display_token(token, CELL_WIDTH), style=f"{fg} on rgb({r},{g},{b})")
 
 
 class TopKScreen(ModalScreen[None]):
@@ -67,9 +61,10 @@ class LensPane(Pane):
     HELP = (
         "What every layer predicts at every position of the prompt. Rows are layers, "
         "columns the prompt's tokens; each cell is the layer's top token, coloured by its "
-        "probability (dark low, yellow high). Enter on a cell lists its top-k. A target "
-        "token (␣ for a leading space, e.g. ␣Paris) charts its probability per layer in the "
-        "Chart pane. Enter in the prompt or ctrl+r runs it."
+        "probability (dark low, yellow high). Tokens show a space as ␣, a newline as ↵, a "
+        "tab as ⇥. Enter on a cell lists its top-k. A target token (written the same way, "
+        "e.g. ␣Paris) charts its probability per layer in the Chart pane. Enter in the "
+        "prompt or ctrl+r runs it."
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -110,7 +105,7 @@ class LensPane(Pane):
     def restore(self, step: Step) -> None:
         target = step.params.get("target")
         self.query_one("#lens-target", Field).value = (
-            target.replace(" ", "␣") if isinstance(target, str) else ""
+            display_token(target) if isinstance(target, str) else ""
         )
         self.query_one("#lens-topk", Field).value = str(step.params.get("top_k", 5))
 
@@ -125,7 +120,9 @@ class LensPane(Pane):
         tokens = summary.get("tokens") or [str(p) for p in range(len(summary["top_strs"][0]))]
         table.add_column("layer", key="layer", width=5)
         for pos, token in enumerate(tokens):
-            table.add_column(Text(shown_token(token)), key=f"p{pos}", width=CELL_WIDTH)
+            table.add_column(
+                Text(display_token(token, CELL_WIDTH)), key=f"p{pos}", width=CELL_WIDTH
+            )
         for layer, strs, probs in zip(
             summary["layers"], summary["top_strs"], summary["top_probs"], strict=True
         ):
@@ -147,7 +144,7 @@ class LensPane(Pane):
             return None
         pos, layer = column - 1, self.summary["layers"][row]
         token = (self.summary.get("tokens") or [str(pos)] * (pos + 1))[pos]
-        title = f"Layer {layer}, position {pos} ({shown_token(token, 20)})"
+        title = f"Layer {layer}, position {pos} ({display_token(token, 20)})"
         if self.result is not None and hasattr(self.result, "top_ids"):
             cell = zip(
                 self.result.top_strs[row][pos],

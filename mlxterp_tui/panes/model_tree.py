@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
-from mlxterp.session import Step
+from mlxterp.session import Step, display_token
 
 from ..state import ModelView, WorkbenchState
 from . import Pane
@@ -88,7 +88,7 @@ class ModelPane(Pane):
         self._refresh_labels()
         summary = step.summary
         tokens = ", ".join(
-            f"{t!r} {p:.3f}"
+            f"{display_token(t)} {p:.3f}"
             for t, p in zip(summary["top_tokens"], summary["top_probs"], strict=True)
         )
         self.query_one("#module-detail", Static).update(Text(f"next tokens: {tokens}"))

@@ -7,6 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Checkbox, Static
 
+from mlxterp.session import display_token
+
 from ..state import Prompt, user_message
 from ..widgets import PromptInput
 
@@ -15,12 +17,12 @@ MAX_CHIPS = 160  # more never fit in the strip's two lines; the count says how m
 
 
 def token_chips(pieces: list[tuple[str, int]], count: int) -> Text:
-    """``[(text, id)]`` as alternating-colour chips ``text·id``; spaces shown as ``␣``."""
+    """``[(text, id)]`` as alternating-colour chips ``text·id``, each token shown by
+    ``display_token`` (``␣`` a space, ``↵`` a newline, ``⇥`` a tab)."""
     strip = Text(no_wrap=False)
     strip.append(f"{count} tokens ", style="bold")
     for n, (piece, token_id) in enumerate(pieces):
-        shown = piece.replace(" ", "␣").replace("\n", "⏎") or "∅"
-        strip.append(f" {shown}·{token_id} ", style=CHIP_STYLES[n % 2])
+        strip.append(f" {display_token(piece)}·{token_id} ", style=CHIP_STYLES[n % 2])
         strip.append(" ")
     if count > len(pieces):
         strip.append(f"… {count - len(pieces)} more")

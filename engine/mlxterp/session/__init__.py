@@ -10,7 +10,13 @@ from ..blas import main as blas_main
 from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..inputs import is_chat  # a recorded prompt may be a chat
-from ..plotting import color_at  # the workbench colours lens cells as the plots do
+from ..plotting import (  # the workbench draws as the plots do
+    bar_chart,
+    color_at,
+    line_chart,
+    matrix_chart,
+)
+from ..token_display import display_token, token_from_display  # tokens shown alike
 from .active import (
     ACTIONS,
     INTERVENTION_KINDS,
@@ -40,11 +46,16 @@ __all__ = [
     "SessionManager",
     "Step",
     "StepReport",
+    "bar_chart",
     "blas_main",
     "color_at",
+    "display_token",
     "doctor_main",
     "intervention_from_description",
     "is_chat",
+    "line_chart",
+    "matrix_chart",
     "replay",
     "replay_main",
+    "token_from_display",
 ]
