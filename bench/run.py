@@ -1,7 +1,11 @@
 """mlxterp benchmark: costs as ratios to one bare forward, measured side by side in one run.
 
-    python bench/run.py            # demo model + medium random llama, both shapes
-    python bench/run.py --quick    # fewer repeats, demo model and the small shape only
+    python bench/run.py            # demo model + medium random llama, 1x32, 8x16 and 8x64
+    python bench/run.py --quick    # fewer repeats, demo model, 1x32 and 8x16 only
+
+At batch 1 the single-prompt analyses are measured; at batch 8 the batched ones (a list of
+8 prompts, 8 (clean, corrupted) pairs) against the bare forward of the whole batch, with the
+per-pair loop that a batched patching sweep replaces.
 
 Each figure is the median of repeated runs in this process (after a warm-up), divided by
 the median bare forward of the same model and input measured in the same run.
@@ -82,9 +86,52 @@ def bench_shape(
         (f"{tag}: trace, full capture / bare", f"{full / bare:.2f}x"),
         (f"{tag}: trace, one module / bare", f"{one / bare:.2f}x"),
     ]
-    if len(prompts) == 1:  # the lens and the patching helpers read one prompt at a time
+    if len(prompts) == 1:
         rows += bench_one_prompt(tag, model, prompts[0], bare, repeats)
+    else:
+        rows += bench_pairs(tag, model, prompts, bare, repeats)
     return rows
+
+
+def corrupt(clean: list[int]) -> list[int]:
+    """The corrupted prompt of a pair: token 2 replaced by one from a third of the way in."""
+    return [*clean[:2], clean[2 + len(clean) // 3], *clean[3:]]
+
+
+def bench_pairs(
+    tag: str, model: InterpretableModel, prompts: list[list[int]], bare: float, repeats: int
+) -> Rows:
+    """The batched analyses of ``len(prompts)`` prompts or (clean, corrupted) pairs, against
+    the bare forward of the whole batch (``bare``), and the per-pair loop a sweep replaces."""
+    n, L = len(prompts), model.num_layers
+    corrupted = [corrupt(p) for p in prompts]
+    answer = [(c[2], k[2]) for c, k in zip(prompts, corrupted, strict=True)]
+    lens_t = median_seconds(lambda: lens(model, prompts, top_k=1), repeats)
+    sweep = median_seconds(
+        lambda: patching_sweep(model, prompts, corrupted, component="output"), repeats
+    )
+    loop = median_seconds(
+        lambda: [
+            patching_sweep(model, c, k, component="output")
+            for c, k in zip(prompts, corrupted, strict=True)
+        ],
+        max(1, repeats // 3),
+    )
+    attrib = median_seconds(
+        lambda: attribution_patching(model, prompts, corrupted, answer=answer), repeats
+    )
+    return [
+        (f"{tag}: lens of {n} prompts (lens()) / bare", f"{lens_t / bare:.2f}x"),
+        (
+            f"{tag}: patching sweep, {n} pairs x {L} layers / bare",
+            f"{sweep / bare:.1f}x (aim <= 20)",
+        ),
+        (
+            f"{tag}: ... the same {n} pairs as a per-pair loop / bare",
+            f"{loop / bare:.1f}x ({loop / sweep:.1f}x the batched sweep)",
+        ),
+        (f"{tag}: attribution patching, {n} pairs / bare", f"{attrib / bare:.2f}x"),
+    ]
 
 
 def bench_one_prompt(
@@ -103,7 +150,7 @@ def bench_one_prompt(
     unembed = median_seconds(lambda: mx.eval(model.unembedder(stacked)), repeats)
     floor = bare + unembed
 
-    corrupted = [*clean[:2], clean[2 + len(clean) // 3], *clean[3:]]
+    corrupted = corrupt(clean)
     sweep = median_seconds(
         lambda: patching_sweep(model, clean, corrupted, component="output"), repeats
     )
@@ -206,10 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repeats; demo model, 1x32 only")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats; demo model, 1x32 and 8x16 only"
+    )
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 9
-    shapes = [(1, 32)] if args.quick else [(1, 32), (8, 64)]
+    shapes = [(1, 32), (8, 16)] if args.quick else [(1, 32), (8, 16), (8, 64)]
 
     print(
         f"mlxterp {mlxterp.__version__} | mlx {metadata.version('mlx')} | {platform.platform()} | "
