@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Checkbox, DataTable, Select, Static
 
-from mlxterp.session import InputError, Step
+from mlxterp.session import InputError, Step, display_token
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
@@ -94,7 +94,7 @@ class PatchingPane(Pane):
             self.query_one("#patch-metric", Select).value = p["metric"]
         answer = p.get("answer")
         self.query_one("#patch-answer", Field).value = (
-            ",".join(a.replace(" ", "␣") for a in answer) if answer else ""
+            ",".join(display_token(a) for a in answer) if answer else ""
         )
         self.query_one("#patch-by-position", Checkbox).value = bool(p.get("by_position"))
         where = p.get("positions")

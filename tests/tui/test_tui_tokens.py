@@ -17,6 +17,7 @@ from textual_plotext import PlotextPlot
 
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.panes.lens import LensPane, TopKScreen
+from mlxterp_tui.panes.patching import PatchingPane
 
 from .pilot_helpers import settle
 
@@ -117,3 +118,21 @@ async def test_patching_charts_have_integer_layers_and_token_columns(manager):
         assert x_ticks(lines) == [t.replace(" ", "␣") for t in tokens]
         rows = y_ticks(lines)
         assert evenly_spaced_integers(rows) and rows[0] == "0", rows  # layer 0 on top
+
+
+async def test_patching_answers_are_typed_and_restored_as_shown(manager):
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        app.query_one("#patch-clean", Input).value = "The capital of France is"
+        app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
+        app.query_one("#patch-metric").value = "logit_diff"
+        app.query_one("#patch-answer", Input).value = "␣Paris,↵"
+        app.query_one("#patch-table").focus()
+        await pilot.press("ctrl+k")
+        await settle(app, pilot)
+        step = app.session.steps[-1]
+        assert step.kind == "activation_patching" and step.params["answer"] == [" Paris", "\n"]
+        app.query_one("#patch-answer", Input).value = ""
+        app.query_one("#patching-pane", PatchingPane).restore(step)
+        assert app.query_one("#patch-answer", Input).value == "␣Paris,↵"
