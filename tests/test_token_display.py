@@ -13,6 +13,7 @@ import pytest
 from mlxterp import plotting
 from mlxterp.lens import lens
 from mlxterp.patching import PatchingResult
+from mlxterp.session import Session
 from mlxterp.token_display import display_token, token_from_display
 
 WHITESPACE = [" ", "  ", "\n", "\n\n", "\t", "\r", "\r\n", " \n", "\t\t", "\xa0", "\u200b", ""]
@@ -60,6 +61,18 @@ def test_display_is_cut_to_a_width_with_an_ellipsis():
     assert display_token(" Santiago", 8) == "␣Santia…"
     assert display_token("\n\n\n\n", 3) == "↵↵…"
     assert display_token("abc", 0) == ""
+
+
+def test_prose_keeps_its_spaces_but_stays_one_line():
+    assert display_token("The capital\tof\nFrance", keep_spaces=True) == "The capital⇥of↵France"
+    assert display_token("a b", keep_spaces=True) == "a b"
+
+
+def test_a_step_title_is_one_line(manager, tmp_path):
+    session = Session.new("demo", tmp_path / "s.toml", manager)
+    step = session.run(manager, "logit_lens", text="Hello.\n\nThe capital of France is")
+    assert step.title() == " 0 logit_lens: Hello.↵↵The capital of France is"
+    assert step.params["text"] == "Hello.\n\nThe capital of France is"  # recorded raw
 
 
 def test_typed_tokens_read_back():

@@ -53,16 +53,17 @@ def _visible(ch: str) -> str:
     return ch if ch.isprintable() else f"⟨U+{code:04X}⟩"
 
 
-def display_token(text: str, width: int | None = None) -> str:
+def display_token(text: str, width: int | None = None, *, keep_spaces: bool = False) -> str:
     """``text`` as one visible line (see the module's convention), cut to at most ``width``
-    characters with a closing ``…`` when given.  For display only: never feed it back to a
-    tokenizer (``token_from_display`` reads it back)."""
+    characters with a closing ``…`` when given.  ``keep_spaces=True`` leaves plain spaces
+    as they are, for prose such as a prompt in a one-line title.  For display only: never
+    feed it back to a tokenizer (``token_from_display`` reads it back)."""
     if not text:
         shown = EMPTY
-    elif text.isprintable() and " " not in text:
+    elif text.isprintable() and (keep_spaces or " " not in text):
         shown = text
     else:
-        shown = "".join(_visible(ch) for ch in text)
+        shown = "".join(" " if keep_spaces and ch == " " else _visible(ch) for ch in text)
     if width is not None and len(shown) > width:
         shown = shown[: width - 1] + ELLIPSIS if width > 0 else ""
     return shown

@@ -24,6 +24,7 @@ from ..inputs import is_chat
 from ..interventions import describe
 from ..loading import resolve_reference
 from ..model import InterpretableModel
+from ..token_display import display_token
 from . import storage
 from .active import InterventionEntry, InterventionFn, InterventionList
 from .locking import evaluate, on_mlx_thread
@@ -98,7 +99,8 @@ class Step:
         )
         if is_chat(main):  # a chat reads as what its last message says
             main = f"[{main[-1]['role']}] {main[-1]['content']}"
-        return f"{self.index:>2} {self.kind}: {str(main)[:48]}"
+        shown = display_token(str(main), 48, keep_spaces=True) if main else ""
+        return f"{self.index:>2} {self.kind}: {shown}"  # a newline in a prompt shows as ↵
 
 
 class Session:
