@@ -144,8 +144,8 @@ class Metric:
     def select(self, rows: mx.array) -> Metric:
         """This metric with the references (clean logits, answers) of ``rows`` only: row ``i``
         of what the result scores is compared with reference ``rows[i]``."""
-        picked = copy.copy(self)
-        if self.clean_logits.ndim == 2:
+        picked = copy.copy(self)  # one reference (a row of one) serves every row as it is
+        if self.clean_logits.ndim == 2 and self.clean_logits.shape[0] > 1:
             picked.clean_logits = self.clean_logits[rows]
         if self.answers is not None and self.answers.shape[0] > 1:
             picked.answers = self.answers[rows]
