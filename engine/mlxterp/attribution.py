@@ -21,7 +21,8 @@ import mlx.core as mx
 
 from .activations import Layers, is_int
 from .errors import InputError
-from .patching import Prompts, prepare_patching
+from .lens import PromptList
+from .patching import prepare_patching
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -102,8 +103,8 @@ class AttributionResult:
 @overload
 def attribution_patching(
     model: InterpretableModel,
-    clean_text: Prompts,
-    corrupted_text: Prompts,
+    clean_text: PromptList,
+    corrupted_text: PromptList,
     component: str | None = "output",
     metric: str = "logit_diff",
     answer: Sequence[Any] | None = None,

@@ -23,12 +23,16 @@ import mlx.core as mx
 from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
+from .inputs import Chat
 from .inputs import prompt_list as prompt_list  # one rule for prompts; patching reads it here
 
 if TYPE_CHECKING:
     from .interventions import InterventionFn
     from .model import InterpretableModel
     from .tracing import Trace
+
+PromptList = list[str] | tuple[str, ...] | list[list[int]] | list[Chat]
+"""A list of prompts (see ``prompt_list``): the analyses give one result per prompt."""
 
 LensCell = tuple[int, float, str]
 """One prediction of the logit lens: ``(token_id, logit, token_text)``."""
@@ -219,7 +223,7 @@ def _results(
 @overload
 def lens(
     model: InterpretableModel,
-    inputs: list[str] | tuple[str, ...] | list[list[int]],
+    inputs: PromptList,
     layers: Layers = None,
     top_k: int = 5,
     target: int | str | None = None,
@@ -272,7 +276,7 @@ def _positions(position: Any, lengths: list[int]) -> list[int]:
 @overload
 def logit_lens(
     model: InterpretableModel,
-    text: list[str] | tuple[str, ...] | list[list[int]],
+    text: PromptList,
     top_k: int = 1,
     layers: Layers = None,
     position: int | None = None,

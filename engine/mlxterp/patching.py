@@ -44,7 +44,7 @@ from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
 from .inputs import PreparedInput, int_list
-from .lens import prompt_list
+from .lens import PromptList, prompt_list
 from .metrics import Metric, answer_pairs, check_metric, recovery
 
 if TYPE_CHECKING:
@@ -270,15 +270,11 @@ def activation_patching(
     return result if by_position else result.recovery
 
 
-Prompts = list[str] | tuple[str, ...] | list[list[int]]
-"""A list of prompts (see ``mlxterp.lens.prompt_list``)."""
-
-
 @overload
 def patching_sweep(
     model: InterpretableModel,
-    clean_text: Prompts,
-    corrupted_text: Prompts,
+    clean_text: PromptList,
+    corrupted_text: PromptList,
     component: str | None = "mlp",
     layers: Layers = None,
     metric: str = "l2",
