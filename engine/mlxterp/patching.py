@@ -35,7 +35,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, NotRequired, TypedDict, TypeVar, cast, overload
 
 import mlx.core as mx
 import numpy as np
@@ -314,12 +314,11 @@ def patching_sweep(
 
     ``batch_size`` bounds the patched runs per forward (default: about 2048 tokens' worth).
     """
-    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
+    check_batch_size(batch_size)
     setup = prepare_patching(
         model, clean_text, corrupted_text, component, layers, metric, answer, positions
     )
-    indices, score, pairs = setup.layers, setup.score, len(setup.lengths)
+    indices, pairs = setup.layers, len(setup.lengths)
 
     rows: list[PatchRow] = [
         (q, j, tuple(cols)) for q, cols in enumerate(setup.positions) for j in range(len(indices))
@@ -331,30 +330,12 @@ def patching_sweep(
             for j in range(len(indices))
             for p in cols
         ]
-    rows = sorted(dict.fromkeys(rows), key=lambda row: indices[row[1]])
-    width = setup.corrupted.array.shape[1]
-    per_forward = batch_size or max(
-        1, min(DEFAULT_BATCH_TOKENS // width, -(-len(rows) // PREFIX_GROUPS))
-    )
-    chunks = [rows[k : k + per_forward] for k in range(0, len(rows), per_forward)]
-    starts = sorted({indices[chunk[0][1]] for chunk in chunks} - {0})
-    residuals = [model.layer_name(s - 1) for s in starts]
 
-    corrupted = model.run(setup.corrupted.array, capture=residuals)
-    clean_values = _floats(score(score.clean_logits))
-    corrupted_values = _floats(score(setup.final(corrupted.output, mx.arange(pairs))))
+    def patches(chunk: list[PatchRow], owners: mx.array, corrupted: Trace) -> Interventions:
+        return _layer_patches(setup, chunk, owners)
 
-    # a layer called more than once per forward (shared weights) has no single output to
-    # start from: run such models from the embedding
-    reuse = all(corrupted.call_counts.get(name) == 1 for name in residuals)
-    values: dict[PatchRow, float] = {}
-    for chunk in chunks:
-        owners = mx.array([row[0] for row in chunk])
-        start = indices[chunk[0][1]] if reuse else 0
-        below = model.layer_name(start - 1) if start > 0 else None
-        prefix = {below: setup.rows_of(corrupted.activations[below], owners)} if below else {}
-        out = _patched_run(model, setup, chunk, owners, prefix)
-        values.update(zip(chunk, _floats(score.select(owners)(out)), strict=True))
+    sweep = run_patched_rows(model, setup, rows, lambda row: indices[row[1]], patches, batch_size)
+    values, clean_values, corrupted_values = sweep.values, sweep.clean, sweep.corrupted
 
     results = [
         _pair_result(
@@ -539,29 +520,92 @@ def _pair_count(clean_text: Any, corrupted_text: Any) -> int | None:
     return len(clean)
 
 
-def _patched_run(
+Row = TypeVar("Row", bound=tuple[Any, ...])
+Interventions = dict[str, "InterventionFn"]
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    """``InputError`` unless ``batch_size`` is None or a positive int."""
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
+
+
+@dataclass
+class PatchedRows(Generic[Row]):
+    """What :func:`run_patched_rows` measured: the metric of each patched row, of each
+    pair's clean and corrupted runs, and the corrupted run's trace."""
+
+    values: dict[Row, float]
+    clean: list[float]
+    corrupted: list[float]
+    trace: Trace
+
+
+def run_patched_rows(
     model: InterpretableModel,
     setup: PatchingSetup,
-    chunk: list[PatchRow],
-    owners: mx.array,
-    prefix: dict[str, mx.array],
-) -> mx.array:
-    """One forward with a row per patched run of ``chunk`` (its pair's corrupted input, its
-    own patch): the logits at each row's final position, ``(rows, vocab)``."""
+    rows: Sequence[Row],
+    layer_of: Callable[[Row], int],
+    patches: Callable[[list[Row], mx.array, Trace], Interventions],
+    batch_size: int | None,
+    capture: Sequence[str] = (),
+) -> PatchedRows[Row]:
+    """Run every patched row of a sweep in batched forwards with prefix reuse (see the module
+    docstring) and score each at its pair's final position.
+
+    A row is a tuple whose first item is its pair; ``layer_of(row)`` is the lowest layer its
+    patch touches.  Rows are sorted by that layer and cut into batches of ``batch_size``
+    (default: about ``DEFAULT_BATCH_TOKENS`` tokens, at least ``PREFIX_GROUPS`` batches); a
+    batch starting at layer ``a`` runs from the corrupted run's output of layer ``a - 1``.
+    ``patches(batch, owners, corrupted)`` gives the interventions that patch each row of a
+    batch (``owners``: each row's pair; ``corrupted``: the corrupted run, which also captured
+    ``capture``).
+    """
+    rows = sorted(dict.fromkeys(rows), key=layer_of)
+    width = setup.corrupted.array.shape[1]
+    per_forward = batch_size or max(
+        1, min(DEFAULT_BATCH_TOKENS // width, -(-len(rows) // PREFIX_GROUPS))
+    )
+    chunks = [rows[k : k + per_forward] for k in range(0, len(rows), per_forward)]
+    starts = sorted({layer_of(chunk[0]) for chunk in chunks} - {0})
+    residuals = [model.layer_name(s - 1) for s in starts]
+
+    score, pairs = setup.score, len(setup.lengths)
+    corrupted = model.run(setup.corrupted.array, capture=[*residuals, *capture])
+    clean_values = _floats(score(score.clean_logits))
+    corrupted_values = _floats(score(setup.final(corrupted.output, mx.arange(pairs))))
+
+    # a layer called more than once per forward (shared weights) has no single output to
+    # start from: run such models from the embedding
+    reuse = all(corrupted.call_counts.get(name) == 1 for name in residuals)
+    values: dict[Row, float] = {}
+    for chunk in chunks:
+        owners = mx.array([row[0] for row in chunk])
+        start = layer_of(chunk[0]) if reuse else 0
+        below = model.layer_name(start - 1) if start > 0 else None
+        interventions: Interventions = (
+            {below: _constant(setup.rows_of(corrupted.activations[below], owners))} if below else {}
+        )
+        interventions.update(patches(chunk, owners, corrupted))
+        inputs = setup.corrupted.array[owners]
+        out = model.run(inputs, interventions=interventions, capture=[]).output
+        scored = score.select(owners)(setup.final(out, owners))
+        values.update(zip(chunk, _floats(scored), strict=True))
+    return PatchedRows(values, clean_values, corrupted_values, corrupted)
+
+
+def _layer_patches(setup: PatchingSetup, chunk: list[PatchRow], owners: mx.array) -> Interventions:
+    """The interventions of a layer sweep's batch: each row (its pair's corrupted input)
+    gets its own layer's component replaced at its positions (a row mask)."""
     batch, seq = len(chunk), setup.corrupted.array.shape[1]
     masks: dict[int, np.ndarray] = {}
     for r, (_, j, cols) in enumerate(chunk):
         mask = masks.setdefault(j, np.zeros((batch, seq), dtype=bool))
         mask[r, list(cols)] = True
-    interventions: dict[str, InterventionFn] = {
-        name: _constant(value) for name, value in prefix.items()
+    return {
+        setup.sites[j]: _row_patch(setup.rows_of(setup.targets[j], owners), mx.array(mask))
+        for j, mask in masks.items()
     }
-    for j, mask in masks.items():
-        value = setup.rows_of(setup.targets[j], owners)
-        interventions[setup.sites[j]] = _row_patch(value, mx.array(mask))
-    inputs = setup.corrupted.array[owners]
-    out = model.run(inputs, interventions=interventions, capture=[]).output
-    return setup.final(out, owners)
 
 
 def _row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
