@@ -22,7 +22,7 @@ import mlx.core as mx
 from .activations import Layers, is_int
 from .errors import InputError
 from .lens import PromptList
-from .patching import prepare_patching
+from .patching import PatchingSetup, prepare_patching
 
 if TYPE_CHECKING:
     from .model import InterpretableModel
@@ -138,24 +138,10 @@ def attribution_patching(
     (``answer`` one pair for all or a list of one per pair).
     """
     setup = prepare_patching(model, clean_text, corrupted_text, component, layers, metric, answer)
-    sites, score, every = setup.sites, setup.score, mx.arange(len(setup.lengths))
-
-    def corrupted_metric(deltas: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
-        shifts = {site: _shift(delta) for site, delta in zip(sites, deltas, strict=True)}
-        run = model.run(setup.corrupted.array, interventions=shifts, capture=sites)
-        values = score(setup.final(run.output, every))
-        # rows are independent, so the gradient of their sum is each row's own gradient
-        return values.sum(), [values, *(run.activations[s] for s in sites)]
-
-    deltas = [mx.zeros_like(t) for t in setup.targets]
-    (_, (values, *acts)), grads = mx.value_and_grad(corrupted_metric)(deltas)
-    cells = mx.stack(
-        [
-            _dot_per_position(target - act, grad)
-            for target, act, grad in zip(setup.targets, acts, grads, strict=True)
-        ]
-    )  # (layers, pairs, seq)
-    clean_values = score(score.clean_logits)
+    terms, values = attribution_terms(model, setup)
+    # (layers, pairs, seq): summed over every axis after the sequence axis
+    cells = mx.stack([t.reshape(t.shape[0], t.shape[1], -1).sum(axis=-1) for t in terms])
+    clean_values = setup.score(setup.score.clean_logits)
     mx.eval(cells, values, clean_values)
     grid = cast(list[list[list[float]]], cells.tolist())
     results = [
@@ -174,11 +160,30 @@ def attribution_patching(
     return results if setup.batched else results[0]
 
 
+def attribution_terms(
+    model: InterpretableModel, setup: PatchingSetup
+) -> tuple[list[mx.array], mx.array]:
+    """``(clean - corrupted) * ∂metric/∂activation`` at each site of ``setup``, float32 and
+    shaped like the site's activation ``(pairs, seq, ...)``, from one corrupted forward and
+    backward pass; and the corrupted run's metric, one value per pair.  Summing a term over
+    some axes gives the estimate of patching those entries at once."""
+    sites, score, every = setup.sites, setup.score, mx.arange(len(setup.lengths))
+
+    def corrupted_metric(deltas: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
+        shifts = {site: _shift(delta) for site, delta in zip(sites, deltas, strict=True)}
+        run = model.run(setup.corrupted.array, interventions=shifts, capture=sites)
+        values = score(setup.final(run.output, every))
+        # rows are independent, so the gradient of their sum is each row's own gradient
+        return values.sum(), [values, *(run.activations[s] for s in sites)]
+
+    deltas = [mx.zeros_like(t) for t in setup.targets]
+    (_, (values, *acts)), grads = mx.value_and_grad(corrupted_metric)(deltas)
+    terms = [
+        (target - act).astype(mx.float32) * grad.astype(mx.float32)
+        for target, act, grad in zip(setup.targets, acts, grads, strict=True)
+    ]
+    return terms, values
+
+
 def _shift(delta: mx.array) -> Callable[[mx.array], mx.array]:
     return lambda x: x + delta.astype(x.dtype)
-
-
-def _dot_per_position(diff: mx.array, grad: mx.array) -> mx.array:
-    """``Σ diff · grad`` over every axis after the sequence axis, in float32: ``(rows, seq)``."""
-    prod = diff.astype(mx.float32) * grad.astype(mx.float32)
-    return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(axis=-1)
