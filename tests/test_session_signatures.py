@@ -16,7 +16,7 @@ import tomllib
 import mlx.core as mx
 import pytest
 
-from mlxterp import InterpretableModel, attribution, lens, patching, steering
+from mlxterp import InterpretableModel, attribution, detectors, lens, patching, steering
 from mlxterp import attention as attention
 from mlxterp.session import KINDS, Session, replay
 from mlxterp.session.steps import REQUIRED, step_name
@@ -30,6 +30,7 @@ LIBRARY = {
     "steering": [steering.steering_vector, steering.steer],
     "generate": [steering.generate_with_ids, steering.generate],
     "attention": [attention.attention_patterns],
+    "head_detectors": [detectors.detect_heads],
 }
 # Arguments no step records, and why:
 NOT_RECORDED = {
@@ -68,6 +69,8 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "max_tokens": 4,
     "temperature": 0.8,
     "seed": 3,
+    "detections": ["induction", "previous_token"],
+    "seq_len": 6,
 }
 PER_KIND = {  # where a kind needs another value
     ("attention", "text"): "river king apple garden letter river king apple",

@@ -118,7 +118,8 @@ def detection_score(
     defined = np.broadcast_to(expected.sum(-1) > 0, share.shape)
     count = defined.sum(axis=(0, -1))
     if not np.all(count):
-        raise InputError("the detection pattern expects no key at any query position")
+        left = " once the excluded keys are left out" if exclude_first or exclude_current else ""
+        raise InputError(f"the detection pattern expects no key at any query position{left}")
     scores: np.ndarray = (share * defined).sum(axis=(0, -1)) / count
     return scores
 
@@ -219,7 +220,7 @@ def repeated_sequences(
 
 def detect_heads(
     model: InterpretableModel,
-    detections: Sequence[str] = DETECTIONS,
+    detections: Sequence[str] | None = None,
     layers: Layers = None,
     seq_len: int = 32,
     batch: int = 4,
@@ -227,10 +228,13 @@ def detect_heads(
     exclude_first: bool = False,
     exclude_current: bool = False,
 ) -> HeadDetection:
-    """Score every head of ``layers`` (default all) on each of ``detections``, from the
+    """Score every head of ``layers`` (default all) on each of ``detections`` (names from
+    ``DETECTIONS``; default all of them), from the
     attention patterns of ``batch`` generated sequences of ``seq_len`` random tokens
     repeated once (see :func:`repeated_sequences`); see :func:`detection_score` for the
     exclusions."""
+    if detections is None:
+        detections = DETECTIONS
     wanted = [detections] if isinstance(detections, str) else list(detections)
     if not wanted:
         raise InputError(f"detections is empty; choose from: {', '.join(DETECTIONS)}")

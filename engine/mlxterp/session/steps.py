@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 import numpy as np
 
-from .. import attention, attribution, lens, patching, steering
+from .. import attention, attribution, detectors, lens, patching, steering
 from ..errors import SessionError
 from ..inputs import is_chat
 from ..interventions import Intervention
@@ -442,6 +442,13 @@ def _run_attention(
     return patterns, summary
 
 
+def _run_head_detectors(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(detectors.detect_heads, model, p)
+    return result, _summaries(result, 5)
+
+
 def run_interventions(
     model: InterpretableModel, p: Params, state: InterventionList
 ) -> tuple[InterventionList, Summary]:
@@ -522,6 +529,13 @@ KINDS: dict[str, StepKind] = {
             False,
             "attention weights of every head of one layer (or of several)",
             own={"layer": INDEX.param(None)},
+        ),
+        StepKind.wrapping(
+            "head_detectors",
+            (detectors.detect_heads,),
+            _run_head_detectors,
+            False,
+            "previous-token, duplicate-token, induction and first-token scores of every head",
         ),
         StepKind(
             "interventions",
