@@ -603,16 +603,17 @@ def _layer_patches(setup: PatchingSetup, chunk: list[PatchRow], owners: mx.array
         mask = masks.setdefault(j, np.zeros((batch, seq), dtype=bool))
         mask[r, list(cols)] = True
     return {
-        setup.sites[j]: _row_patch(setup.rows_of(setup.targets[j], owners), mx.array(mask))
+        setup.sites[j]: row_patch(setup.rows_of(setup.targets[j], owners), mx.array(mask))
         for j, mask in masks.items()
     }
 
 
-def _row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
-    """Replace ``x`` by ``value`` where ``mask`` (batch, seq) is set: each row its own patch."""
+def row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
+    """Replace ``x`` by ``value`` where ``mask`` (batch, seq, ...: the leading axes of ``x``)
+    is set: each row its own patch."""
 
     def patch(x: mx.array) -> mx.array:
-        where = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+        where = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
         return mx.where(where, value.astype(x.dtype), x)
 
     return patch
