@@ -36,6 +36,7 @@ import mlx.core as mx  # noqa: E402
 from mlxterp import InterpretableModel, batch_get_activations, blas  # noqa: E402
 from mlxterp.attribution import attribution_patching  # noqa: E402
 from mlxterp.checkpoints import build_checkpoint  # noqa: E402
+from mlxterp.head_patching import head_attribution, head_patching  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
 from mlxterp.patching import patching_sweep  # noqa: E402
 
@@ -162,6 +163,11 @@ def bench_one_prompt(
     attrib = median_seconds(
         lambda: attribution_patching(model, clean, corrupted, answer=answer), repeats
     )
+    H = min(layout.n_heads for layout in model.module_index.heads.values())
+    heads = median_seconds(lambda: head_patching(model, clean, corrupted), max(1, repeats // 2))
+    head_attrib = median_seconds(
+        lambda: head_attribution(model, clean, corrupted, answer=answer), repeats
+    )
     return [
         (
             f"{tag}: logit lens / bare",
@@ -181,6 +187,11 @@ def bench_one_prompt(
             f"{grid / bare:.1f}x",
         ),
         (f"{tag}: attribution patching / bare", f"{attrib / bare:.2f}x (aim <= 4)"),
+        (
+            f"{tag}: head patching, {L} layers x {H} heads / bare",
+            f"{heads / bare:.1f}x = {heads / bare / (L * H + 2):.2f} x (L*H + 2) (aim <= 0.6)",
+        ),
+        (f"{tag}: head attribution / bare", f"{head_attrib / bare:.2f}x"),
     ]
 
 
