@@ -16,7 +16,16 @@ import tomllib
 import mlx.core as mx
 import pytest
 
-from mlxterp import InterpretableModel, attribution, detectors, lens, patching, steering
+from mlxterp import (
+    InterpretableModel,
+    attribution,
+    detectors,
+    dla,
+    head_patching,
+    lens,
+    patching,
+    steering,
+)
 from mlxterp import attention as attention
 from mlxterp.session import KINDS, Session, replay
 from mlxterp.session.steps import REQUIRED, step_name
@@ -31,6 +40,9 @@ LIBRARY = {
     "generate": [steering.generate_with_ids, steering.generate],
     "attention": [attention.attention_patterns],
     "head_detectors": [detectors.detect_heads],
+    "head_patching": [head_patching.head_patching],
+    "head_attribution": [head_patching.head_attribution],
+    "direct_logit_attribution": [dla.direct_logit_attribution],
 }
 # Arguments no step records, and why:
 NOT_RECORDED = {
@@ -56,6 +68,9 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "top_k": 2,
     "layers": [0, 7, 15],
     "target": " Paris",
+    "baseline": " Berlin",
+    "heads": [1, 3],
+    "all_heads": True,
     "component": "attn",
     "metric": "logit_diff",
     "answer": [" Paris", " Berlin"],
@@ -77,6 +92,8 @@ PER_KIND = {  # where a kind needs another value
     ("attention", "layers"): [2, 5],
     ("steering", "component"): "mlp",
     ("attribution_patching", "metric"): "kl",  # logit_diff is its default
+    ("head_attribution", "metric"): "kl",
+    ("direct_logit_attribution", "position"): -2,  # one position, not "mean"
 }
 # Recorded in tests of their own: ``layer`` is the attention step's shorthand for
 # ``layers=[layer]`` (not both at once); ``messages`` replaces ``text`` and needs a chat

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 import numpy as np
 
-from .. import attention, attribution, detectors, lens, patching, steering
+from .. import attention, attribution, detectors, dla, head_patching, lens, patching, steering
 from ..errors import SessionError
 from ..inputs import is_chat
 from ..interventions import Intervention
@@ -186,6 +186,12 @@ CHECKS: dict[str, Check] = {
     "layer": INDEX,
     "layers": LAYERS,
     "target": TOKEN,
+    "baseline": TOKEN,
+    "heads": Check(
+        "a head index or a list of head indices (integers >= 0)",
+        lambda v: (_is_int(v) and v >= 0) or _is_list(v, lambda h: _is_int(h) and h >= 0),
+    ),
+    "all_heads": FLAG,
     "answer": ANSWER,
     "positions": POSITIONS,
     "by_position": FLAG,
@@ -390,6 +396,27 @@ def _run_attribution(
     return result, _summaries(result, 5)
 
 
+def _run_head_patching(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(head_patching.head_patching, model, p)
+    return result, _summaries(result, 4)
+
+
+def _run_head_attribution(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(head_patching.head_attribution, model, p)
+    return result, _summaries(result, 5)
+
+
+def _run_dla(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(dla.direct_logit_attribution, model, p)
+    return result, _summaries(result, 5)
+
+
 def _run_steering(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
@@ -507,6 +534,27 @@ KINDS: dict[str, StepKind] = {
             _run_attribution,
             False,
             "gradient estimate of every layer x position patch",
+        ),
+        StepKind.wrapping(
+            "head_patching",
+            (head_patching.head_patching,),
+            _run_head_patching,
+            False,
+            "recovery per layer x head from patching each head clean into corrupted",
+        ),
+        StepKind.wrapping(
+            "head_attribution",
+            (head_patching.head_attribution,),
+            _run_head_attribution,
+            False,
+            "gradient estimate of every layer x head x position head patch",
+        ),
+        StepKind.wrapping(
+            "direct_logit_attribution",
+            (dla.direct_logit_attribution,),
+            _run_dla,
+            False,
+            "a logit (difference) split into embedding, heads, MLPs and biases",
         ),
         StepKind.wrapping(
             "steering",
