@@ -75,7 +75,7 @@ def test_batched_trace_equals_the_naive_loop_on_the_matrix(arch, checkpoint_dir)
     soft-capping (gemma2), a quantized embedding (4-bit llama)."""
     model = InterpretableModel(checkpoint_dir(arch))
     ids = model.encode(PROMPT)
-    result = causal_trace(model, ids, (2, 4), component="mlp", window=3, answer=7)
+    result = causal_trace(model, ids, (2, 4), component="mlp", window=3, target=7)
     assert result.subject == (2, 4) and result.answer_id == 7
     assert np.abs(naive(model, result, ids) - np.array(result.restored)).max() < 1e-5
     assert result.p_corrupted != pytest.approx(result.p_clean, abs=1e-7)

@@ -19,6 +19,7 @@ import pytest
 from mlxterp import (
     InterpretableModel,
     attribution,
+    causal_tracing,
     detectors,
     dla,
     head_patching,
@@ -40,6 +41,7 @@ LIBRARY = {
     "generate": [steering.generate_with_ids, steering.generate],
     "attention": [attention.attention_patterns],
     "head_detectors": [detectors.detect_heads],
+    "causal_tracing": [causal_tracing.causal_trace],
     "head_patching": [head_patching.head_patching],
     "head_attribution": [head_patching.head_attribution],
     "direct_logit_attribution": [dla.direct_logit_attribution],
@@ -86,10 +88,14 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "seed": 3,
     "detections": ["induction", "previous_token"],
     "seq_len": 6,
+    "subject": "France",
+    "window": 3,
+    "noise": 2.0,
 }
 PER_KIND = {  # where a kind needs another value
     ("attention", "text"): "river king apple garden letter river king apple",
     ("attention", "layers"): [2, 5],
+    ("causal_tracing", "prompt"): FRANCE,
     ("steering", "component"): "mlp",
     ("attribution_patching", "metric"): "kl",  # logit_diff is its default
     ("head_attribution", "metric"): "kl",

@@ -257,7 +257,7 @@ def causal_trace(
     model: InterpretableModel,
     prompt: Any,
     subject: str | Sequence[int],
-    answer: int | str | None = None,
+    target: int | str | None = None,
     component: str | None = None,
     window: int | None = None,
     noise: float = 3.0,
@@ -268,8 +268,9 @@ def causal_trace(
 ) -> CausalTrace:
     """Causal tracing of one prompt (see module docstring).
 
-    ``subject`` is a substring of the prompt or a ``(start, end)`` token range; ``answer``
-    a token (id or one-token string; default: the clean run's top prediction).
+    ``subject`` is a substring of the prompt or a ``(start, end)`` token range; ``target``
+    the answer token whose probability is traced (id or one-token string; default: the
+    clean run's top prediction).
     ``component`` is restored (None: the hidden state leaving the layer; ``"mlp"``,
     ``"attn"`` ...) over ``window`` layers (default 1 for the hidden state, 10 for a
     module) around each of ``layers`` (default all) at each of ``positions`` (default all);
@@ -277,7 +278,7 @@ def causal_trace(
     with ``seed``.  ``batch_size`` bounds the restored runs per forward.
     """
     return _trace(
-        model, prompt, subject, answer, component, window, noise, seed, layers, positions,
+        model, prompt, subject, target, component, window, noise, seed, layers, positions,
         batch_size, None,
     )  # fmt: skip
 

@@ -29,7 +29,17 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 import numpy as np
 
-from .. import attention, attribution, detectors, dla, head_patching, lens, patching, steering
+from .. import (
+    attention,
+    attribution,
+    causal_tracing,
+    detectors,
+    dla,
+    head_patching,
+    lens,
+    patching,
+    steering,
+)
 from ..errors import SessionError
 from ..inputs import is_chat
 from ..interventions import Intervention
@@ -476,6 +486,13 @@ def _run_head_detectors(
     return result, _summaries(result, 5)
 
 
+def _run_causal_tracing(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(causal_tracing.causal_trace, model, p)
+    return result, _summaries(result, 5)
+
+
 def run_interventions(
     model: InterpretableModel, p: Params, state: InterventionList
 ) -> tuple[InterventionList, Summary]:
@@ -584,6 +601,13 @@ KINDS: dict[str, StepKind] = {
             _run_head_detectors,
             False,
             "previous-token, duplicate-token, induction and first-token scores of every head",
+        ),
+        StepKind.wrapping(
+            "causal_tracing",
+            (causal_tracing.causal_trace,),
+            _run_causal_tracing,
+            False,
+            "the answer's probability restoring each layer x position of a subject-corrupted run",
         ),
         StepKind(
             "interventions",
