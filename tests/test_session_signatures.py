@@ -25,6 +25,7 @@ from mlxterp import (
     head_patching,
     lens,
     patching,
+    path_patching,
     steering,
 )
 from mlxterp import attention as attention
@@ -42,6 +43,8 @@ LIBRARY = {
     "attention": [attention.attention_patterns],
     "head_detectors": [detectors.detect_heads],
     "causal_tracing": [causal_tracing.causal_trace],
+    "path_patching": [path_patching.path_patching],
+    "path_patching_sweep": [path_patching.path_patching_sweep],
     "head_patching": [head_patching.head_patching],
     "head_attribution": [head_patching.head_attribution],
     "direct_logit_attribution": [dla.direct_logit_attribution],
@@ -91,6 +94,10 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "subject": "France",
     "window": 3,
     "noise": 2.0,
+    "senders": "layers.6.attn.heads.2",
+    "receivers": ["layers.12.attn.heads.1.q", "layers.12.mlp"],
+    "freeze": "heads",
+    "include_mlp": False,
 }
 PER_KIND = {  # where a kind needs another value
     ("attention", "text"): "river king apple garden letter river king apple",

@@ -372,6 +372,7 @@ def path_patching_sweep(
             )
         rows += [Sender(layer, h) for h in range(layout.n_heads)]
         if include_mlp:
+            model.layer_name(layer, "mlp")  # a layer without an MLP raises here
             rows.append(Sender(layer, None))
     setup, receiver_list = _prepare(
         model, clean_text, corrupted_text, metric, answer, positions, freeze, receivers, rows

@@ -38,6 +38,7 @@ from .. import (
     head_patching,
     lens,
     patching,
+    path_patching,
     steering,
 )
 from ..errors import SessionError
@@ -493,6 +494,20 @@ def _run_causal_tracing(
     return result, _summaries(result, 5)
 
 
+def _run_path_patching(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(path_patching.path_patching, model, p)
+    return result, _summaries(result, 5)
+
+
+def _run_path_patching_sweep(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(path_patching.path_patching_sweep, model, p)
+    return result, _summaries(result, 5)
+
+
 def run_interventions(
     model: InterpretableModel, p: Params, state: InterventionList
 ) -> tuple[InterventionList, Summary]:
@@ -608,6 +623,20 @@ KINDS: dict[str, StepKind] = {
             _run_causal_tracing,
             False,
             "the answer's probability restoring each layer x position of a subject-corrupted run",
+        ),
+        StepKind.wrapping(
+            "path_patching",
+            (path_patching.path_patching,),
+            _run_path_patching,
+            False,
+            "what senders change in receivers along direct paths, everything else frozen",
+        ),
+        StepKind.wrapping(
+            "path_patching_sweep",
+            (path_patching.path_patching_sweep,),
+            _run_path_patching_sweep,
+            False,
+            "path patching from every head and MLP, one at a time, to fixed receivers",
         ),
         StepKind(
             "interventions",
