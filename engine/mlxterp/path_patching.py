@@ -256,7 +256,7 @@ class PathPatchingSweep:
             grid,
             [f"L{layer}" for layer in self.layers],
             columns,
-            [[f"{v:.0f}%" for v in row] for row in grid],
+            [[f"{round(v, 1) + 0.0:.1f}%" for v in row] for row in grid],  # no -0.0
             cmap=cmap,
             cell_width=cell_width,
             vmin=-peak,
