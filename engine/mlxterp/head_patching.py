@@ -128,7 +128,7 @@ class HeadPatchingResult:
             self.recovery,
             self.layers,
             self.heads,
-            [[f"{v:.0f}%" for v in row] for row in self.recovery],
+            [[f"{round(v):d}%" for v in row] for row in self.recovery],
             f"Recovery % patching each head ({self.metric}; rows: layers, columns: heads)",
             cmap,
             cell_width,
@@ -221,7 +221,7 @@ class HeadAttributionResult:
             grid,
             self.layers,
             self.heads,
-            [[f"{v:.0f}%" for v in row] for row in grid],
+            [[f"{round(v):d}%" for v in row] for row in grid],
             f"Estimated recovery % per head ({self.metric}, attribution; rows: layers, "
             "columns: heads)",
             cmap,
