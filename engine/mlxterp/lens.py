@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast, overload
 
@@ -64,6 +65,7 @@ class LensResult:
     top_strs: list[list[list[str]]]
     target: int | None = None
     target_probs: list[float] | None = None  # per layer, at the last position
+    title: str = "Logit lens"  # which lens read the layers (the heatmap's title)
 
     def to_summary(self) -> LensSummary:
         """Plain values to store and compare: the top-1 token and probability of every cell,
@@ -103,7 +105,7 @@ class LensResult:
             vmin=0.0,
             vmax=1.0,
             color=color,
-            title="Logit lens: top token per layer (rows) and input position (columns); "
+            title=f"{self.title}: top token per layer (rows) and input position (columns); "
             "colour = probability",
         )
 
@@ -148,13 +150,14 @@ class _Residuals:
         return [[text(t) for t in row] for row in ids]
 
 
-def _residuals(
+def residuals(
     model: InterpretableModel,
     inputs: Any,
     layers: Layers,
     interventions: dict[str, InterventionFn] | None = None,
 ) -> _Residuals:
-    """One traced forward capturing only the layer outputs, of one prompt or a list."""
+    """One traced forward capturing only the layer outputs, of one prompt or a list;
+    ``.flat()`` gives them ``(n_layers, real tokens, hidden)``, row after row."""
     indices = layer_indices(model, layers)
     names = [model.layer_name(i) for i in indices]
     batched = prompt_list(inputs) is not None
@@ -187,6 +190,7 @@ def _results(
     logits: mx.array,
     k: int,
     target: int | None = None,
+    title: str = "Logit lens",
 ) -> list[LensResult]:
     """One ``LensResult`` per row from float32 logits ``(n_layers, real tokens, vocab)`` of
     every row's real tokens, row after row."""
@@ -215,6 +219,7 @@ def _results(
             top_strs=[layer[b] for layer in per_row[2]],
             target=target,
             target_probs=target_rows[b] if target_rows is not None else None,
+            title=title,
         )
         for b, tokens in enumerate(res.row_tokens(model))
     ]
@@ -254,11 +259,34 @@ def lens(
     forward pass.  A list runs as one right-padded forward and one projection of every
     prompt's real tokens.
     """
-    _check_positive("top_k", top_k)
     unembed = model.unembedder
+    return read_lens(
+        model, inputs, lambda _, hidden: unembed(hidden), layers, top_k, target, interventions
+    )
+
+
+Readout = Callable[[list[int], mx.array], mx.array]
+"""A lens's read-out: the layer indices and their residuals ``(n_layers, cells, hidden)``
+to float32 logits ``(n_layers, cells, vocab)``."""
+
+
+def read_lens(
+    model: InterpretableModel,
+    inputs: Any,
+    readout: Readout,
+    layers: Layers = None,
+    top_k: int = 5,
+    target: int | str | None = None,
+    interventions: dict[str, InterventionFn] | None = None,
+    title: str = "Logit lens",
+) -> LensResult | list[LensResult]:
+    """:func:`lens` read through ``readout`` instead of the model's own read-out (the tuned
+    lens translates each layer first); ``title`` names the lens in the results."""
+    _check_positive("top_k", top_k)
     target_id = None if target is None else model.token_id(target)
-    res = _residuals(model, inputs, layers, interventions)
-    results = _results(model, res, unembed(res.flat()), top_k, target_id)
+    res = residuals(model, inputs, layers, interventions)
+    logits = readout(res.layers, res.flat())
+    results = _results(model, res, logits, top_k, target_id, title)
     return results if res.batched else results[0]
 
 
@@ -325,7 +353,7 @@ def logit_lens(
         _check_positive("max_display_tokens", max_display_tokens)
         plotting.color_at(cmap, 0.0)
     unembed = model.unembedder
-    res = _residuals(model, text, layers)
+    res = residuals(model, text, layers)
     picks = None if position is None else _positions(position, res.lengths)
     logits = None
     if picks is None or plot:  # the plot shows every position

@@ -25,12 +25,15 @@ from .tracing import CaptureSpec, Trace
 from .unembed import Unembedder
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .activations import Layers
     from .attribution import AttributionResult
     from .dla import LogitAttribution
-    from .lens import LogitLens
+    from .lens import LensResult, LogitLens
     from .patching import PatchingResult
     from .steering import Prompts
+    from .tuned_lens import TunedLens
 
 _ARCH_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
@@ -391,6 +394,16 @@ class InterpretableModel:
         result: LogitLens | list[LogitLens] = logit_lens(
             self, text, top_k=top_k, layers=layers, position=position, plot=plot, **kwargs
         )
+        return result
+
+    def tuned_lens(
+        self, text: Any, lens: TunedLens | str | Path, **kwargs: Any
+    ) -> LensResult | list[LensResult]:
+        """What every layer predicts at every position through a trained tuned lens (a
+        ``TunedLens`` or the path of a saved one); see ``mlxterp.tuned_lens``."""
+        from .tuned_lens import tuned_lens
+
+        result: LensResult | list[LensResult] = tuned_lens(self, text, lens, **kwargs)
         return result
 
     def activation_patching(
