@@ -27,6 +27,7 @@ from mlxterp import (
     patching,
     path_patching,
     steering,
+    tuned_lens,
 )
 from mlxterp import attention as attention
 from mlxterp.session import KINDS, Session, replay
@@ -36,6 +37,7 @@ from mlxterp.session.steps import REQUIRED, step_name
 LIBRARY = {
     "trace": [InterpretableModel.run],
     "logit_lens": [lens.lens],
+    "tuned_lens": [tuned_lens.tuned_lens],
     "activation_patching": [patching.patching_sweep, patching.activation_patching],
     "attribution_patching": [attribution.attribution_patching],
     "steering": [steering.steering_vector, steering.steer],
@@ -194,9 +196,18 @@ def _record_and_replay(manager, tmp_path, kind, params, monkeypatch=None):
     return step, calls, loaded
 
 
+@pytest.fixture(scope="module")
+def lens_file(tmp_path_factory, demo) -> str:
+    """A saved tuned lens of the demo model (the identity with a seeded bias), the value of
+    a tuned_lens step's ``lens``."""
+    saved = tuned_lens.TunedLens.identity(demo)
+    saved.bias = mx.random.normal(saved.bias.shape, key=mx.random.key(0)) * 0.1
+    return str(saved.save(tmp_path_factory.mktemp("tuned-lens") / "demo.toml"))
+
+
 @pytest.mark.parametrize("kind", sorted(LIBRARY))
 def test_every_parameter_records_reaches_the_library_and_replays(
-    kind, manager, tmp_path, monkeypatch
+    kind, manager, tmp_path, monkeypatch, lens_file
 ):
     params = {}
     for name, p in KINDS[kind].params.items():
@@ -204,7 +215,7 @@ def test_every_parameter_records_reaches_the_library_and_replays(
             continue
         fn_params = {step_name(n): q for fn in KINDS[kind].wraps for n, q in library_args(fn)}
         annotation = fn_params[name].annotation if name in fn_params else None
-        params[name] = sample(kind, name, annotation)
+        params[name] = lens_file if name == "lens" else sample(kind, name, annotation)
         assert not _same(params[name], p.default), (kind, name)  # a value that matters
     _, calls, _ = _record_and_replay(manager, tmp_path, kind, params, monkeypatch)
     for fn in KINDS[kind].wraps:

@@ -227,3 +227,17 @@ def test_lens_kl_result_renders(demo, trained):
     assert "layer" in chart and "KL (nats)" in chart and "tuned lens" in chart
     plain = lens_kl(demo, PROMPT)
     assert plain.tuned_kl is None and "tuned_kl" not in plain.to_summary()
+
+
+def test_a_session_step_replays_and_notices_other_weights(demo, trained, manager, tmp_path):
+    from mlxterp.session import Session, replay
+
+    lens_path = str(trained.save(tmp_path / "demo.toml"))
+    session = Session.new("demo", tmp_path / "s.toml", manager)
+    step = session.run(manager, "tuned_lens", text=PROMPT, lens=lens_path, target=" Paris")
+    assert step.summary["lens_digest"] == trained.digest
+    assert step.summary["top_ids"] == tuned_lens(demo, PROMPT, trained).to_summary()["top_ids"]
+    assert replay(tmp_path / "s.toml", manager, tolerance=0.0).ok
+    TunedLens.identity(demo).save(lens_path)  # other weights at the same path
+    report = replay(tmp_path / "s.toml", manager, tolerance=0.0)
+    assert not report.ok and "lens_digest" in report.format_text()

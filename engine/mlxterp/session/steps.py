@@ -40,6 +40,7 @@ from .. import (
     patching,
     path_patching,
     steering,
+    tuned_lens,
 )
 from ..errors import SessionError
 from ..inputs import is_chat
@@ -121,6 +122,10 @@ def _is_prompt(v: Any) -> bool:
 def _is_prompts(v: Any) -> bool:
     """A prompt, or a batch of them (a list of prompts)."""
     return _is_prompt(v) or _is_list(v, _is_prompt)
+
+
+def _is_lens_path(v: Any) -> bool:
+    return isinstance(v, str) and v.endswith(".toml")
 
 
 def _is_plain(v: Any) -> bool:
@@ -393,6 +398,16 @@ def _run_lens(
     return result, _summaries(result, 6)
 
 
+def _run_tuned_lens(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    """The tuned lens saved at ``lens`` (training is a library function only); the summary
+    adds its weights' digest, so a replay through other weights is a difference."""
+    result = _call(tuned_lens.tuned_lens, model, p, interventions=active or None)
+    digest = tuned_lens.load_tuned_lens(p["lens"]).digest
+    return result, {**_summaries(result, 6), "lens_digest": digest}
+
+
 def _run_patching(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
@@ -552,6 +567,14 @@ KINDS: dict[str, StepKind] = {
             _run_lens,
             True,
             "what every layer predicts at every position",
+        ),
+        StepKind.wrapping(
+            "tuned_lens",
+            (tuned_lens.tuned_lens,),
+            _run_tuned_lens,
+            True,
+            "what every layer predicts through a saved tuned lens's translators",
+            own={"lens": Param(REQUIRED, "the path of a saved tuned lens (.toml)", _is_lens_path)},
         ),
         StepKind.wrapping(
             "activation_patching",
