@@ -72,6 +72,7 @@ FREEZE = ("all", "heads", "none")
 INPUTS = ("q", "k", "v")
 LINEAR = (nn.Linear, nn.QuantizedLinear)
 DEFAULT_BATCH_TOKENS = 2048  # rows x tokens per batched forward of a sweep, by default
+PREFIX_GROUPS = 4  # a sweep's rows split into at least this many batches (prefix reuse)
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,16 @@ class _Setup:
     layouts: dict[int, HeadLayout]
     clean: dict[str, mx.array]  # canonical name -> clean value (attention, MLP, heads)
     corrupted: dict[str, mx.array]  # the senders' corrupted values
+    residuals: list[str] | None  # each layer's name, whose clean output starts a run above
+    # it (None: a layer runs more than once per forward, so every run starts from the input)
+
+    def start_at(self, layer: int) -> dict[str, InterventionFn]:
+        """The intervention that starts a run at ``layer``: the clean output of the layer
+        below put in place, so MLX computes nothing under it (none at layer 0)."""
+        if self.residuals is None or layer <= 0:
+            return {}
+        below = self.residuals[layer - 1]
+        return {below: _constant(self.clean[below])}
 
     def effects(self, values: list[float]) -> tuple[list[float], str | None]:
         """Percent of the clean-to-corrupted change per value, and a note when there is none."""
@@ -353,8 +364,10 @@ def path_patching_sweep(
     ``include_mlp=False`` — one sender at a time, to the fixed ``receivers``: a layers x
     heads grid of effects (the arguments as in :func:`path_patching`).
 
-    The senders run as rows of batched forwards, ``batch_size`` rows at a time (default:
-    about 2048 tokens' worth).  Each row gives what :func:`path_patching` gives its sender.
+    The senders run as rows of batched forwards, in layer order, ``batch_size`` rows at a
+    time (default: about 2048 tokens' worth, and at least 4 batches); each batch starts from
+    the clean residual below its lowest sender, and its third run from the one below the
+    lowest receiver.  Each row gives what :func:`path_patching` gives its sender.
     """
     if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int; got {batch_size!r}")
@@ -377,7 +390,9 @@ def path_patching_sweep(
     setup, receiver_list = _prepare(
         model, clean_text, corrupted_text, metric, answer, positions, freeze, receivers, rows
     )
-    per_forward = batch_size or max(1, DEFAULT_BATCH_TOKENS // setup.ids.shape[1])
+    per_forward = batch_size or max(
+        1, min(DEFAULT_BATCH_TOKENS // setup.ids.shape[1], -(-len(rows) // PREFIX_GROUPS))
+    )
     values: list[float] = []
     for k in range(0, len(rows), per_forward):
         chunk = rows[k : k + per_forward]
@@ -587,6 +602,7 @@ def _prepare(
     sites = sorted({_site(layouts, mlp, s) for s in senders})
     frozen = list(attn) if freeze != "none" else []
     frozen += list(mlp) if freeze == "all" else []
+    frozen += [model.layer_name(i) for i in range(model.num_layers)]  # where runs start
     clean = model.run(clean_in.array, capture=[*frozen, *sites])
     corrupted = model.run(corrupted_in.array, capture=sites)
     if clean.output.ndim != 3:
@@ -594,6 +610,7 @@ def _prepare(
             "path patching compares final-position logits, so the model must output (batch, "
             f"seq, vocab); it gave shape {tuple(clean.output.shape)}"
         )
+    residuals = [model.layer_name(i) for i in range(model.num_layers)]
     answers = answer_pairs(model, answer, 1) if metric == "logit_diff" else None
     score = Metric(metric, clean.output[:, -1], answers)
     ids = clean_in.tokens[0] if clean_in.tokens else None
@@ -612,6 +629,7 @@ def _prepare(
             layouts=layouts,
             clean={n: clean.activations[n] for n in [*frozen, *sites]},
             corrupted={n: corrupted.activations[n] for n in sites},
+            residuals=residuals if all(clean.call_counts.get(n) == 1 for n in residuals) else None,
         ),
         receiver_list,
     )
@@ -643,18 +661,28 @@ def _path_values(
     model: InterpretableModel, setup: _Setup, rows: list[list[Sender]], receivers: list[Receiver]
 ) -> list[float]:
     """The metric of each row's path-patched run (row ``r`` patches the senders
-    ``rows[r]``): run 2 for every row in one batched forward, then run 3 likewise."""
+    ``rows[r]``): run 2 for every row in one batched forward, then run 3 likewise.
+
+    Below the lowest sender (run 2) and the lowest receiver (run 3) every row is the clean
+    run, so each starts from the clean residual there."""
     n = len(rows)
     ids = mx.broadcast_to(setup.ids, (n, setup.ids.shape[1]))
     stash: dict[str, mx.array] = {}
     mlp_receivers = {r.site for r in receivers if r.columns is None}
-    interventions = _freezing(setup, rows, mlp_receivers, stash)
+    interventions = {
+        **setup.start_at(min(s.layer for senders in rows for s in senders)),
+        **_freezing(setup, rows, mlp_receivers, stash),
+    }
     captured = sorted({r.site for r in receivers if r.columns is not None})
     second = model.run(ids, interventions=interventions, capture=captured)
     if not receivers:
         return _floats(setup.score(second.output[:, -1]))
     read = {**{site: second.activations[site] for site in captured}, **stash}
-    third = model.run(ids, interventions=_replacing(receivers, read), capture=[])
+    interventions = {
+        **setup.start_at(min(r.layer for r in receivers)),
+        **_replacing(receivers, read),
+    }
+    third = model.run(ids, interventions=interventions, capture=[])
     return _floats(setup.score(third.output[:, -1]))
 
 
