@@ -22,6 +22,8 @@ import pytest
 from mlxterp import InterpretableModel, gguf
 from mlxterp import interventions as iv
 from mlxterp.doctor import diagnose
+from mlxterp.patching import patching_sweep
+from mlxterp.path_patching import path_patching
 from mlxterp.session import Session, SessionManager, replay
 from mlxterp.steering import steer, steering_vector
 
@@ -289,3 +291,36 @@ def test_heads_and_direct_logit_attribution_add_up_on_the_gguf(smol):
     result = smol.direct_logit_attribution(PROMPT, " Paris", " Berlin")
     assert abs(sum(result.values) - result.model_value) < 1e-4
     assert result.model_value > 0  # the model prefers Paris
+
+
+def test_path_patching_identities_hold_on_the_gguf(smol):
+    """Issue 15 part 5 on a trained 4-bit grouped-query model: with nothing frozen, a head to
+    the final residual is activation patching of that head (prompts swapped: path patching
+    noises); receivers before the sender (and in its own layer's keys) are untouched."""
+    answer = (" Paris", " Berlin")
+    path = path_patching(
+        smol,
+        PROMPT,
+        CORRUPTED,
+        "layers.20.attn.heads.4",
+        "final",
+        "logit_diff",
+        answer,
+        freeze="none",
+    )
+    plain = patching_sweep(
+        smol,
+        CORRUPTED,
+        PROMPT,
+        component="attn.heads.4",
+        layers=[20],
+        metric="logit_diff",
+        answer=answer,
+    )
+    assert path.value == pytest.approx(plain.values[20], abs=1e-4)
+    receivers = ["layers.10.attn.heads", "layers.20.attn.heads.*.k"]
+    before = path_patching(
+        smol, PROMPT, CORRUPTED, "layers.20.attn.heads.4", receivers, "logit_diff", answer
+    )
+    assert len(before.receivers) == 9 + 3 + 3 + 3  # 9 query heads, 3 key/value heads
+    assert before.value == pytest.approx(before.clean_value, abs=1e-5)
