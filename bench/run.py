@@ -43,6 +43,7 @@ from mlxterp.demo_facts import CAPITALS  # noqa: E402
 from mlxterp.head_patching import head_attribution, head_patching  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
 from mlxterp.patching import patching_sweep  # noqa: E402
+from mlxterp.tuned_lens import train_tuned_lens  # noqa: E402
 
 Rows = list[tuple[str, str]]
 
@@ -295,6 +296,27 @@ def causal_tracing_rows(model: InterpretableModel, repeats: int) -> Rows:
     ]
 
 
+def tuned_lens_rows(model: InterpretableModel, repeats: int) -> Rows:
+    """Tuned-lens training on batches of 8 windows of 64 tokens (one forward capturing every
+    layer, then every layer's KL and gradients), per step, against the bare forward of the
+    same batch."""
+    windows = token_rows(model, 8, 64)
+    ids = mx.array(windows)
+    bare = median_seconds(lambda: mx.eval(model.model(ids)), repeats)
+    steps = 4
+    run = median_seconds(
+        lambda: train_tuned_lens(model, windows, steps=steps, batch_size=8, max_length=64),
+        max(1, repeats // 3),
+    )
+    step = run / steps
+    return [
+        (
+            f"tuned lens training, 8x64 tokens, {model.num_layers - 1} translators: per step",
+            f"{step * 1000:.0f} ms ({1 / step:.1f} steps/s; {step / bare:.1f}x the bare forward)",
+        )
+    ]
+
+
 def startup_rows() -> list[tuple[str, str]]:
     from mlxterp_tui import startup_seconds
 
@@ -328,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
     show(bench_model("demo", InterpretableModel("demo"), shapes, repeats))
     show(causal_tracing_rows(InterpretableModel("demo"), repeats))
+    show(tuned_lens_rows(InterpretableModel("demo"), repeats))
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             medium = InterpretableModel(
