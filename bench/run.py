@@ -43,6 +43,7 @@ from mlxterp.demo_facts import CAPITALS  # noqa: E402
 from mlxterp.head_patching import head_attribution, head_patching  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
 from mlxterp.patching import patching_sweep  # noqa: E402
+from mlxterp.path_patching import path_patching, path_patching_sweep  # noqa: E402
 from mlxterp.tuned_lens import train_tuned_lens  # noqa: E402
 
 Rows = list[tuple[str, str]]
@@ -317,6 +318,44 @@ def tuned_lens_rows(model: InterpretableModel, repeats: int) -> Rows:
     ]
 
 
+def path_patching_rows(model: InterpretableModel, repeats: int) -> Rows:
+    """Path patching sweeps on one 32-token prompt (every head and MLP a sender, one per
+    row) against its bare forward: to the final residual (naively one forward per sender)
+    and to the last layer's queries (two per sender); and the per-sender loop."""
+    clean = token_rows(model, 1, 32)[0]
+    corrupted = corrupt(clean)
+    ids = mx.array([clean])
+    bare = median_seconds(lambda: mx.eval(model.model(ids)), repeats)
+    L = model.num_layers
+    senders = sum(layout.n_heads + 1 for layout in model.module_index.heads.values())
+    final = median_seconds(lambda: path_patching_sweep(model, clean, corrupted), repeats)
+    queries = f"layers.{L - 1}.attn.heads.*.q"
+    to_q = median_seconds(
+        lambda: path_patching_sweep(model, clean, corrupted, receivers=queries), repeats
+    )
+    layouts = model.module_index.heads.values()
+    names = [layout.head_name(h) for layout in layouts for h in range(layout.n_heads)]
+    names += [model.layer_name(i, "mlp") for i in range(L)]
+    loop = median_seconds(
+        lambda: [path_patching(model, clean, corrupted, name) for name in names],
+        max(1, repeats // 3),
+    )
+    return [
+        (
+            f"path patching sweep, 1x32, {senders} senders -> final / bare",
+            f"{final / bare:.1f}x = {final / bare / (senders + 2):.2f} x (senders + 2)",
+        ),
+        (
+            f"path patching sweep, 1x32, {senders} senders -> last layer's queries / bare",
+            f"{to_q / bare:.1f}x = {to_q / bare / (2 * senders + 2):.2f} x (2 senders + 2)",
+        ),
+        (
+            "... the sweep to final as a loop of path_patching per sender / bare",
+            f"{loop / bare:.1f}x ({loop / final:.1f}x the sweep)",
+        ),
+    ]
+
+
 def startup_rows() -> list[tuple[str, str]]:
     from mlxterp_tui import startup_seconds
 
@@ -351,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     show(bench_model("demo", InterpretableModel("demo"), shapes, repeats))
     show(causal_tracing_rows(InterpretableModel("demo"), repeats))
     show(tuned_lens_rows(InterpretableModel("demo"), repeats))
+    show(path_patching_rows(InterpretableModel("demo"), repeats))
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             medium = InterpretableModel(
