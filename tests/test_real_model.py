@@ -324,3 +324,26 @@ def test_path_patching_identities_hold_on_the_gguf(smol):
     )
     assert len(before.receivers) == 9 + 3 + 3 + 3  # 9 query heads, 3 key/value heads
     assert before.value == pytest.approx(before.clean_value, abs=1e-5)
+
+
+def test_head_detectors_and_causal_tracing_on_the_gguf(smol):
+    """Issue 15 parts 6-7 on a trained model: grouped-query attention scored per query head
+    (induction, previous-token and attention-sink heads exist), and causal tracing finds
+    the fact at the subject's last token in early-middle layers and at the last token late
+    (the ROME picture), with restoring before the subject changing nothing."""
+    from mlxterp.causal_tracing import causal_trace
+    from mlxterp.detectors import detect_heads
+
+    found = detect_heads(smol, seq_len=12, batch=1)
+    assert all(len(row) == 9 for row in found.scores["induction"])
+    for name, least in (("induction", 0.5), ("previous_token", 0.7), ("first_token", 0.9)):
+        assert found.top(name, 1)[0][2] > least, name
+    traced = causal_trace(
+        smol, PROMPT, "France", target=" Paris", layers=[4, 9, 25], positions=[1, 3, 4]
+    )
+    assert traced.subject == (3, 4) and traced.total_effect > 0.5
+    half = traced.total_effect / 2
+    (early, middle, late) = traced.indirect
+    assert max(abs(v) for v in (early[0], middle[0], late[0])) < 1e-6  # before the subject
+    assert early[1] > half and middle[1] > half and late[1] < 0.05  # the subject's last token
+    assert early[2] < 0.05 and late[2] > half  # the last token
