@@ -11,9 +11,11 @@ carry: ``(value - clean_value) / (corrupted_value - clean_value) * 100``.
 
 **The three runs.**
 
-1. The clean and corrupted prompts run once, keeping every attention output, every MLP
-   output and the senders' values (a head's value is its share of the attention output,
-   ``mlxterp.heads``).
+1. The clean and corrupted prompts run once, keeping the senders' values (a head's value
+   is its share of the attention output, ``mlxterp.heads``) and, of the clean run, what run
+   2 freezes (attention and MLP outputs) and each layer's output: every later run starts
+   from the clean residual below its lowest sender (or receiver), since under it nothing
+   differs from the clean run.
 2. The clean prompt runs with each sender replaced by its corrupted value (at ``positions``,
    default all) and every other component frozen to its clean value: with ``freeze="all"``
    every other head (a whole attention output where the layer holds no sender) and every
