@@ -94,6 +94,10 @@ def test_identities_of_the_hidden_state(demo):
     assert result.total_effect > 0.5  # the noise makes the demo model forget the capital
     assert result.by_layer() == [row[4] for row in result.indirect]  # the subject's last token
     assert result.by_layer(-1) == [row[5] for row in result.indirect]
+    part = causal_trace(demo, PROMPT, "France", layers=[2], positions=[0, 4])
+    assert part.length == 6 and part.by_layer(-2) == part.by_layer() == [part.indirect[0][1]]
+    with pytest.raises(InputError, match="not traced"):
+        part.by_layer(-1)
     summary = result.to_summary()
     assert summary["restored"] == result.restored and summary["tokens"][4] == " France"
     text = result.heatmap(color=False)

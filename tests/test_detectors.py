@@ -161,3 +161,14 @@ def test_every_query_head_is_scored_from_its_own_pattern(arch, checkpoint_dir):
             assert np.allclose(result.scores[name][layer], direct, atol=1e-6), (name, layer)
     # heads sharing keys (grouped-query) still differ: each query head has its own score
     assert len({round(s, 6) for s in result.scores["previous_token"][0]}) == 4
+
+
+def test_tokens_are_drawn_from_rows_the_embedding_has(tiny_llama, demo):
+    """Regression: with a tokenizer larger than the embedding (the demo's 1168 tokens on a
+    128-row model) the sequences drew ids the model refuses; now from the smaller of the
+    two, and a model without a tokenizer draws from its config's vocabulary."""
+    model = InterpretableModel(tiny_llama.model, tokenizer=demo.tokenizer)
+    result = detect_heads(model, seq_len=24, batch=3)
+    assert max(max(row) for row in result.tokens) < 128
+    bare = detect_heads(tiny_llama, seq_len=8, batch=1)
+    assert len(bare.tokens[0]) == 16  # no BOS without a tokenizer

@@ -63,7 +63,8 @@ TraceRow = tuple[int, int, int]
 
 class AnswerProbability(Metric):
     """The softmax probability of one answer token at each row: ``metric(logits) ->
-    (rows,)`` float32 (a :class:`~mlxterp.metrics.Metric` for the batched runner)."""
+    (rows,)`` float32 (a :class:`~mlxterp.metrics.Metric` for the batched runner; bound as a
+    logit difference of the answer with itself, which checks the id against the logits)."""
 
     def __init__(self, clean_logits: mx.array, answer: int):
         super().__init__("logit_diff", clean_logits, (answer, answer))
@@ -90,6 +91,7 @@ class CausalTraceSummary(TypedDict):
     p_corrupted: float
     total_effect: float
     restored: list[list[float]]
+    length: int
 
 
 @dataclass
@@ -98,7 +100,7 @@ class CausalTrace:
 
     ``restored[i][j]`` is the answer's probability with ``component`` restored around layer
     ``layers[i]`` at position ``positions[j]``; ``subject`` is the subject's token range
-    ``[start, end)``; ``tokens`` the text of ``positions``.
+    ``[start, end)``; ``tokens`` the text of ``positions``; ``length`` the prompt's tokens.
     """
 
     component: str
@@ -112,6 +114,7 @@ class CausalTrace:
     p_clean: float
     p_corrupted: float
     restored: list[list[float]]
+    length: int
 
     @property
     def total_effect(self) -> float:
@@ -126,10 +129,9 @@ class CausalTrace:
     def by_layer(self, position: int | None = None) -> list[float]:
         """The indirect effect per layer at ``position`` (default: the subject's last token;
         negative counts from the end)."""
-        length = max(self.positions) + 1
         wanted = self.subject[1] - 1 if position is None else position
         if is_int(wanted) and wanted < 0:
-            wanted += length
+            wanted += self.length
         if wanted not in self.positions:
             raise InputError(f"position {position} was not traced; traced: {self.positions}")
         j = self.positions.index(wanted)
@@ -150,6 +152,7 @@ class CausalTrace:
             "p_corrupted": self.p_corrupted,
             "total_effect": self.total_effect,
             "restored": [list(row) for row in self.restored],
+            "length": self.length,
         }
 
     def heatmap(self, cmap: str = "Purples", cell_width: int = 6, color: bool = True) -> str:
@@ -322,9 +325,7 @@ def _trace(
     clean_final = clean.output[0, -1]
     top = cast(int, mx.argmax(clean_final).item())  # an index
     answer_id = top if answer is None else model.token_id(answer)
-    if answer_id >= clean_final.shape[-1]:
-        raise InputError(f"answer token id {answer_id} is outside the model's output vocabulary")
-    score = AnswerProbability(clean_final, answer_id)
+    score = AnswerProbability(clean_final, answer_id)  # refuses an id beyond the logits
 
     sigma = embedding_std(model) if std is None else std
     hidden = int(embed(mx.array([ids[0]])).shape[-1])
@@ -374,6 +375,7 @@ def _trace(
         p_clean=sweep.clean[0],
         p_corrupted=sweep.corrupted[0],
         restored=[[sweep.values[(0, j, t)] for t in cols] for j in range(len(centers))],
+        length=n,
     )
 
 
@@ -513,7 +515,7 @@ def trace_facts(
             batch_size, std,
         )  # fmt: skip
         effect = np.asarray(traced.indirect)  # layers x positions (all of them)
-        for kind, cols in categories(traced.subject, len(traced.positions)).items():
+        for kind, cols in categories(traced.subject, traced.length).items():
             sums[kind] = sums.get(kind, 0) + effect[:, cols].mean(axis=1)
             counts[kind] = counts.get(kind, 0) + 1
         total += (traced.p_clean, traced.p_corrupted)

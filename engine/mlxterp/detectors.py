@@ -201,9 +201,10 @@ def repeated_sequences(
 ) -> list[list[int]]:
     """``batch`` sequences of seeded random token ids: ``seq_len`` distinct tokens (no
     special ones) repeated once, after BOS when the tokenizer has one."""
-    vocab = model.vocab_size or model.config.get("vocab_size")
-    if not is_int(vocab):
+    sizes = [v for v in (model.vocab_size, model.config.get("vocab_size")) if is_int(v)]
+    if not sizes:
         raise InputError("head detection draws tokens from the vocabulary; this model states none")
+    vocab = min(sizes)  # a tokenizer may know more tokens than the embedding has rows
     tokenizer = model.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
     bos = getattr(tokenizer, "bos_token_id", None)
