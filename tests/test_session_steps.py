@@ -237,7 +237,8 @@ def test_loaded_session_goes_on_under_its_active_interventions(manager, tmp_path
         ("interventions", {"action": "set", "module": "layers.1"}, "needs intervention="),
         ("interventions", {"action": "remove"}, "needs module="),
         ("generate", {}, "needs 'prompt'"),
-        ("eval", {}, "unknown step kind 'eval'"),
+        ("eval", {}, "unknown step kind 'eval'; the .* kinds are mlxterp.session.KINDS"),
+        ("path_pathing", {}, "did you mean 'path_patching'"),
     ],
 )
 def test_bad_params_are_refused_before_running(session, manager, kind, params, message):

@@ -19,6 +19,7 @@ given as an array) go in params or summary as ``mx.array`` and land in the sidec
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -673,8 +674,15 @@ KINDS: dict[str, StepKind] = {
 
 
 def kind(name: str) -> StepKind:
+    """The step kind called ``name``; a ``SessionError`` naming the closest kinds otherwise
+    (one short line: the full list, grown long, is in docs/sessions.md)."""
     if name not in KINDS:
-        raise SessionError(f"unknown step kind {_short(name)}; known: {', '.join(KINDS)}")
+        close = difflib.get_close_matches(str(name), KINDS, n=3) if isinstance(name, str) else []
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise SessionError(
+            f"unknown step kind {_short(name)}{hint}; the {len(KINDS)} kinds are "
+            "mlxterp.session.KINDS, listed in docs/sessions.md"
+        )
     return KINDS[name]
 
 
