@@ -377,3 +377,20 @@ def test_head_patching_and_attribution_on_the_gguf(smol):
         np.asarray(summed.scores), rel=1e-3, abs=1e-4
     )
     assert estimate.top(1)[0][:2] == (23, 4)
+
+
+def test_an_identity_tuned_lens_is_the_logit_lens_on_the_gguf(smol, tmp_path):
+    """Issue 15 part 8 on a trained 4-bit model: identity translators read exactly what the
+    logit lens reads (hidden states of the model's own dtype go back to it bit for bit),
+    through a saved file too; a lens of another model is refused."""
+    from mlxterp.lens import lens
+    from mlxterp.tuned_lens import TunedLens, load_tuned_lens, tuned_lens
+
+    identity = TunedLens.identity(smol)
+    path = identity.save(tmp_path / "smol.toml")
+    plain = lens(smol, PROMPT, layers=[0, 15, 29], top_k=3)
+    read = tuned_lens(smol, PROMPT, str(path), layers=[0, 15, 29], top_k=3)
+    assert read.top_ids == plain.top_ids and read.top_probs == plain.top_probs
+    demo = InterpretableModel("demo")
+    with pytest.raises(ValueError, match="30 layers x 576 hidden"):
+        load_tuned_lens(path, demo)
