@@ -121,12 +121,15 @@ def test_save_load_round_trip(demo, trained, tmp_path):
     assert mx.array_equal(load_tuned_lens(path).weight, TunedLens.identity(demo).weight)
 
 
-def test_a_failed_save_leaves_the_existing_file_whole(demo, trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["mlx.core.save_safetensors", "tomli_w.dumps"])
+def test_a_failed_save_leaves_the_existing_file_whole(
+    demo, trained, tmp_path, monkeypatch, failing
+):
     path = trained.save(tmp_path / "demo.toml")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setattr("mlxterp.tuned_lens.tomli_w.dumps", lambda _: 1 / 0)
+    monkeypatch.setattr(failing, lambda *_: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        trained.save(path)
+        TunedLens.identity(demo).save(path)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert load_tuned_lens(path, demo).digest == trained.digest
@@ -158,11 +161,23 @@ def test_another_model_is_refused(demo, trained, tiny_llama, tmp_path):
             ),
             "format 9",
         ),
+        (
+            lambda toml, side: toml.write_text(toml.read_text().split("[model]")[0]),
+            "no \\[model\\]",
+        ),
         (lambda toml, side: side.unlink(), "cannot be read"),
         (lambda toml, side: side.write_bytes(side.read_bytes()[:100]), "cannot be read"),
         (lambda toml, side: _flip_last_byte(side), "do not match the digest"),
     ],
-    ids=["truncated", "foreign", "format", "no weights", "cut weights", "edited weights"],
+    ids=[
+        "truncated",
+        "foreign",
+        "format",
+        "no model",
+        "no weights",
+        "cut weights",
+        "edited weights",
+    ],
 )
 def test_damaged_files_are_refused(demo, tmp_path, damage, message):
     lens_ = TunedLens.identity(demo)

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
-from .lens import LensResult, PromptList, read_lens, residuals
+from .lens import LensResult, PromptList, Readout, read_lens, residuals
 
 if TYPE_CHECKING:
     from .interventions import InterventionFn
@@ -103,9 +103,9 @@ class TunedLens:
         hidden = model.hidden_size or _hidden_width(model)
         return cls(model.num_layers, hidden, model.name or "", model_fingerprint(model))
 
-    def check(self, model: InterpretableModel, fingerprint: str | None = None) -> None:
+    def check(self, model: InterpretableModel) -> None:
         """Refuse a model this lens was not trained on: another layer count, hidden size or
-        weight fingerprint (``fingerprint``, when the caller has computed it already)."""
+        weight fingerprint."""
         hidden = model.hidden_size or _hidden_width(model)
         shape = (model.num_layers, hidden)
         if shape != (self.num_layers, self.hidden_size):
@@ -114,7 +114,7 @@ class TunedLens:
                 f"{self.hidden_size} hidden ({self.model_name or 'unnamed'}); this model has "
                 f"{shape[0]} x {shape[1]}"
             )
-        current = fingerprint or model_fingerprint(model)
+        current = model_fingerprint(model)
         if self.fingerprint and current != self.fingerprint:
             raise InputError(
                 f"this tuned lens was trained on another model ({self.model_name or 'unnamed'}, "
@@ -126,15 +126,15 @@ class TunedLens:
         """Residuals of ``layers`` ``(n_layers, cells, hidden)`` through their translators,
         in float32 and back to ``hidden``'s dtype (the identity returns them bit for bit)."""
         last = self.num_layers - 1
-        eye = mx.eye(self.hidden_size)[None]
-        weight = mx.concatenate([self.weight, eye])[mx.array(layers)]
-        bias = mx.concatenate([self.bias, mx.zeros((1, self.hidden_size))])[mx.array(layers)]
         if any(not 0 <= i <= last for i in layers):
             raise InputError(f"layers must be in 0..{last}; got {layers}")
+        picks = mx.array(layers)
+        weight = mx.concatenate([self.weight, mx.eye(self.hidden_size)[None]])[picks]
+        bias = mx.concatenate([self.bias, mx.zeros((1, self.hidden_size))])[picks]
         out = hidden.astype(mx.float32) @ weight.transpose(0, 2, 1) + bias[:, None, :]
         return out.astype(hidden.dtype)
 
-    def readout(self, model: InterpretableModel) -> Any:
+    def readout(self, model: InterpretableModel) -> Readout:
         """The lens's read-out for ``mlxterp.lens.read_lens``: translate, then the model's."""
         unembed = model.unembedder
         return lambda layers, hidden: unembed(self.translate(layers, hidden))
@@ -192,10 +192,12 @@ def save_tuned_lens(lens: TunedLens, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     old = _sidecar_of(path) if path.exists() else None
     sidecar = path.with_name(f"{path.stem}.{lens.digest}.safetensors")
-    if not sidecar.exists():
-        temp = sidecar.with_name(f".{sidecar.stem}.tmp.safetensors")
+    temp = sidecar.with_name(f".{sidecar.stem}.tmp.safetensors")
+    try:
         mx.save_safetensors(str(temp), {"weight": lens.weight, "bias": lens.bias})
         os.replace(temp, sidecar)
+    finally:
+        temp.unlink(missing_ok=True)
     document = {
         "format": FORMAT,
         "kind": KIND,
@@ -209,7 +211,12 @@ def save_tuned_lens(lens: TunedLens, path: str | Path) -> Path:
         },
         "training": lens.training,
     }
-    _atomic_write(path, tomli_w.dumps(document).encode())
+    try:
+        _atomic_write(path, tomli_w.dumps(document).encode())
+    except BaseException:
+        if old != sidecar.name:  # nothing names the new sidecar: leave the folder as it was
+            sidecar.unlink(missing_ok=True)
+        raise
     if old is not None and old != sidecar.name:
         (path.parent / old).unlink(missing_ok=True)
     return path
@@ -242,12 +249,13 @@ def load_tuned_lens(path: str | Path, model: InterpretableModel | None = None) -
     if document.get("format") != FORMAT:
         raise bad(f"format {document.get('format')!r}; this version reads format {FORMAT}")
     meta, name = document.get("model"), _sidecar_of(path)
+    if not isinstance(meta, dict) or name is None:
+        raise bad("it names no [model] table or no weights file")
     try:
-        assert isinstance(meta, dict) and name is not None
         num_layers, hidden = int(meta["num_layers"]), int(meta["hidden_size"])
         lens = TunedLens(num_layers, hidden, str(meta["name"]), str(meta["fingerprint"]))
         weights = cast(dict[str, mx.array], mx.load(str(path.parent / name)))
-    except (AssertionError, KeyError, TypeError, ValueError, OSError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError) as err:
         raise bad(f"its model table or weights file cannot be read ({err!r})") from None
     for key in ("weight", "bias"):
         expected = getattr(lens, key).shape
