@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast, overload
 
 import mlx.core as mx
 import numpy as np
@@ -33,6 +33,7 @@ from .activations import Layers, is_int
 from .attribution import attribution_terms
 from .errors import InputError
 from .heads import HEADS
+from .lens import PromptList
 from .metrics import recovery
 from .patching import (
     Interventions,
@@ -230,6 +231,34 @@ class HeadAttributionResult:
         )
 
 
+@overload
+def head_patching(
+    model: InterpretableModel,
+    clean_text: PromptList,
+    corrupted_text: PromptList,
+    layers: Layers = None,
+    heads: int | Sequence[int] | None = None,
+    metric: str = "l2",
+    positions: int | Sequence[int] | None = None,
+    by_position: bool = False,
+    answer: Sequence[Any] | None = None,
+    all_heads: bool = False,
+    batch_size: int | None = None,
+) -> list[HeadPatchingResult]: ...
+@overload
+def head_patching(
+    model: InterpretableModel,
+    clean_text: Any,
+    corrupted_text: Any,
+    layers: Layers = None,
+    heads: int | Sequence[int] | None = None,
+    metric: str = "l2",
+    positions: int | Sequence[int] | None = None,
+    by_position: bool = False,
+    answer: Sequence[Any] | None = None,
+    all_heads: bool = False,
+    batch_size: int | None = None,
+) -> HeadPatchingResult: ...
 def head_patching(
     model: InterpretableModel,
     clean_text: Any,
@@ -251,9 +280,8 @@ def head_patching(
     ``by_position=True`` every head is also patched at each position alone
     (:attr:`HeadPatchingResult.by_position`); with ``all_heads=True`` every head of
     ``heads`` is also patched at once, per layer (:attr:`HeadPatchingResult.all_heads`).
-    ``batch_size`` bounds the patched runs per
-    forward (default: about 2048 tokens' worth).  Lists of clean and corrupted prompts give
-    a list of results, one per pair.
+    ``batch_size`` bounds the patched runs per forward (default: about 2048 tokens' worth).
+    Lists of clean and corrupted prompts give a list of results, one per pair.
     """
     check_batch_size(batch_size)
     setup, wanted = _head_setup(
@@ -340,6 +368,28 @@ def _pair_result(
     )
 
 
+@overload
+def head_attribution(
+    model: InterpretableModel,
+    clean_text: PromptList,
+    corrupted_text: PromptList,
+    layers: Layers = None,
+    heads: int | Sequence[int] | None = None,
+    metric: str = "logit_diff",
+    positions: int | Sequence[int] | None = None,
+    answer: Sequence[Any] | None = None,
+) -> list[HeadAttributionResult]: ...
+@overload
+def head_attribution(
+    model: InterpretableModel,
+    clean_text: Any,
+    corrupted_text: Any,
+    layers: Layers = None,
+    heads: int | Sequence[int] | None = None,
+    metric: str = "logit_diff",
+    positions: int | Sequence[int] | None = None,
+    answer: Sequence[Any] | None = None,
+) -> HeadAttributionResult: ...
 def head_attribution(
     model: InterpretableModel,
     clean_text: Any,
