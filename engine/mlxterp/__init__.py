@@ -2,6 +2,11 @@
 
 ``InterpretableModel`` wraps a model for tracing, activation reading and interventions;
 ``mlxterp.interventions`` holds the built-in interventions.
+
+The functions ``head_patching``, ``path_patching`` and ``tuned_lens`` are not exported here:
+their names are also their modules' (``mlxterp.head_patching`` ...), which a package
+attribute of the same name would shadow for ``from mlxterp import head_patching``.  Call
+them as model methods (``model.head_patching(...)``) or import them from their modules.
 """
 
 from . import blas
@@ -17,6 +22,8 @@ from .activations import (  # noqa: E402
     get_activations,
 )
 from .attribution import attribution_patching  # noqa: E402
+from .causal_tracing import CausalTrace, FactTracing, causal_trace, trace_facts  # noqa: E402
+from .detectors import HeadDetection, detect_heads  # noqa: E402
 from .dla import LogitAttribution, direct_logit_attribution  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigWarning,
@@ -36,13 +43,27 @@ from .errors import (  # noqa: E402
     UnknownArchitectureError,
     UnsupportedAttentionError,
 )
+from .head_patching import (  # noqa: E402
+    HeadAttributionResult,
+    HeadPatchingResult,
+    head_attribution,
+)
 from .lens import logit_lens  # noqa: E402
 from .model import InterpretableModel  # noqa: E402
 from .names import MODEL_OUTPUT  # noqa: E402
 from .patching import activation_patching, patching_sweep  # noqa: E402
+from .path_patching import PathPatchingResult, PathPatchingSweep, path_patching_sweep  # noqa: E402
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy  # noqa: E402
 from .steering import generate, steer, steering_vector  # noqa: E402
 from .tracing import ActivationMap, Trace  # noqa: E402
+from .tuned_lens import (  # noqa: E402
+    LensKL,
+    TunedLens,
+    lens_kl,
+    load_tuned_lens,
+    save_tuned_lens,
+    train_tuned_lens,
+)
 
 
 def demo_model() -> InterpretableModel:
@@ -56,12 +77,18 @@ __all__ = [
     "MODEL_OUTPUT",
     "ActivationCache",
     "ActivationMap",
+    "CausalTrace",
     "ConfigWarning",
+    "FactTracing",
+    "HeadAttributionResult",
+    "HeadDetection",
+    "HeadPatchingResult",
     "InputError",
     "InterpretableModel",
     "InterventionError",
     "LayerIndexError",
     "LayerListProxy",
+    "LensKL",
     "LogitAttribution",
     "MlxterpError",
     "ModelAttributeError",
@@ -72,24 +99,36 @@ __all__ = [
     "NotCapturedError",
     "NotSerializableError",
     "OutputProxy",
+    "PathPatchingResult",
+    "PathPatchingSweep",
     "SessionError",
     "Trace",
     "TraceError",
+    "TunedLens",
     "UnembedError",
     "UnknownArchitectureError",
     "UnsupportedAttentionError",
     "activation_patching",
     "attribution_patching",
     "batch_get_activations",
+    "causal_trace",
     "collect_activations",
     "demo_model",
+    "detect_heads",
     "direct_logit_attribution",
     "generate",
     "get_activations",
+    "head_attribution",
     "interventions",
+    "lens_kl",
+    "load_tuned_lens",
     "logit_lens",
     "patching_sweep",
+    "path_patching_sweep",
     "sae",
+    "save_tuned_lens",
     "steer",
     "steering_vector",
+    "trace_facts",
+    "train_tuned_lens",
 ]

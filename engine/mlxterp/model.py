@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 
     from .activations import Layers
     from .attribution import AttributionResult
+    from .causal_tracing import CausalTrace, FactTracing
+    from .detectors import HeadDetection
     from .dla import LogitAttribution
+    from .head_patching import HeadAttributionResult, HeadPatchingResult
     from .lens import LensResult, LogitLens
     from .patching import PatchingResult
+    from .path_patching import PathPatchingResult, PathPatchingSweep
     from .steering import Prompts
-    from .tuned_lens import TunedLens
+    from .tuned_lens import LensKL, TunedLens
 
 _ARCH_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
 
@@ -458,6 +462,86 @@ class InterpretableModel:
         from .dla import direct_logit_attribution
 
         return direct_logit_attribution(self, text, target, baseline, position)
+
+    def head_patching(
+        self, clean_text: Any, corrupted_text: Any, **kwargs: Any
+    ) -> HeadPatchingResult | list[HeadPatchingResult]:
+        """Recovery % per layer x head from patching each head's clean output into the
+        corrupted run (one result per pair for lists of prompts); see
+        ``mlxterp.head_patching.head_patching``."""
+        from .head_patching import head_patching
+
+        result: HeadPatchingResult | list[HeadPatchingResult] = head_patching(
+            self, clean_text, corrupted_text, **kwargs
+        )
+        return result
+
+    def head_attribution(
+        self, clean_text: Any, corrupted_text: Any, **kwargs: Any
+    ) -> HeadAttributionResult | list[HeadAttributionResult]:
+        """Gradient estimate of patching every head at every position; see
+        ``mlxterp.head_patching.head_attribution``."""
+        from .head_patching import head_attribution
+
+        result: HeadAttributionResult | list[HeadAttributionResult] = head_attribution(
+            self, clean_text, corrupted_text, **kwargs
+        )
+        return result
+
+    def path_patching(
+        self, clean_text: Any, corrupted_text: Any, senders: str | Sequence[str], **kwargs: Any
+    ) -> PathPatchingResult:
+        """The effect of ``senders`` on the receivers through the paths between them only;
+        see ``mlxterp.path_patching.path_patching``."""
+        from .path_patching import path_patching
+
+        return path_patching(self, clean_text, corrupted_text, senders, **kwargs)
+
+    def path_patching_sweep(
+        self, clean_text: Any, corrupted_text: Any, **kwargs: Any
+    ) -> PathPatchingSweep:
+        """Path patching from every head (and MLP) one sender at a time; see
+        ``mlxterp.path_patching.path_patching_sweep``."""
+        from .path_patching import path_patching_sweep
+
+        return path_patching_sweep(self, clean_text, corrupted_text, **kwargs)
+
+    def detect_heads(self, detections: Sequence[str] | None = None, **kwargs: Any) -> HeadDetection:
+        """Score every head on induction / previous-token / duplicate-token / first-token
+        patterns; see ``mlxterp.detectors.detect_heads``."""
+        from .detectors import detect_heads
+
+        return detect_heads(self, detections, **kwargs)
+
+    def causal_trace(self, prompt: Any, subject: str | Sequence[int], **kwargs: Any) -> CausalTrace:
+        """Causal tracing (noise the subject, restore one state at a time) of one prompt;
+        see ``mlxterp.causal_tracing.causal_trace``."""
+        from .causal_tracing import causal_trace
+
+        return causal_trace(self, prompt, subject, **kwargs)
+
+    def trace_facts(self, facts: Any, **kwargs: Any) -> FactTracing:
+        """Causal tracing averaged over ``(prompt, subject, answer)`` facts; see
+        ``mlxterp.causal_tracing.trace_facts``."""
+        from .causal_tracing import trace_facts
+
+        return trace_facts(self, facts, **kwargs)
+
+    def train_tuned_lens(self, texts: Any, **kwargs: Any) -> TunedLens:
+        """Train a tuned lens of this model on ``texts``; see
+        ``mlxterp.tuned_lens.train_tuned_lens``."""
+        from .tuned_lens import train_tuned_lens
+
+        return train_tuned_lens(self, texts, **kwargs)
+
+    def lens_kl(
+        self, texts: Any, lens: TunedLens | str | Path | None = None, **kwargs: Any
+    ) -> LensKL:
+        """Mean KL to the final distribution per layer, logit lens and tuned lens; see
+        ``mlxterp.tuned_lens.lens_kl``."""
+        from .tuned_lens import lens_kl
+
+        return lens_kl(self, texts, lens, **kwargs)
 
     def attention_patterns(self, text: Any, layers: Layers = None) -> dict[int, mx.array]:
         """Softmax attention weights per layer and head; see ``mlxterp.attention``."""
