@@ -30,6 +30,7 @@ from mlxterp import (
     tuned_lens,
 )
 from mlxterp import attention as attention
+from mlxterp.errors import SessionError
 from mlxterp.session import KINDS, Session, replay
 from mlxterp.session.steps import REQUIRED, step_name
 
@@ -45,6 +46,7 @@ LIBRARY = {
     "attention": [attention.attention_patterns],
     "head_detectors": [detectors.detect_heads],
     "causal_tracing": [causal_tracing.causal_trace],
+    "trace_facts": [causal_tracing.trace_facts],
     "path_patching": [path_patching.path_patching],
     "path_patching_sweep": [path_patching.path_patching_sweep],
     "head_patching": [head_patching.head_patching],
@@ -94,6 +96,7 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "detections": ["induction", "previous_token"],
     "seq_len": 6,
     "subject": "France",
+    "facts": [[FRANCE, "France", " Paris"], [GERMANY, "Germany", " Berlin"]],
     "window": 3,
     "noise": 2.0,
     "senders": "layers.6.attn.heads.2",
@@ -235,10 +238,21 @@ def test_every_parameter_records_reaches_the_library_and_replays(
         ("attention", {"text": "river king apple garden river king", "layer": 3}),
         ("trace", {"text": mx.array([1, 40, 41, 42], dtype=mx.int32)}),  # ids: to the sidecar
         ("logit_lens", {"text": [1, 40, 41, 42], "layers": [15]}),  # ids as a TOML list
+        # a fact's subject as a [start, end] token range and its answer as a token id
+        ("trace_facts", {"facts": [[FRANCE, [3, 5], 7]], "layers": [0, 15]}),
     ],
 )
 def test_other_forms_record_and_replay(kind, params, manager, tmp_path):
     _record_and_replay(manager, tmp_path, kind, params)
+
+
+@pytest.mark.parametrize(
+    "facts", [[], [[FRANCE, "France"]], [[FRANCE, 3, " Paris"]], [[FRANCE, "France", None]]]
+)
+def test_trace_facts_refuses_what_is_no_fact(facts, manager, tmp_path):
+    session = Session.new("demo", tmp_path / "facts.toml", manager)
+    with pytest.raises(SessionError, match="facts must be a list of facts"):
+        session.run(manager, "trace_facts", facts=facts)
 
 
 BATCHES = [

@@ -173,6 +173,25 @@ ANSWER = Check(
     "such pairs (one per prompt pair)",
     lambda v: _is_answer(v) or _is_list(v, _is_answer),
 )
+
+
+def _is_fact(v: Any) -> bool:
+    """``[prompt, subject, answer]``: the subject a substring or a ``[start, end]`` token
+    range, the answer a token string or id."""
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) == 3
+        and _is_prompt(v[0])
+        and (isinstance(v[1], str) or (_is_list(v[1], _is_int) and len(v[1]) == 2))
+        and TOKEN.accepts(v[2])
+    )
+
+
+FACTS = Check(
+    "a list of facts, each [prompt, subject, answer] (the subject a substring of the "
+    "prompt or a [start, end] token range, the answer a token string or id)",
+    lambda v: _is_list(v, _is_fact),
+)
 POSITIONS = Check(
     "a position or a list of positions (integers, negative from the end)",
     lambda v: (_is_int(v) and abs(v) <= TOML_INT) or _is_list(v, _is_int),
@@ -210,6 +229,7 @@ CHECKS: dict[str, Check] = {
     ),
     "all_heads": FLAG,
     "answer": ANSWER,
+    "facts": FACTS,
     "positions": POSITIONS,
     "by_position": FLAG,
     "coefficient": NUMBER,
@@ -510,6 +530,13 @@ def _run_causal_tracing(
     return result, _summaries(result, 5)
 
 
+def _run_trace_facts(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = _call(causal_tracing.trace_facts, model, p)
+    return result, _summaries(result, 5)
+
+
 def _run_path_patching(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
@@ -647,6 +674,13 @@ KINDS: dict[str, StepKind] = {
             _run_causal_tracing,
             False,
             "the answer's probability restoring each layer x position of a subject-corrupted run",
+        ),
+        StepKind.wrapping(
+            "trace_facts",
+            (causal_tracing.trace_facts,),
+            _run_trace_facts,
+            False,
+            "causal tracing averaged over [prompt, subject, answer] facts, by kind of position",
         ),
         StepKind.wrapping(
             "path_patching",
