@@ -399,3 +399,34 @@ def test_a_multi_token_answer_is_refused_the_same_way_everywhere(demo):
         assert repr(pieces) in text and repr(pieces[0]) in text, where
         messages.add(text)
     assert len(messages) == 1
+
+
+def test_token_ids_are_checked_by_their_bounds_first(demo, monkeypatch):
+    # prepare runs the check on every call (every chunk of a sweep): an array goes to it
+    # whole (min/max on the device), token lists flat (min/max in C), never a generator
+    # that a Python loop has to walk.
+    from mlxterp import inputs
+
+    seen = []
+    real = inputs.check_token_ids
+    monkeypatch.setattr(
+        inputs, "check_token_ids", lambda ids, top: seen.append(ids) or real(ids, top)
+    )
+    demo.prepare(mx.array([[1, 2, 3], [4, 5, 6]]))
+    demo.prepare([[1, 2], [3, 4, 5]])
+    demo.prepare("The capital of France is")
+    assert isinstance(seen[0], mx.array) and seen[0].shape == (2, 3)
+    assert seen[1] == [1, 2, 3, 4, 5] and isinstance(seen[2], list)
+
+
+@pytest.mark.parametrize("as_array", [True, False])
+def test_out_of_range_token_ids_are_all_named(as_array):
+    from mlxterp.inputs import check_token_ids
+
+    ids = [[5, -1, 7], [99, 3, -1]]
+    with pytest.raises(
+        InputError, match=r"token ids -1, 99 are outside this model's vocabulary \(0..9\)"
+    ):
+        check_token_ids(mx.array(ids) if as_array else [t for r in ids for t in r], 10)
+    check_token_ids(mx.array([[0, 9]]) if as_array else [0, 9], 10)  # the bounds themselves pass
+    check_token_ids(mx.array([], dtype=mx.int32) if as_array else [], 10)

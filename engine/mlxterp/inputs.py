@@ -11,6 +11,7 @@ other array (embeddings, custom models) as is.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -269,8 +270,8 @@ def prepare(
                     f"token ids must be shaped (seq,) or (batch, seq); got {tuple(array.shape)}"
                 )
             _check_length(array.shape[1], max_length)
+            check_token_ids(array, vocab_size)
             tokens = cast(list[list[int]], array.tolist())  # a 2-D integer array
-            check_token_ids((t for row in tokens for t in row), vocab_size)
             return PreparedInput(array, tokens=tokens)
         return PreparedInput(array)
     elif isinstance(inputs, (list, tuple)) and not inputs:
@@ -285,7 +286,7 @@ def prepare(
         if not row:
             raise InputError("a prompt encodes to no tokens")
         _check_length(len(row), max_length)
-    check_token_ids((t for row in rows for t in row), vocab_size)
+    check_token_ids(list(itertools.chain.from_iterable(rows)), vocab_size)
     return PreparedInput(_pad(rows, codec.pad_id), tokens=rows, texts=texts)
 
 
@@ -305,17 +306,31 @@ def _encode(
     return texts, rows
 
 
-def check_token_ids(ids: Iterable[int], vocab_size: int | None) -> None:
-    """``InputError`` naming the ids outside ``[0, vocab_size)`` (``[0, 2**31)`` if unknown)."""
+def check_token_ids(ids: Iterable[int] | mx.array, vocab_size: int | None) -> None:
+    """``InputError`` naming the ids outside ``[0, vocab_size)`` (``[0, 2**31)`` if unknown).
+
+    Every prepare runs it (each chunk of a sweep too), so it first compares only the
+    smallest and largest id (on the device for an array; C loops for a list) and lists the
+    ids at fault only when that check fails."""
     top = vocab_size - 1 if vocab_size is not None else MAX_TOKEN_ID
-    bad = sorted({t for t in ids if not 0 <= t <= top})
-    if bad:
-        listed = ", ".join(map(shown, bad[:5])) + (" ..." if len(bad) > 5 else "")
-        whose = "this model's vocabulary" if vocab_size is not None else "the int32 token range"
-        raise InputError(
-            f"token ids {listed} are outside {whose} (0..{top}); "
-            "were they made by another model's tokenizer?"
+    if isinstance(ids, mx.array):
+        low, high = (
+            cast(list[int], mx.stack([ids.min(), ids.max()]).tolist()) if ids.size else (0, 0)
         )
+        if low >= 0 and high <= top:
+            return
+        values = cast(list[int], ids.reshape(-1).tolist())  # integer ids
+    else:
+        values = ids if isinstance(ids, list) else list(ids)
+        if not values or (min(values) >= 0 and max(values) <= top):
+            return
+    bad = sorted({t for t in values if not 0 <= t <= top})
+    listed = ", ".join(map(shown, bad[:5])) + (" ..." if len(bad) > 5 else "")
+    whose = "this model's vocabulary" if vocab_size is not None else "the int32 token range"
+    raise InputError(
+        f"token ids {listed} are outside {whose} (0..{top}); "
+        "were they made by another model's tokenizer?"
+    )
 
 
 def finite_number(name: str, value: Any, error: type[MlxterpError] = InputError) -> float:
