@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 from mlxterp import InterpretableModel, MlxterpError, gguf, model_sources
 from mlxterp.checkpoints import ARCHITECTURES, build_checkpoint, build_tokenizer
 from mlxterp.errors import ModelLoadError
+from mlxterp.session import Session, SessionManager, replay
 
 VOCAB = 448  # the trained tokenizer's 384 tokens, padded as llama.cpp pads vocabularies
 TOKENS = [[1, 40, 75, 200, 7, 300, 12, 99]]
@@ -436,6 +437,38 @@ def test_gguf_in_lm_studio(home, llama_gguf, root):
     folder.mkdir(parents=True)
     shutil.copy(llama_gguf[0], folder / "Tiny-Q4_K_M.gguf")
     assert same_as(InterpretableModel("lmstudio-community/Tiny-GGUF"), llama_gguf[1])
+
+
+def test_sessions_fingerprint_the_gguf_loading_finds(home, tmp_path, hf_tokenizer, llama_gguf):
+    # an LM Studio name: the session finds the file as loading does and fingerprints it, so
+    # a replay on another model's file (same architecture, same size) is warned about
+    target = home / ".lmstudio/models" / "org" / "Tiny-GGUF" / "Tiny.gguf"
+    target.parent.mkdir(parents=True)
+    shutil.copy(llama_gguf[0], target)
+    manager = SessionManager()
+    session = Session.new("org/Tiny-GGUF", tmp_path / "s.toml", manager)
+    session.run(manager, "trace", text="hello world")
+    assert session.fingerprint == gguf.fingerprint(target) and len(session.fingerprint) == 16
+    assert replay(tmp_path / "s.toml", SessionManager()).warnings == []
+    size = target.stat().st_size
+    write_gguf("llama", reference_model("llama", seed=1), hf_tokenizer, target)
+    assert target.stat().st_size == size
+    report = replay(tmp_path / "s.toml", SessionManager())
+    assert any("the model differs" in w for w in report.warnings), report.warnings
+
+
+def test_gguf_fingerprint_reads_the_head_and_the_tail(tmp_path):
+    path = tmp_path / "big.gguf"
+    data = bytearray(gguf.MAGIC + bytes(gguf.FINGERPRINT_HEAD + 3 * gguf.FINGERPRINT_TAIL))
+    path.write_bytes(data)
+    first = gguf.fingerprint(path)
+    for where in (8, len(data) - 1):  # the header, the last weights
+        changed = bytearray(data)
+        changed[where] ^= 1
+        path.write_bytes(changed)
+        assert gguf.fingerprint(path) != first
+    path.write_bytes(data + b"\0")
+    assert gguf.fingerprint(path) != first
 
 
 def ollama_store(root: Path, gguf_path: Path, name: str = "tiny", tag: str = "latest") -> Path:

@@ -102,7 +102,7 @@ def test_replay_warns_when_the_model_differs(recorded, manager):
     edit(recorded.path, 'fingerprint = "', 'fingerprint = "0')
     report = replay(recorded.path, manager)
     assert report.ok and len(report.warnings) == 2
-    assert "config.json differs" in report.format_text() and f"{count + 1}" in report.format_text()
+    assert "the model differs" in report.format_text() and f"{count + 1}" in report.format_text()
 
 
 def test_bad_tolerance_and_missing_model(recorded, manager, tmp_path):

@@ -13,6 +13,7 @@ is rebuilt from the file's own vocabulary with the ``tokenizers`` package.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,26 @@ def is_gguf(path: Path) -> bool:
             return f.read(4) == MAGIC
     except OSError:
         return False
+
+
+FINGERPRINT_HEAD = 8 << 20  # the header, metadata (vocabulary included) and tensor table
+FINGERPRINT_TAIL = 1 << 20  # the last weights
+
+
+def fingerprint(path: Path) -> str:
+    """16 hex digits of a sha256 over a GGUF file's size, its first 8 MiB (header,
+    metadata and tensor table, where the model's description lives) and its last MiB (the
+    last tensors' weights): another file, or the same one re-quantized or fine-tuned, gives
+    another, without reading the whole file."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(size.to_bytes(8, "little"))
+    with path.open("rb") as f:
+        digest.update(f.read(FINGERPRINT_HEAD))
+        if size > FINGERPRINT_HEAD:
+            f.seek(max(FINGERPRINT_HEAD, size - FINGERPRINT_TAIL))
+            digest.update(f.read(FINGERPRINT_TAIL))
+    return digest.hexdigest()[:16]
 
 
 def read(path: Path) -> tuple[dict[str, mx.array], Metadata]:

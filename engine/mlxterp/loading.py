@@ -90,6 +90,18 @@ def resolve_reference(name: str) -> Path | str:
     return name
 
 
+def locate_model(name: str) -> tuple[Path | str, str]:
+    """``(where, source)``: what ``load_model`` reads for ``name`` before any download —
+    the demo folder, a path, or a GGUF file or folder found where users keep models
+    (``mlxterp.model_sources``); else ``name`` as given (a hub id), or its path if it looks
+    like one.  Nothing is read but the file system's listings."""
+    ref = resolve_reference(name)
+    if ref == DEMO_DIR:
+        return ref, DEMO_NAME
+    found = model_sources.find(name)  # a GGUF file, or a model where users keep them
+    return found if found is not None else (ref, model_sources.PATH_SOURCE)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A loaded model, where it was found and the config it was built from."""
@@ -118,11 +130,7 @@ def load_model(name: str) -> LoadedModel:
     key the architecture ignores); ``ModelLoadError`` with the reason."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError('a model name or folder is needed ("demo" is the embedded model)')
-    ref = resolve_reference(name)
-    source = DEMO_NAME
-    if ref != DEMO_DIR:  # a GGUF file, or a model where users keep them (no network)
-        found = model_sources.find(name)
-        ref, source = found if found is not None else (ref, model_sources.PATH_SOURCE)
+    ref, source = locate_model(name)
     if isinstance(ref, Path) and gguf.is_gguf(ref):
         module, tokenizer, normalization = gguf.load(ref)
         return LoadedModel(module, tokenizer, source, ref, normalization)

@@ -72,7 +72,8 @@ def replay(
     current = fingerprint(session.model_ref)
     if session.fingerprint and current and current != session.fingerprint:
         report.warnings.append(
-            "the model's config.json differs from the one the session was recorded with"
+            "the model differs from the one the session was recorded with (its config.json, "
+            "or its GGUF file's size, header or last weights)"
         )
     if session.parameters is not None and parameter_count(model) != session.parameters:
         report.warnings.append(

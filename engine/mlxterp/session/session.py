@@ -18,11 +18,11 @@ from typing import Any
 
 import mlx.core as mx
 
-from .. import __version__
+from .. import __version__, gguf
 from ..errors import ModelLoadError, NotSerializableError, SessionError
 from ..inputs import is_chat
 from ..interventions import describe
-from ..loading import resolve_reference
+from ..loading import locate_model
 from ..model import InterpretableModel
 from ..token_display import display_token
 from . import storage
@@ -60,10 +60,20 @@ class SessionManager:
 
 
 def fingerprint(ref: str) -> str | None:
-    """sha256 of the model folder's config.json (None for hub ids not on disk)."""
-    where = resolve_reference(ref)
-    config = Path(where) / "config.json" if isinstance(where, Path) else None
-    if config is None or not config.is_file():
+    """What identifies the model ``ref`` names, found as loading finds it (a path, the
+    Hugging Face cache, LM Studio, Ollama): 16 hex digits of the sha256 of a folder's
+    config.json, or ``gguf.fingerprint`` of a GGUF file; None for a hub id not on disk (or
+    a reference that names no one model)."""
+    try:
+        where, _ = locate_model(ref)
+    except ModelLoadError:  # say, a folder of several GGUF files: loading will say so
+        return None
+    if not isinstance(where, Path):
+        return None
+    if where.is_file():
+        return gguf.fingerprint(where) if gguf.is_gguf(where) else None
+    config = where / "config.json"
+    if not config.is_file():
         return None
     return hashlib.sha256(config.read_bytes()).hexdigest()[:16]
 
