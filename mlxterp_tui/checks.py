@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-from mlxterp.session import InputError, token_from_display
+from mlxterp.session import INTERVENTION_KINDS, InputError, token_from_display
 
 
 class Tokenizes(Protocol):
@@ -71,19 +71,26 @@ def answer_pair(model: Tokenizes, text: str) -> tuple[str, str]:
     return right, wrong
 
 
-# intervention kind -> (parameter: (low, high) bounds, None for none); the form's hint
-INTERVENTION_PARAMS: dict[str, dict[str, tuple[float | None, float | None]]] = {
-    "zero_out": {},
-    "scale": {"factor": (None, None)},
-    "clamp": {"min_val": (None, None), "max_val": (None, None)},
-    "noise": {"std": (0.0, None), "seed": (0, 2**32 - 1)},
+# The numbers the intervention form parses: parameter -> (low, high) bounds (None for
+# none) and an example for the hint.  The form offers every kind of the engine's
+# (mlxterp.session.INTERVENTION_KINDS) whose parameters are all such numbers.
+NUMBER_PARAMS: dict[str, tuple[float | None, float | None]] = {
+    "factor": (None, None),
+    "min_val": (None, None),
+    "max_val": (None, None),
+    "std": (0.0, None),
+    "seed": (0, 2**32 - 1),
 }
+EXAMPLES = {"factor": "0.5", "min_val": "-1", "max_val": "1", "std": "0.1", "seed": "0"}
 WHOLE_PARAMS = {"seed"}
+INTERVENTION_PARAMS: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    name: {p: NUMBER_PARAMS[p] for p in kind.params}
+    for name, kind in INTERVENTION_KINDS.items()
+    if all(p in NUMBER_PARAMS for p in kind.params)
+}
 INTERVENTION_HINTS = {
-    "zero_out": "",
-    "scale": "factor=0.5",
-    "clamp": "min_val=-1, max_val=1",
-    "noise": "std=0.1, seed=0",
+    name: ", ".join(f"{p}={EXAMPLES[p]}" for p in takes)
+    for name, takes in INTERVENTION_PARAMS.items()
 }
 
 
@@ -107,7 +114,7 @@ def intervention_params(kind: str, text: str) -> dict[str, Any]:
         low, high = takes[key]
         found = number(value, key, low=low, high=high, integer=key in WHOLE_PARAMS)
         params[key] = int(found) if key in WHOLE_PARAMS else found
-    missing = [k for k in takes if k not in params and k not in ("seed", "min_val", "max_val")]
+    missing = [k for k in INTERVENTION_KINDS[kind].required if k not in params]
     if missing:
         raise InputError(f"{kind} needs {', '.join(missing)} (e.g. {INTERVENTION_HINTS[kind]})")
     if kind == "clamp":
