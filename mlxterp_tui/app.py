@@ -53,12 +53,12 @@ from .panes.prompt import MAX_CHIPS, PromptBar
 from .panes.steering import SteeringPane
 from .screens import ChoiceScreen, HelpScreen, PathScreen, ReportScreen
 from .state import (
-    SHIPPED_SESSIONS,
     ModelView,
     Prompt,
     WorkbenchState,
     discard_recovery,
     new_recovery_path,
+    opens_as_copy,
     prompt_text,
     recovery_files,
     shown,
@@ -628,8 +628,11 @@ class WorkbenchApp(App[None]):
             return f"{path} is a folder: give a file name, e.g. {path / 'session.toml'}", False
         if path.suffix != ".toml":
             return "a session file name ends in .toml", False
-        if path.resolve().parent == SHIPPED_SESSIONS or path == self.state.copy_of:
-            return "that is a shipped or read-only example: choose another path", False
+        why = opens_as_copy(path) or (
+            "the file this copy came from" if path == self.state.copy_of else None
+        )
+        if why is not None:
+            return f"{path.name} is {why}: choose another path", False
         if not path.parent.exists():
             return f"the folder {path.parent} does not exist: Enter again creates it", True
         if path.exists() and path != self.session.path:

@@ -153,6 +153,18 @@ async def test_read_only_session_opens_as_copy(model_dir, manager, tmp_path):
     assert path.read_bytes() == before
 
 
+async def test_save_as_refuses_what_opens_as_a_copy(model_dir, manager, tmp_path):
+    # one rule for both: a file that would open as a copy (read-only here) is no target
+    ro = tmp_path / "ro.toml"
+    ro.write_text("")
+    ro.chmod(0o444)
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        assert app._check_save_path(str(ro)) == ("ro.toml is read-only: choose another path", False)
+        assert app._check_save_path(str(tmp_path / "new.toml")) is None
+
+
 async def test_quit_with_unsaved_work_asks(model_dir, manager):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
