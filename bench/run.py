@@ -117,6 +117,10 @@ def bench_pairs(
     sweep = median_seconds(
         lambda: patching_sweep(model, prompts, corrupted, component="output"), repeats
     )
+    last = median_seconds(
+        lambda: patching_sweep(model, prompts, corrupted, component="output", positions=-1),
+        repeats,
+    )
     loop = median_seconds(
         lambda: [
             patching_sweep(model, c, k, component="output")
@@ -132,6 +136,10 @@ def bench_pairs(
         (
             f"{tag}: patching sweep, {n} pairs x {L} layers / bare",
             f"{sweep / bare:.1f}x (aim <= 20)",
+        ),
+        (
+            f"{tag}: last-position sweep, {n} pairs x {L} layers / bare",
+            f"{last / bare:.2f}x (the final token on the prefix's KV cache)",
         ),
         (
             f"{tag}: ... the same {n} pairs as a per-pair loop / bare",
@@ -161,6 +169,10 @@ def bench_one_prompt(
     sweep = median_seconds(
         lambda: patching_sweep(model, clean, corrupted, component="output"), repeats
     )
+    last = median_seconds(
+        lambda: patching_sweep(model, clean, corrupted, component="output", positions=-1),
+        repeats,
+    )
     grid = median_seconds(
         lambda: patching_sweep(model, clean, corrupted, component="output", by_position=True),
         max(1, repeats // 2),
@@ -187,6 +199,10 @@ def bench_one_prompt(
         (
             f"{tag}: patching sweep, {L} layers / bare",
             f"{sweep / bare:.1f}x (aim <= {L + 2}, stretch {0.6 * (L + 2):.1f})",
+        ),
+        (
+            f"{tag}: last-position sweep, {L} layers / bare",
+            f"{last / bare:.2f}x (the final token on the prefix's KV cache)",
         ),
         (
             f"{tag}: patching sweep, {L} layers x {len(clean)} positions / bare",

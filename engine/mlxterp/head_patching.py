@@ -313,7 +313,7 @@ def head_patching(
         return _head_patches(setup, chunk, owners)
 
     sweep = run_patched_rows(
-        model, setup, rows, lambda row: setup.layers[row[1]], patches, batch_size
+        model, setup, rows, lambda row: setup.layers[row[1]], patches, batch_size, final_step=True
     )
     results = [
         _pair_result(model, setup, q, wanted, sweep, by_position, all_heads, metric)

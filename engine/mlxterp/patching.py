@@ -28,6 +28,15 @@ corrupted run's output of layer ``a - 1`` (each row its own pair's): that layer'
 replaced by the stored value, so MLX (lazy) never computes the layers below it.  This works
 on any architecture whose layers feed each other in order, and is exact everywhere (models
 that call a layer more than once per forward run every batch from the start).
+
+**Final position only.**  When every row of a batch patches only the last position and the
+corrupted prompts are equally long (no padding), a patched run differs from the corrupted
+run only at that position: every earlier position's keys and values equal the corrupted
+run's.  The corrupted prompts minus their last token then run once through the model's KV
+cache (mlx-lm's ``make_prompt_cache``; plain and sliding-window caches), and each batch runs
+only the final token, on fresh cache objects gathered from that stored prefix, with the
+patch at its one position: a fraction of a forward per patched row.  Other models, caches
+and batches take the full path above.
 """
 
 from __future__ import annotations
@@ -39,6 +48,12 @@ from typing import TYPE_CHECKING, Any, Generic, NotRequired, TypedDict, TypeVar,
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.models.cache import (
+    ConcatenateKVCache,
+    KVCache,
+    RotatingKVCache,
+    make_prompt_cache,
+)
 
 from . import plotting
 from .activations import Layers, is_int, layer_indices
@@ -46,6 +61,7 @@ from .errors import InputError
 from .inputs import PreparedInput, int_list
 from .lens import PromptList, prompt_list
 from .metrics import Metric, answer_pairs, check_metric, recovery
+from .steering import _takes_cache
 
 if TYPE_CHECKING:
     from .interventions import InterventionFn
@@ -334,7 +350,9 @@ def patching_sweep(
     def patches(chunk: list[PatchRow], owners: mx.array, corrupted: Trace) -> Interventions:
         return _layer_patches(setup, chunk, owners)
 
-    sweep = run_patched_rows(model, setup, rows, lambda row: indices[row[1]], patches, batch_size)
+    sweep = run_patched_rows(
+        model, setup, rows, lambda row: indices[row[1]], patches, batch_size, final_step=True
+    )
     values, clean_values, corrupted_values = sweep.values, sweep.clean, sweep.corrupted
 
     results = [
@@ -549,6 +567,7 @@ def run_patched_rows(
     patches: Callable[[list[Row], mx.array, Trace], Interventions],
     batch_size: int | None,
     capture: Sequence[str] = (),
+    final_step: bool = False,
 ) -> PatchedRows[Row]:
     """Run every patched row of a sweep in batched forwards with prefix reuse (see the module
     docstring) and score each at its pair's final position.
@@ -560,12 +579,24 @@ def run_patched_rows(
     ``patches(batch, owners, corrupted)`` gives the interventions that patch each row of a
     batch (``owners``: each row's pair; ``corrupted``: the corrupted run, which also captured
     ``capture``).
+
+    ``final_step`` says the rows patch only their pair's ``setup.positions`` and no other
+    intervention is installed.  When those are every pair's final position (and the model
+    and prompts allow it, see :meth:`PrefixCache.of`), batches of :func:`row_patch` masks run
+    only the final token on the corrupted prefix's KV cache, ``DEFAULT_BATCH_TOKENS //
+    width`` rows at a time by default (a row costs one token, not ``width``, so no groups of
+    layers).
     """
     rows = sorted(dict.fromkeys(rows), key=layer_of)
     width = setup.corrupted.array.shape[1]
-    per_forward = batch_size or max(
-        1, min(DEFAULT_BATCH_TOKENS // width, -(-len(rows) // PREFIX_GROUPS))
+    finals = zip(setup.positions, setup.lengths, strict=True)
+    prefix = (
+        PrefixCache.of(model, setup)
+        if final_step and all(cols == [n - 1] for cols, n in finals)
+        else None
     )
+    groups = 1 if prefix else PREFIX_GROUPS
+    per_forward = batch_size or max(1, min(DEFAULT_BATCH_TOKENS // width, -(-len(rows) // groups)))
     chunks = [rows[k : k + per_forward] for k in range(0, len(rows), per_forward)]
     starts = sorted({layer_of(chunk[0]) for chunk in chunks} - {0})
     residuals = [model.layer_name(s - 1) for s in starts]
@@ -583,15 +614,95 @@ def run_patched_rows(
         owners = mx.array([row[0] for row in chunk])
         start = layer_of(chunk[0]) if reuse else 0
         below = model.layer_name(start - 1) if start > 0 else None
-        interventions: Interventions = (
-            {below: _constant(setup.rows_of(corrupted.activations[below], owners))} if below else {}
-        )
-        interventions.update(patches(chunk, owners, corrupted))
-        inputs = setup.corrupted.array[owners]
-        out = model.run(inputs, interventions=interventions, capture=[]).output
-        scored = score.select(owners)(setup.final(out, owners))
-        values.update(zip(chunk, _floats(scored), strict=True))
+        patched = patches(chunk, owners, corrupted)
+        final = _final_patches(patched) if prefix is not None else None
+        if final is not None and prefix is not None:
+            if below:
+                stored = setup.rows_of(corrupted.activations[below], owners)[:, -1:]
+                final[below] = _constant(stored)
+            logits = prefix.final_logits(model, setup.corrupted.array[owners, -1:], owners, final)
+        else:
+            interventions: Interventions = (
+                {below: _constant(setup.rows_of(corrupted.activations[below], owners))}
+                if below
+                else {}
+            )
+            interventions.update(patched)
+            inputs = setup.corrupted.array[owners]
+            out = model.run(inputs, interventions=interventions, capture=[]).output
+            logits = setup.final(out, owners)
+        values.update(zip(chunk, _floats(score.select(owners)(logits)), strict=True))
     return PatchedRows(values, clean_values, corrupted_values, corrupted)
+
+
+@dataclass
+class PrefixCache:
+    """The KV cache of every pair's corrupted prompt minus its final token, run once with no
+    intervention: per cache entry (one per layer) the cache class a final step runs on and
+    its state, one row per pair.  A plain ``KVCache`` is kept trimmed to its tokens and
+    steps as a ``ConcatenateKVCache`` (no 256-slot buffer copied per row); a sliding
+    window's ``RotatingKVCache`` steps as itself."""
+
+    entries: list[tuple[type[Any], tuple[Any, ...]]]
+
+    @staticmethod
+    def of(model: InterpretableModel, setup: PatchingSetup) -> PrefixCache | None:
+        """The prefix cache of ``setup``'s corrupted prompts; None where the final-position
+        path does not apply: padded rows (lengths differ), one-token prompts, a model whose
+        forward takes no ``cache`` or that makes caches of kinds other than those two."""
+        array, module = setup.corrupted.array, model.model
+        width = array.shape[1]
+        if width < 2 or any(n != width for n in setup.lengths) or not _takes_cache(module):
+            return None
+        if not hasattr(module, "make_cache") and not hasattr(module, "layers"):
+            return None
+        cache = make_prompt_cache(module)
+        if not all(type(c) in (KVCache, RotatingKVCache) for c in cache):
+            return None
+        with model.intervened({}):  # holds the model's forward lock
+            module(array[:, :-1], cache=cache)
+        entries = [_step_entry(c) for c in cache]
+        mx.eval([s for _, state in entries for s in state if isinstance(s, mx.array)])
+        return PrefixCache(entries)
+
+    def final_logits(
+        self,
+        model: InterpretableModel,
+        tokens: mx.array,
+        owners: mx.array,
+        interventions: Interventions,
+    ) -> mx.array:
+        """Logits ``(rows, vocab)`` of the final tokens ``tokens`` (rows, 1) run on fresh
+        caches holding each row's pair's prefix (gathered copies: the stored prefix is never
+        written), with ``interventions`` installed."""
+        cache = [
+            kind.from_state(tuple(s[owners] if isinstance(s, mx.array) else s for s in state))
+            for kind, state in self.entries
+        ]
+        with model.intervened(interventions):
+            out = model.model(tokens, cache=cache)
+        logits = cast(mx.array, out[0] if isinstance(out, tuple) else out)
+        return logits[:, -1].astype(mx.float32)
+
+
+def _step_entry(cache: Any) -> tuple[type[Any], tuple[Any, ...]]:
+    """A filled cache's entry in :class:`PrefixCache`: the class a step runs on, its state."""
+    if type(cache) is KVCache:
+        keys, values, offset = cache.state
+        return ConcatenateKVCache, (keys[..., :offset, :], values[..., :offset, :])
+    return RotatingKVCache, tuple(cache.state)
+
+
+def _final_patches(interventions: Interventions) -> Interventions | None:
+    """``interventions`` cut to the final position, when all are :class:`RowPatch` masks
+    that set nothing before it; None otherwise."""
+    final: Interventions = {}
+    for name, fn in interventions.items():
+        cut = fn.final() if isinstance(fn, RowPatch) else None
+        if cut is None:
+            return None
+        final[name] = cut
+    return final
 
 
 def _layer_patches(setup: PatchingSetup, chunk: list[PatchRow], owners: mx.array) -> Interventions:
@@ -608,15 +719,30 @@ def _layer_patches(setup: PatchingSetup, chunk: list[PatchRow], owners: mx.array
     }
 
 
-def row_patch(value: mx.array, mask: mx.array) -> Callable[[mx.array], mx.array]:
+@dataclass(frozen=True)
+class RowPatch:
+    """An intervention that replaces ``x`` by ``value`` where ``mask`` (batch, seq, ...: the
+    leading axes of ``x``) is set: each row its own patch."""
+
+    value: mx.array
+    mask: mx.array
+
+    def __call__(self, x: mx.array) -> mx.array:
+        where = self.mask.reshape(self.mask.shape + (1,) * (x.ndim - self.mask.ndim))
+        return mx.where(where, self.value.astype(x.dtype), x)
+
+    def final(self) -> RowPatch | None:
+        """The same patch on the final position alone (seq axis of length 1); None when it
+        sets an earlier position."""
+        if self.mask[:, :-1].any().item():
+            return None
+        return RowPatch(self.value[:, -1:], self.mask[:, -1:])
+
+
+def row_patch(value: mx.array, mask: mx.array) -> RowPatch:
     """Replace ``x`` by ``value`` where ``mask`` (batch, seq, ...: the leading axes of ``x``)
-    is set: each row its own patch."""
-
-    def patch(x: mx.array) -> mx.array:
-        where = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
-        return mx.where(where, value.astype(x.dtype), x)
-
-    return patch
+    is set: each row its own patch (a :class:`RowPatch`)."""
+    return RowPatch(value, mask)
 
 
 def _constant(value: mx.array) -> Callable[[mx.array], mx.array]:
