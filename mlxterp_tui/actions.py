@@ -73,6 +73,7 @@ ACTIONS: tuple[Action, ...] = (
         "Chat switch: send the prompt as a user message through the chat template",
         priority=True,
     ),
+    Action("export", "e", "export", "Export the shown step to JSON and CSV beside the session"),
     Action("save", "ctrl+s", "save", "Save the session", "Save", True),
     Action("save_as", "f4", "save_as", "Save the session as a new file", priority=True),
     Action("open", "ctrl+o", "open", "Open a session file", "Open", True),

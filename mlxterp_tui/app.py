@@ -25,6 +25,7 @@ from mlxterp.session import (
     Session,
     SessionManager,
     Step,
+    export_step,
     is_chat,
     replay,
 )
@@ -111,6 +112,7 @@ class WorkbenchApp(App[None]):
         self._token_timer: Timer | None = None
         self._typed_at = 0.0
         self.main = MainScreen()
+        self._last_shown: Step | None = None  # the step last shown (what ``e`` exports)
 
     # ------------------------------------------------------------------ state views
     @property
@@ -307,6 +309,7 @@ class WorkbenchApp(App[None]):
 
     async def _shown(self, step: Step, switch: bool = False) -> None:
         """Render ``step`` in every pane that knows its kind (``switch``: and show its pane)."""
+        self._last_shown = step
         step = shown(step)  # a batch as its first prompt, prompts as text
         if step.kind == "logit_lens":
             self._lens_seen(step)
@@ -638,6 +641,20 @@ class WorkbenchApp(App[None]):
         if path.exists() and path != self.session.path:
             return f"{path.name} exists: Enter again overwrites it", True
         return None
+
+    def action_export(self) -> None:
+        """Export the step last shown (else the last step) to JSON and CSV beside the session."""
+        steps = self.session.steps
+        if not steps:
+            self.notify("the session has no steps: nothing to export", severity="warning")
+            return
+        step = next((s for s in steps if s is self._last_shown), steps[-1])
+        try:
+            written = export_step(self.session, step)
+        except (OSError, MlxterpError) as err:
+            self.notify(error_text(err), severity="error", title="export failed", timeout=8)
+            return
+        self.notify("exported " + ", ".join(str(p) for p in written), timeout=6)
 
     def action_save(self) -> None:
         if self.session.path is None:

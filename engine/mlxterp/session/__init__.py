@@ -25,6 +25,7 @@ from .active import (
     intervention_from_description,
 )
 from .cli import replay_main
+from .export import export_step
 from .replay import ReplayReport, StepReport, replay
 from .session import Session, SessionManager, Step
 from .steps import KINDS
@@ -51,6 +52,7 @@ __all__ = [
     "color_at",
     "display_token",
     "doctor_main",
+    "export_step",
     "intervention_from_description",
     "is_chat",
     "line_chart",
