@@ -136,3 +136,16 @@ def test_tables_from_generic_summaries():
     assert rows[-1] == [1, 1, 2, 2, 6]
     assert export_module.table({"text": "hi", "token_ids": [1, 2]}) == (["token_ids"], [[1], [2]])
     assert export_module.table({"metric": "l2", "baseline": 1.5}) is None
+
+
+def test_numbers_that_are_not_finite_export_as_null(recorded, tmp_path):
+    """Regression: a NaN in a summary made the JSON non-standard (``NaN`` is no JSON)."""
+    step = recorded.steps[0]
+    step.summary["extra"] = [1.0, float("nan"), float("inf")]
+    try:
+        json_path = export_step(recorded, step, tmp_path)[0]
+    finally:
+        del step.summary["extra"]
+    text = json_path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["summary"]["extra"] == [1.0, None, None]

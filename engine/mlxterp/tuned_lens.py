@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import sys
-import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from tqdm import tqdm
 from . import plotting
 from .activations import Layers, is_int, layer_indices
 from .errors import InputError
+from .files import atomic_write
 from .lens import LensResult, PromptList, Readout, read_lens, residuals
 
 if TYPE_CHECKING:
@@ -164,21 +163,6 @@ def _hidden_width(model: InterpretableModel) -> int:
 # ---------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` through a temporary file in the same folder and ``os.replace``:
-    a reader sees the old file or the new one, never a part."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def save_tuned_lens(lens: TunedLens, path: str | Path) -> Path:
     """Save ``lens``: the TOML at ``path`` (format, model identity, shape, training
     settings) and its weights as a safetensors sidecar ``<stem>.<digest>.safetensors``
@@ -192,12 +176,8 @@ def save_tuned_lens(lens: TunedLens, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     old = _sidecar_of(path) if path.exists() else None
     sidecar = path.with_name(f"{path.stem}.{lens.digest}.safetensors")
-    temp = sidecar.with_name(f".{sidecar.stem}.tmp.safetensors")
-    try:
-        mx.save_safetensors(str(temp), {"weight": lens.weight, "bias": lens.bias})
-        os.replace(temp, sidecar)
-    finally:
-        temp.unlink(missing_ok=True)
+    arrays = {"weight": lens.weight, "bias": lens.bias}
+    atomic_write(sidecar, lambda tmp: mx.save_safetensors(str(tmp), arrays))
     document = {
         "format": FORMAT,
         "kind": KIND,
@@ -212,7 +192,8 @@ def save_tuned_lens(lens: TunedLens, path: str | Path) -> Path:
         "training": lens.training,
     }
     try:
-        _atomic_write(path, tomli_w.dumps(document).encode())
+        text = tomli_w.dumps(document)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except BaseException:
         if old != sidecar.name:  # nothing names the new sidecar: leave the folder as it was
             sidecar.unlink(missing_ok=True)

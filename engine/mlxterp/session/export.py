@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import SessionError
-from . import storage
+from ..files import atomic_write
 from .session import Session, Step
 
 UNSAVED_STEM = "mlxterp-session"  # the file stem of an unsaved session's exports
 
 
 def plain(value: Any) -> Any:
-    """``value`` as JSON-ready plain values (arrays and tuples become lists)."""
+    """``value`` as JSON-ready plain values: arrays and tuples become lists, and a number
+    that is not finite becomes None (``null`` in JSON, an empty CSV cell), since standard
+    JSON has no NaN or infinity."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -35,6 +38,8 @@ def plain(value: Any) -> Any:
         return plain(value.tolist())
     if hasattr(value, "tolist"):  # an mx.array
         return plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -125,8 +130,8 @@ def export_step(
         "summary": summary,
     }
     written = [folder / f"{stem}.json"]
-    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
-    storage._atomic_write(written[0], lambda p: p.write_text(text, encoding="utf-8"))
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    atomic_write(written[0], lambda p: p.write_text(text, encoding="utf-8"))
     if tabular:
         header, rows = tabular
         params = json.dumps(plain(step.params), ensure_ascii=False)
@@ -139,5 +144,5 @@ def export_step(
                 out.writerows(rows)
 
         written.append(folder / f"{stem}.csv")
-        storage._atomic_write(written[1], write_csv)
+        atomic_write(written[1], write_csv)
     return written

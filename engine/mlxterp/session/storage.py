@@ -21,10 +21,9 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import tomli_w
 
 from ..errors import SessionError
+from ..files import TEMP_PREFIX, UMASK, atomic_write
 from .locking import on_mlx_thread
 
 FORMAT = 1
@@ -40,11 +40,7 @@ MAX_FILE_BYTES = 64 * 2**20  # a larger file is refused, so it cannot name a sid
 MAX_STRING = 1_000_000  # characters in one string of a session file
 MAX_DEPTH = 32  # tables and arrays inside each other
 LOCK_NAME = ".mlxterp.lock"
-TEMP_PREFIX = ".mlxterp-tmp-"
 LOCK_TIMEOUT = 30.0  # seconds a save waits for another save in the same folder
-
-_UMASK = os.umask(0)  # read once, at import (setting it is process-wide)
-os.umask(_UMASK)
 
 
 def encode_arrays(value: Any, prefix: str, arrays: dict[str, mx.array]) -> Any:
@@ -210,7 +206,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     """Hold the folder's lock file (``flock``): saves in one folder run one at a time,
     across threads and processes.  ``SessionError`` after ``LOCK_TIMEOUT`` seconds."""
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
     except OSError as err:
         raise SessionError(f"cannot save in {str(folder)!r}: {err.strerror or err}") from None
     try:
@@ -231,21 +227,6 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix[:16])
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -327,8 +308,8 @@ def write(path: Path, document: dict[str, Any], arrays: dict[str, mx.array]) -> 
             _remove_temporaries(folder)
             previous = _named_sidecar(target)
             if name is not None and _file_digest(folder / name) != digest:
-                _atomic_write(folder / name, lambda tmp: tmp.write_bytes(_safetensors(tensors)))
-            _atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+                atomic_write(folder / name, lambda tmp: tmp.write_bytes(_safetensors(tensors)))
+            atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
             if previous not in (None, name):
                 _remove_if_unused(folder, previous, target.name)
             _sync_folder(folder)
