@@ -164,22 +164,11 @@ class CausalTrace:
             f"{tok}*" if start <= p < end else tok
             for p, tok in zip(self.positions, self.tokens, strict=True)
         ]
-        peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
-        return plotting.heatmap_text(
-            grid,
-            labels,
-            [str(layer) for layer in self.layers],
-            [[f"{v:+.2f}"[: cell_width - 1] for v in row] for row in grid],
-            cmap=cmap,
-            cell_width=cell_width,
-            vmin=min(0.0, -peak),
-            vmax=peak,
-            color=color,
-            title=(
-                f"Indirect effect on p({self.answer}) restoring {self.component} "
-                f"(window {self.window}; rows: tokens, * subject; columns: layers)"
-            ),
+        title = (
+            f"Indirect effect on p({self.answer}) restoring {self.component} "
+            f"(window {self.window}; rows: tokens, * subject; columns: layers)"
         )
+        return _effect_heatmap(grid, labels, self.layers, title, cmap, cell_width, color)
 
     def chart(
         self, position: int | None = None, width: int = 80, height: int = 20, color: bool = True
@@ -469,22 +458,36 @@ class FactTracing:
         layers."""
         kinds = list(self.indirect)
         grid = [self.indirect[k] for k in kinds]
-        peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
-        return plotting.heatmap_text(
-            grid,
-            kinds,
-            [str(layer) for layer in self.layers],
-            [[f"{v:+.2f}"[: cell_width - 1] for v in row] for row in grid],
-            cmap=cmap,
-            cell_width=cell_width,
-            vmin=min(0.0, -peak),
-            vmax=peak,
-            color=color,
-            title=(
-                f"Mean indirect effect restoring {self.component} (window {self.window}) over "
-                f"{self.facts} facts (rows: positions, columns: layers)"
-            ),
+        title = (
+            f"Mean indirect effect restoring {self.component} (window {self.window}) over "
+            f"{self.facts} facts (rows: positions, columns: layers)"
         )
+        return _effect_heatmap(grid, kinds, self.layers, title, cmap, cell_width, color)
+
+
+def _effect_heatmap(
+    grid: list[list[float]],
+    rows: list[str],
+    layers: list[int],
+    title: str,
+    cmap: str,
+    cell_width: int,
+    color: bool,
+) -> str:
+    """Effects (rows x layers) as a coloured grid symmetric around 0, signed values shown."""
+    peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
+    return plotting.heatmap_text(
+        grid,
+        rows,
+        [str(layer) for layer in layers],
+        [[f"{v:+.2f}"[: cell_width - 1] for v in row] for row in grid],
+        cmap=cmap,
+        cell_width=cell_width,
+        vmin=min(0.0, -peak),
+        vmax=peak,
+        color=color,
+        title=title,
+    )
 
 
 def trace_facts(
