@@ -3,7 +3,7 @@
 ``train_sae(model, texts, "layers.8")`` → :class:`SAE`; ``stats`` / ``evaluate`` measure
 it; ``sae.save`` / ``SAE.load`` store it; ``top_features_for_text``,
 ``top_texts_for_feature``, ``feature_logit_effects`` and ``feature_intervention`` read and
-use its features.  See docs/sae.md.
+use its features; ``save_saelens`` / ``load_saelens`` exchange it with SAELens.  See docs/sae.md.
 """
 
 from .analysis import (
@@ -16,6 +16,7 @@ from .config import KINDS, SAEConfig
 from .io import check_against, load_sae, save_sae
 from .measure import evaluate, stats
 from .model import SAE
+from .saelens import load_saelens, save_saelens
 from .train import resolve_component, stream_activations, train_sae
 
 __all__ = [
@@ -27,8 +28,10 @@ __all__ = [
     "feature_intervention",
     "feature_logit_effects",
     "load_sae",
+    "load_saelens",
     "resolve_component",
     "save_sae",
+    "save_saelens",
     "stats",
     "stream_activations",
     "top_features_for_text",

@@ -97,10 +97,13 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, model: InterpretableModel | None = None) -> SAE:
-        """Read a saved SAE; with ``model``, refuse it unless its component fits (see
-        :mod:`.io`)."""
+        """Read a saved SAE, mlxterp's (:mod:`.io`) or SAELens's (:mod:`.saelens`); with
+        ``model``, refuse it unless its component fits."""
         from .io import load_sae
+        from .saelens import is_saelens_folder, load_saelens
 
+        if not (Path(folder) / "sae.json").exists() and is_saelens_folder(folder):
+            return load_saelens(folder, model)
         return load_sae(folder, model)
 
     def __repr__(self) -> str:
