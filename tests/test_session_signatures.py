@@ -31,6 +31,7 @@ from mlxterp import (
 )
 from mlxterp import attention as attention
 from mlxterp.errors import SessionError
+from mlxterp.sae import SAE, SAEConfig, edits
 from mlxterp.session import KINDS, Session, replay
 from mlxterp.session.steps import REQUIRED, step_name
 
@@ -52,6 +53,7 @@ LIBRARY = {
     "head_patching": [head_patching.head_patching],
     "head_attribution": [head_patching.head_attribution],
     "direct_logit_attribution": [dla.direct_logit_attribution],
+    "feature_edit": [edits.run_feature_edit],
 }
 # Arguments no step records, and why:
 NOT_RECORDED = {
@@ -103,6 +105,11 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "receivers": ["layers.12.attn.heads.1.q", "layers.12.mlp"],
     "freeze": "heads",
     "include_mlp": False,
+    # an untrained SAE of the demo model's layer 4 (its features still move the output)
+    "sae": SAE(64, SAEConfig(expansion_factor=2, k=4), "model.layers.4", 4, "demo"),
+    "feature": 3,
+    "mode": "clamp",
+    "value": 12.0,
 }
 PER_KIND = {  # where a kind needs another value
     ("attention", "text"): "river king apple garden letter river king apple",
@@ -167,10 +174,14 @@ def _spy(calls, fn):
 
 
 def _same(a, b) -> bool:
+    if a is b:
+        return True
     if isinstance(a, mx.array) or isinstance(b, mx.array):
         return bool(mx.array_equal(mx.array(a), mx.array(b)).item())
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):  # an SAE's description (arrays inside)
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b
 
 

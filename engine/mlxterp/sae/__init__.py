@@ -2,17 +2,18 @@
 
 ``train_sae(model, texts, "layers.8")`` → :class:`SAE`; ``stats`` / ``evaluate`` measure
 it; ``sae.save`` / ``SAE.load`` store it; ``top_features_for_text``,
-``top_texts_for_feature``, ``feature_logit_effects`` and ``feature_intervention`` read and
-use its features; ``save_saelens`` / ``load_saelens`` exchange it with SAELens.  See docs/sae.md.
+``top_texts_for_feature`` and ``feature_logit_effects`` read its features;
+``feature_edit`` / ``run_feature_edit`` ablate, scale, clamp or steer one in a forward pass;
+``save_saelens`` / ``load_saelens`` exchange it with SAELens.  See docs/sae.md.
 """
 
 from .analysis import (
-    feature_intervention,
     feature_logit_effects,
     top_features_for_text,
     top_texts_for_feature,
 )
 from .config import KINDS, SAEConfig
+from .edits import MODES, FeatureEditResult, feature_edit, feature_intervention, run_feature_edit
 from .io import check_against, load_sae, save_sae
 from .measure import evaluate, stats
 from .model import SAE
@@ -21,15 +22,19 @@ from .train import resolve_component, stream_activations, train_sae
 
 __all__ = [
     "KINDS",
+    "MODES",
     "SAE",
+    "FeatureEditResult",
     "SAEConfig",
     "check_against",
     "evaluate",
+    "feature_edit",
     "feature_intervention",
     "feature_logit_effects",
     "load_sae",
     "load_saelens",
     "resolve_component",
+    "run_feature_edit",
     "save_sae",
     "save_saelens",
     "stats",

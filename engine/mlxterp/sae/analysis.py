@@ -1,10 +1,10 @@
 """Reading SAE features: which fire on a text, which texts fire a feature, what a feature
-writes, and an intervention that changes one feature inside a trace."""
+writes (editing one inside a trace: :mod:`.edits`)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import mlx.core as mx
@@ -31,19 +31,22 @@ class LogitEffects(TypedDict):
     suppressed: list[tuple[str, float]]
 
 
-def _component(sae: SAE, model: InterpretableModel) -> str:
+def sae_component(sae: SAE, model: InterpretableModel) -> str:
+    """The canonical name, in ``model``, of the component ``sae`` reads."""
     if not sae.component:
         raise InputError("this SAE does not record the component it was trained on")
     return model.resolve(sae.component)
 
 
-def _check_feature(sae: SAE, feature: int) -> int:
+def check_feature(sae: SAE, feature: int) -> int:
+    """``feature`` if it is one of ``sae``'s, else an ``InputError``."""
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < sae.d_sae:
         raise InputError(f"feature must be an int in 0..{sae.d_sae - 1}; got {feature!r}")
     return feature
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """``k`` if it is a positive int, else an ``InputError``."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive int; got {k!r}")
     return k
@@ -55,8 +58,8 @@ def top_features_for_text(
     """The ``k`` strongest features of one prompt, strongest first: ``{"tokens": [...],
     "per_position": [[(feature, activation), ...] per token], "pooled": [(feature, max
     activation over the tokens), ...]}`` (only features that fire)."""
-    k = min(_check_k(k), sae.d_sae)
-    component = _component(sae, model)
+    k = min(check_k(k), sae.d_sae)
+    component = sae_component(sae, model)
     trace = model.run(text, capture=[component])
     acts = trace.activations[component]  # (batch, seq, d_model)
     if acts.ndim != 3 or acts.shape[0] != 1:
@@ -96,8 +99,8 @@ def top_texts_for_feature(
     """The ``k`` texts where ``feature`` fires most, as ``(text, position, token,
     activation)`` at each text's strongest token, strongest first; ``texts`` (strings or
     token-id lists) run ``batch_size`` at a time."""
-    feature, k = _check_feature(sae, feature), _check_k(k)
-    component = _component(sae, model)
+    feature, k = check_feature(sae, feature), check_k(k)
+    component = sae_component(sae, model)
     token_text = functools.cache(model.token_text)  # each id decoded once
     best: list[tuple[Any, int, str, float]] = []
     for start in range(0, len(texts), batch_size):
@@ -123,7 +126,7 @@ def feature_logit_effects(
     """Tokens one unit of the feature promotes and suppresses: its decoder direction (in
     the model's scale) through the unembedding, without the final norm, which would
     rescale a lone direction.  ``{"promoted": [(token, logit), ...], "suppressed": [...]}``."""
-    feature, k = _check_feature(sae, feature), _check_k(k)
+    feature, k = check_feature(sae, feature), check_k(k)
     logits = model.unembedder.project(sae.W_dec[feature] / sae.scale)
     order = mx.argsort(-logits)
 
@@ -132,20 +135,3 @@ def feature_logit_effects(
         return list(zip(texts, cast(list[float], logits[ids].tolist()), strict=True))
 
     return {"promoted": pairs(order[:k]), "suppressed": pairs(order[::-1][:k])}
-
-
-def feature_intervention(
-    sae: SAE, feature: int, scale: float = 0.0
-) -> Callable[[mx.array], mx.array]:
-    """An intervention for ``sae.component`` that multiplies one feature by ``scale`` (0
-    ablates, >1 amplifies): encode, change the feature, decode, add back the SAE's
-    reconstruction error — i.e. add the decoded change — so ``scale=1`` changes nothing.
-    ``model.trace(text, interventions={sae.component: feature_intervention(sae, f)})``."""
-    feature = _check_feature(sae, feature)
-    direction = sae.W_dec[feature] / sae.scale  # the decoder is linear in each feature
-
-    def intervene(x: mx.array) -> mx.array:
-        activation = sae.encode(x)[..., feature : feature + 1]  # (..., 1)
-        return (x.astype(mx.float32) + activation * (scale - 1.0) * direction).astype(x.dtype)
-
-    return intervene

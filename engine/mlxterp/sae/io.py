@@ -1,4 +1,5 @@
-"""Saving and loading SAEs: ``sae.safetensors`` (weights) + ``sae.json`` (everything else).
+"""Saving and loading SAEs: ``sae.safetensors`` (weights) + ``sae.json`` (everything else),
+or one table of both (:func:`describe_sae`, what a session step keeps).
 
 The JSON records the model reference, canonical component name, layer, widths, input
 scale, configuration (kind included) and training statistics.  Loading against a model
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 
@@ -25,12 +26,9 @@ FORMAT = 1
 WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
-def save_sae(sae: SAE, folder: str | Path) -> Path:
-    """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (created if needed)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "sae.safetensors"), {k: getattr(sae, k) for k in WEIGHTS})
-    meta = {
+def _meta(sae: SAE) -> dict[str, Any]:
+    """Everything but the weights, as plain values."""
+    return {
         "format": FORMAT,
         "model": sae.model_ref,
         "component": sae.component,
@@ -41,7 +39,37 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
         "config": asdict(sae.config),
         "training_stats": sae.training_stats,
     }
-    (folder / "sae.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _build(meta: dict[str, Any], weights: dict[str, mx.array], where: str) -> SAE:
+    """The SAE that ``meta`` and ``weights`` describe; ``InputError`` naming ``where``."""
+    try:
+        sae = SAE(
+            meta["d_model"],
+            SAEConfig(**meta["config"]),
+            meta.get("component"),
+            meta.get("layer"),
+            meta["model"],
+        )
+        sae.scale = float(meta["scale"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{where} holds no readable SAE: {err!r}") from None
+    for name in WEIGHTS:
+        expected = getattr(sae, name).shape
+        if name not in weights or weights[name].shape != expected:
+            raise InputError(f"{where}: weight {name} is missing or not shaped {expected}")
+    sae.update({name: weights[name] for name in WEIGHTS})
+    sae.set_training_stats(meta.get("training_stats") or {})
+    return sae
+
+
+def save_sae(sae: SAE, folder: str | Path) -> Path:
+    """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "sae.safetensors"), {k: getattr(sae, k) for k in WEIGHTS})
+    text = json.dumps(_meta(sae), indent=2) + "\n"
+    (folder / "sae.json").write_text(text, encoding="utf-8")
     return folder
 
 
@@ -52,25 +80,30 @@ def load_sae(folder: str | Path, model: InterpretableModel | None = None) -> SAE
         meta = json.loads((folder / "sae.json").read_text(encoding="utf-8"))
         # a safetensors file loads as {name: array}
         weights = cast(dict[str, mx.array], mx.load(str(folder / "sae.safetensors")))
-        sae = SAE(
-            meta["d_model"],
-            SAEConfig(**meta["config"]),
-            meta["component"],
-            meta["layer"],
-            meta["model"],
-        )
-        sae.scale = float(meta["scale"])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         raise InputError(f"{str(folder)!r} holds no readable SAE: {err!r}") from None
-    for name in WEIGHTS:
-        expected = getattr(sae, name).shape
-        if name not in weights or weights[name].shape != expected:
-            raise InputError(f"{str(folder)!r}: weight {name} is missing or not shaped {expected}")
-    sae.update({name: weights[name] for name in WEIGHTS})
-    sae.set_training_stats(meta.get("training_stats") or {})
+    if not isinstance(meta, dict):
+        raise InputError(f"{str(folder)!r} holds no readable SAE: sae.json is no object")
+    sae = _build(meta, weights, repr(str(folder)))
     if model is not None:
         check_against(sae, model)
     return sae
+
+
+def describe_sae(sae: SAE) -> dict[str, Any]:
+    """The SAE as one table: what ``sae.json`` holds, and ``weights`` (the four arrays).
+    A session step keeps it so (the arrays in its sidecar); :func:`sae_from_description`
+    reads it back."""
+    meta = {k: v for k, v in _meta(sae).items() if v is not None}  # a file has no null
+    return {**meta, "weights": {k: getattr(sae, k) for k in WEIGHTS}}
+
+
+def sae_from_description(table: dict[str, Any]) -> SAE:
+    """The SAE :func:`describe_sae` described (``InputError`` for a table that is not one)."""
+    weights = table.get("weights") if isinstance(table, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(w, mx.array) for w in weights.values()):
+        raise InputError("an SAE description needs a weights table of arrays")
+    return _build(table, weights, "the SAE description")
 
 
 def component_width(model: InterpretableModel, component: str) -> int:

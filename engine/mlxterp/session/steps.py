@@ -13,7 +13,8 @@ when the step runs.
 A runner takes the model, the completed parameters and the enabled interventions and
 returns ``(result, summary)`` — the live result for whoever shows it, and a small dict of
 plain values that is saved and compared on replay.  Arrays (a steering vector, token ids
-given as an array) go in params or summary as ``mx.array`` and land in the sidecar.  An
+given as an array) go in params or summary as ``mx.array`` and land in the sidecar; an SAE
+parameter is kept as its description (its weights in the sidecar).  An
 ``interventions`` step changes the session's intervention list instead (see :mod:`.active`).
 """
 
@@ -47,6 +48,8 @@ from ..errors import SessionError
 from ..inputs import is_chat
 from ..interventions import Intervention
 from ..model import InterpretableModel
+from ..sae import SAE, edits
+from ..sae.io import describe_sae, sae_from_description
 from .active import ACTIONS, InterventionFn, InterventionList
 
 if TYPE_CHECKING:
@@ -162,6 +165,10 @@ LAYERS = Check(
     lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v),
 )
 TOKEN = Check("a token string or id", lambda v: isinstance(v, str) or _is_int(v))
+SAE_CHECK = Check(
+    "an SAE (mlxterp.sae.SAE) or its description table (mlxterp.sae.io.describe_sae)",
+    lambda v: isinstance(v, SAE) or (isinstance(v, dict) and "weights" in v and _is_plain(v)),
+)
 
 
 def _is_answer(v: Any) -> bool:
@@ -233,6 +240,10 @@ CHECKS: dict[str, Check] = {
     "positions": POSITIONS,
     "by_position": FLAG,
     "coefficient": NUMBER,
+    "value": NUMBER,
+    "mode": TEXT,
+    "feature": Check("a feature index (an integer >= 0)", lambda v: _is_int(v) and v >= 0),
+    "sae": SAE_CHECK,
     "temperature": Check("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
     "seed": Check(f"an integer from 0 to {TOML_INT}", lambda v: _is_int(v) and 0 <= v <= TOML_INT),
     "position": Check(
@@ -551,6 +562,15 @@ def _run_path_patching_sweep(
     return result, _summaries(result, 5)
 
 
+def _run_feature_edit(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    """The SAE travels in the params as its description (weights in the sidecar)."""
+    sae = p["sae"] if isinstance(p["sae"], SAE) else sae_from_description(p["sae"])
+    result = _call(edits.run_feature_edit, model, {**p, "sae": sae})
+    return result, _summaries(result, 5)
+
+
 def run_interventions(
     model: InterpretableModel, p: Params, state: InterventionList
 ) -> tuple[InterventionList, Summary]:
@@ -696,6 +716,13 @@ KINDS: dict[str, StepKind] = {
             False,
             "path patching from every head and MLP, one at a time, to fixed receivers",
         ),
+        StepKind.wrapping(
+            "feature_edit",
+            (edits.run_feature_edit,),
+            _run_feature_edit,
+            False,
+            "ablate, scale, clamp or steer one SAE feature: next tokens and continuation",
+        ),
         StepKind(
             "interventions",
             {"action": ACTION, "module": TEXT.param(None), "intervention": INTERVENTION},
@@ -835,5 +862,14 @@ def compare(
 
 
 def describe_params(params: Params) -> Params:
-    """Parameters with interventions as descriptions (what is saved)."""
-    return {k: (v.describe() if isinstance(v, Intervention) else v) for k, v in params.items()}
+    """Parameters with interventions and SAEs as descriptions (what is saved)."""
+    return {
+        k: (
+            v.describe()
+            if isinstance(v, Intervention)
+            else describe_sae(v)
+            if isinstance(v, SAE)
+            else v
+        )
+        for k, v in params.items()
+    }
