@@ -3,8 +3,10 @@
 ``train_sae(model, texts, "layers.8")`` → :class:`SAE`; ``stats`` / ``evaluate`` measure
 it; ``sae.save`` / ``SAE.load`` store it; ``top_features_for_text``,
 ``top_texts_for_feature`` and ``feature_logit_effects`` read its features;
-``feature_edit`` / ``run_feature_edit`` ablate, scale, clamp or steer one in a forward pass;
-``save_saelens`` / ``load_saelens`` exchange it with SAELens.  See docs/sae.md.
+``feature_dashboard`` / ``feature_on_prompt`` / ``prompt_features`` give a feature
+browser its data; ``feature_edit`` / ``run_feature_edit`` ablate, scale, clamp or steer
+one in a forward pass; ``save_saelens`` / ``load_saelens`` exchange it with SAELens.
+See docs/sae.md.
 """
 
 from .analysis import (
@@ -13,6 +15,16 @@ from .analysis import (
     top_texts_for_feature,
 )
 from .config import KINDS, SAEConfig
+from .dashboard import (
+    Context,
+    FeatureDashboard,
+    Histogram,
+    PromptActivation,
+    PromptFeatures,
+    feature_dashboard,
+    feature_on_prompt,
+    prompt_features,
+)
 from .edits import MODES, FeatureEditResult, feature_edit, feature_intervention, run_feature_edit
 from .io import check_against, load_sae, save_sae
 from .measure import evaluate, stats
@@ -24,15 +36,23 @@ __all__ = [
     "KINDS",
     "MODES",
     "SAE",
+    "Context",
+    "FeatureDashboard",
     "FeatureEditResult",
+    "Histogram",
+    "PromptActivation",
+    "PromptFeatures",
     "SAEConfig",
     "check_against",
     "evaluate",
+    "feature_dashboard",
     "feature_edit",
     "feature_intervention",
     "feature_logit_effects",
+    "feature_on_prompt",
     "load_sae",
     "load_saelens",
+    "prompt_features",
     "resolve_component",
     "run_feature_edit",
     "save_sae",
