@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from ..errors import InputError
 
 KINDS = ("relu", "topk", "batchtopk")
+B_DEC_INITS = ("geometric_median", "zeros")
+RESAMPLINGS = 4  # how many times resample_every resamples (early in training)
 
 _POSITIVE_INTS = (
     "expansion_factor",
@@ -16,7 +18,6 @@ _POSITIVE_INTS = (
     "text_batch_size",
     "buffer_size",
     "dead_feature_window",
-    "aux_k",
 )
 
 
@@ -35,8 +36,10 @@ class SAEConfig:
     buffer_size: int = 8192  # activations shuffled together before training on them
     normalize_activations: bool = True  # scale inputs to mean norm sqrt(d_model)
     dead_feature_window: int = 4096  # tokens without firing after which a feature is dead
-    aux_k: int = 32  # dead features used by the auxiliary loss (topk kinds)
-    aux_coefficient: float = 1 / 32
+    aux_k: int = 0  # dead features in the auxiliary loss (topk kinds); 0: d_model / 2
+    aux_coefficient: float = 1 / 32  # weight of the auxiliary loss (0: none)
+    resample_every: int = 0  # relu: resample dead features every this many steps, 4 times
+    b_dec_init: str = "geometric_median"  # or "zeros"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,6 +49,12 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"SAEConfig.{name} must be a positive int; got {value!r}")
+        for name in ("aux_k", "resample_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"SAEConfig.{name} must be an int >= 0; got {value!r}")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise InputError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}")
         for name in ("learning_rate", "l1_coefficient", "aux_coefficient"):
             value = getattr(self, name)
             if (

@@ -18,9 +18,10 @@ import mlx.optimizers as optim
 from tqdm import tqdm
 
 from ..errors import InputError
-from .config import SAEConfig
+from .config import RESAMPLINGS, SAEConfig
 from .io import component_width
 from .model import SAE
+from .revive import auxk_loss, geometric_median, project_decoder_grad, resample_dead
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
@@ -88,15 +89,9 @@ def _loss(sae: SAE, x: mx.array, dead: mx.array) -> tuple[mx.array, mx.array]:
     if cfg.kind == "relu":
         l1 = mx.sum(feats * mx.linalg.norm(sae.W_dec, axis=-1), -1)
         return loss + cfg.l1_coefficient * mx.mean(l1), feats
-    # auxiliary loss: the top aux_k dead features learn to reconstruct what the live ones miss
-    k = min(cfg.aux_k, sae.d_sae)
-    dead_pre = mx.where(dead, nn.relu(pre), 0.0)
-    kth = mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k : sae.d_sae - k + 1]
-    aux_feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
-    residual = mx.stop_gradient(target - recon)
-    aux = mx.mean(mx.sum((aux_feats @ sae.W_dec - residual) ** 2, -1)) / (
-        mx.mean(mx.sum(residual**2, -1)) + 1e-8
-    )
+    if cfg.aux_coefficient == 0:
+        return loss, feats
+    aux = auxk_loss(sae, pre, dead, mx.stop_gradient(target - recon))
     return loss + cfg.aux_coefficient * mx.where(mx.any(dead), aux, 0.0), feats
 
 
@@ -126,25 +121,39 @@ def train_sae(
     optimizer = optim.Adam(learning_rate=config.learning_rate)
     step = nn.value_and_grad(sae, _loss)
     since_fired = mx.zeros((sae.d_sae,))
-    counts = {"tokens": 0, "steps": 0}
+    counts = {"tokens": 0, "steps": 0, "resampled": 0}
     loss = mx.array(float("nan"))
     scale_pending = config.normalize_activations
+    key = mx.random.key(config.seed + 1)
+    resampling = config.kind == "relu" and config.resample_every > 0
 
     def train_on(buffer: list[mx.array]) -> None:
-        nonlocal since_fired, loss
+        nonlocal since_fired, loss, key
         data = mx.concatenate(buffer)
+        if counts["steps"] == 0 and config.b_dec_init == "geometric_median":
+            sae.b_dec = geometric_median(data * sae.scale)
         order = list(range(data.shape[0]))
         rng.shuffle(order)
         data = data[mx.array(order)]
         for start in range(0, data.shape[0], config.batch_size):
             x = data[start : start + config.batch_size]
             (loss, feats), grads = step(sae, x, since_fired > config.dead_feature_window)
-            optimizer.update(sae, grads)
+            optimizer.update(sae, project_decoder_grad(sae, grads))
             sae.normalize_decoder()
             since_fired = mx.where(mx.any(feats > 0, axis=0), 0.0, since_fired + x.shape[0])
+            counts["steps"] += 1
+            every = config.resample_every
+            if (
+                resampling
+                and counts["steps"] % every == 0
+                and counts["steps"] <= RESAMPLINGS * every
+            ):
+                key, sub = mx.random.split(key)
+                dead = since_fired > config.dead_feature_window
+                counts["resampled"] += resample_dead(sae, optimizer.state, data, dead, sub)
+                since_fired = mx.where(dead, 0.0, since_fired)
             # mlx: Module.parameters is unannotated
             mx.eval(sae.parameters(), optimizer.state, since_fired, loss)  # type: ignore[no-untyped-call]
-            counts["steps"] += 1
         counts["tokens"] += data.shape[0]
 
     for _ in range(config.epochs):

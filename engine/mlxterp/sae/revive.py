@@ -1,0 +1,106 @@
+"""Keeping SAE features alive while training: what the literature shows working.
+
+* :func:`auxk_loss` — the auxiliary loss of Gao et al. (2024, "Scaling and evaluating
+  sparse autoencoders"): the ``k_aux`` strongest *dead* latents of each token (by
+  pre-activation, ReLU'd) reconstruct the residual the live ones leave, as a normalised MSE
+  (the residual's variance as the unit), weighted by ``aux_coefficient`` (1/32 in the
+  paper) and scaled down while fewer than ``k_aux`` latents are dead (as SAELens and
+  EleutherAI's ``sae`` do); ``k_aux`` is ``d_model / 2`` by default (the paper's Appendix
+  B.1 heuristic, as those implementations read it).
+* :func:`resample_dead` — Anthropic's resampling ("Towards Monosemanticity", 2023) for
+  ReLU SAEs: a dead feature's decoder row becomes the direction of an input drawn with
+  probability proportional to the square of its reconstruction loss, its encoder column
+  that direction times 0.2 times the mean norm of the live encoder columns, its bias 0, and
+  its Adam moments are reset.
+* :func:`geometric_median` — Weiszfeld's iterations, the decoder bias's initial value
+  (Gao et al. initialise it so).
+* :func:`project_decoder_grad` — the part of the decoder gradient that would change a
+  row's norm removed before each step (the rows are renormalised after it as well), so
+  the decoder stays unit-norm and the L1 penalty cannot be dodged by growing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .model import SAE
+
+RESAMPLE_ENCODER_NORM = 0.2  # x the mean live encoder norm (Anthropic, 2023)
+
+
+def aux_k(sae: SAE) -> int:
+    """How many dead latents the auxiliary loss uses: ``config.aux_k``, or
+    ``d_model / 2`` when it is 0."""
+    return min(sae.config.aux_k or max(sae.d_model // 2, 1), sae.d_sae)
+
+
+def auxk_loss(sae: SAE, pre: mx.array, dead: mx.array, residual: mx.array) -> mx.array:
+    """Gao et al.'s auxiliary loss (see the module doc) for pre-activations ``pre``
+    ``(n, d_sae)``, the ``dead`` mask ``(d_sae,)`` and the main reconstruction's
+    ``residual`` ``(n, d_model)`` (its gradient stopped), scaled inputs."""
+    k = aux_k(sae)
+    dead_pre = mx.where(dead, nn.relu(pre), 0.0)
+    kth = mx.stop_gradient(mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k : sae.d_sae - k + 1])
+    feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
+    error = mx.mean(mx.sum((feats @ sae.W_dec - residual) ** 2, -1))
+    variance = mx.mean(mx.sum((residual - mx.mean(residual, axis=0)) ** 2, -1))
+    few = mx.minimum(mx.sum(dead) / k, 1.0)
+    return few * error / (variance + 1e-8)
+
+
+def geometric_median(points: mx.array, iterations: int = 100, tolerance: float = 1e-6) -> mx.array:
+    """The point minimising the summed distance to ``points`` ``(n, d)`` (Weiszfeld's
+    algorithm from the mean, stopped when a step moves it less than ``tolerance`` times
+    its scale)."""
+    median = mx.mean(points, axis=0)
+    for _ in range(iterations):
+        weights = 1.0 / mx.maximum(mx.linalg.norm(points - median, axis=-1), 1e-8)
+        moved = (weights @ points) / mx.sum(weights)
+        step = cast(float, mx.linalg.norm(moved - median).item())
+        median = moved
+        if step <= tolerance * max(cast(float, mx.linalg.norm(median).item()), 1.0):
+            break
+    return median
+
+
+def project_decoder_grad(sae: SAE, grads: dict[str, Any]) -> dict[str, Any]:
+    """``grads`` with each decoder row's gradient made orthogonal to that (unit) row."""
+    g, w = grads["W_dec"], sae.W_dec
+    return {**grads, "W_dec": g - mx.sum(g * w, axis=-1, keepdims=True) * w}
+
+
+def resample_dead(
+    sae: SAE, optimizer_state: dict[str, Any], data: mx.array, dead: mx.array, key: mx.array
+) -> int:
+    """Re-initialise the ``dead`` features of a ReLU SAE toward inputs of ``data``
+    (model-scale activations) it reconstructs worst (see the module doc); returns how many.
+    ``optimizer_state`` (an Adam state) has their moments zeroed."""
+    index = [i for i, d in enumerate(cast(list[bool], dead.tolist())) if d]
+    if not index:
+        return 0
+    centred = data * sae.scale - sae.b_dec
+    loss = mx.sum((sae.decode(sae.encode(data)) - data) ** 2 * sae.scale**2, axis=-1)
+    logits = 2 * mx.log(mx.maximum(loss, 1e-30))  # probability ~ loss squared
+    picked = mx.random.categorical(logits, num_samples=len(index), key=key)
+    directions = centred[picked]
+    directions = directions / mx.maximum(mx.linalg.norm(directions, axis=-1, keepdims=True), 1e-8)
+    live = mx.logical_not(dead)
+    enc_norms = mx.linalg.norm(sae.W_enc, axis=0)
+    live_norm = mx.sum(mx.where(live, enc_norms, 0.0)) / mx.maximum(mx.sum(live), 1)
+    rows = mx.array(index)
+    w_dec, w_enc_t = sae.W_dec, sae.W_enc.T
+    w_dec[rows] = directions
+    w_enc_t[rows] = directions * RESAMPLE_ENCODER_NORM * live_norm
+    b_enc = sae.b_enc
+    b_enc[rows] = 0.0
+    sae.update({"W_dec": w_dec, "W_enc": w_enc_t.T, "b_enc": b_enc})
+    for name, cols in (("W_dec", False), ("W_enc", True), ("b_enc", False)):
+        for moment in ("m", "v"):
+            state = optimizer_state.get(name, {})
+            if moment in state:
+                mask = dead[None, :] if cols else dead.reshape(-1, *[1] * (state[moment].ndim - 1))
+                state[moment] = mx.where(mask, 0.0, state[moment])
+    return len(index)

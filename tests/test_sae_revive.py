@@ -1,0 +1,182 @@
+"""Dead-feature methods: Gao et al.'s AuxK loss, Anthropic's resampling, the
+geometric-median decoder bias and the unit-norm decoder, each checked by what it must do
+(scripts/sae_dead_features.py measures what they buy; docs/sae.md has its table)."""
+
+from __future__ import annotations
+
+import random
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+
+from mlxterp import InputError
+from mlxterp.sae import SAE, SAEConfig, stream_activations, train_sae
+from mlxterp.sae.revive import (
+    auxk_loss,
+    geometric_median,
+    project_decoder_grad,
+    resample_dead,
+)
+from mlxterp.sae.train import _loss
+
+
+def token_rows(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(128) for _ in range(rng.randint(3, 10))] for _ in range(n)]
+
+
+def test_the_geometric_median_ignores_an_outlier_and_zeroes_the_unit_vector_sum():
+    rng = np.random.default_rng(0)
+    cluster = rng.normal(size=(40, 3))
+    points = mx.array(np.concatenate([cluster, [[500.0, 0, 0]]]).astype(np.float32))
+    median = geometric_median(points)
+    assert float(mx.linalg.norm(median)) < 1.0 < float(mx.linalg.norm(mx.mean(points, axis=0)))
+    units = (points - median) / mx.linalg.norm(points - median, axis=-1, keepdims=True)
+    assert float(mx.linalg.norm(mx.sum(units, axis=0))) < 1e-2  # the optimality condition
+    triangle = mx.array([[0.0, 0.0], [2.0, 0.0], [1.0, 3**0.5]])
+    assert np.allclose(geometric_median(triangle), [1.0, 3**0.5 / 3], atol=1e-4)
+
+
+def test_the_decoder_gradient_keeps_row_norms():
+    sae = SAE(8, SAEConfig(expansion_factor=2))
+    grads = {"W_dec": mx.random.normal((16, 8), key=mx.random.key(1)), "b_dec": mx.ones((8,))}
+    projected = project_decoder_grad(sae, grads)
+    assert mx.all(mx.abs(mx.sum(projected["W_dec"] * sae.W_dec, -1)) < 1e-5).item()
+    assert projected["b_dec"] is grads["b_dec"]
+
+
+def test_auxk_reconstructs_the_residual_from_the_top_dead_latents():
+    sae = SAE(8, SAEConfig(expansion_factor=4, aux_k=2))  # 32 latents, 2 in the aux loss
+    x = mx.random.normal((5, 8), key=mx.random.key(2))
+    pre = sae.pre_activations(x)
+    residual = mx.random.normal((5, 8), key=mx.random.key(3))
+    dead = mx.arange(32) < 6  # latents 0-5 dead: more than k_aux, so no down-scaling
+    got = auxk_loss(sae, pre, dead, residual).item()
+    p, w = np.asarray(pre), np.asarray(sae.W_dec)
+    feats = np.zeros_like(p)
+    for row in range(5):
+        top = np.argsort(-np.maximum(p[row, :6], 0))[:2]
+        feats[row, top] = np.maximum(p[row, top], 0)
+    r = np.asarray(residual)
+    error = ((feats @ w - r) ** 2).sum(-1).mean()
+    variance = ((r - r.mean(0)) ** 2).sum(-1).mean()
+    assert got == pytest.approx(error / variance, rel=1e-4)
+    # one dead latent for k_aux 2: half the weight
+    one = mx.arange(32) == 0
+    half = auxk_loss(sae, pre, one, residual).item()
+    feats1 = np.zeros_like(p)
+    feats1[:, 0] = np.maximum(p[:, 0], 0)
+    assert half == pytest.approx(0.5 * ((feats1 @ w - r) ** 2).sum(-1).mean() / variance, rel=1e-4)
+    # its gradient reaches the dead latents' encoder columns only
+    grads = nn.value_and_grad(sae, lambda m: auxk_loss(m, m.pre_activations(x), dead, residual))(
+        sae
+    )[1]
+    assert mx.all(grads["W_enc"][:, 6:] == 0).item() and mx.any(grads["W_enc"][:, :6] != 0).item()
+
+
+def test_resampling_points_dead_features_at_the_worst_reconstructed_input():
+    sae = SAE(8, SAEConfig(kind="relu", expansion_factor=2, seed=4))
+    sae.scale = 2.0
+    optimizer = optim.Adam(1e-3)
+    fake = {k: mx.ones_like(v) for k, v in sae.parameters().items()}
+    optimizer.update(sae, fake)  # moments everywhere
+    sae.b_dec = mx.zeros((8,))
+    sae.W_dec = sae.W_dec / mx.linalg.norm(sae.W_dec, axis=-1, keepdims=True)
+    easy = mx.zeros((30, 8))  # reconstructed as 0 by an SAE whose features do not fire
+    sae.b_enc = mx.full((16,), -100.0)
+    hard = mx.array([[0.0, 0, 3.0, 4.0, 0, 0, 0, 0]])
+    data = mx.concatenate([easy, hard])
+    dead = mx.arange(16) < 3
+    live_norm = mx.mean(mx.linalg.norm(sae.W_enc, axis=0)[3:]).item()
+    before = {k: v for k, v in sae.parameters().items()}
+    n = resample_dead(sae, optimizer.state, data, dead, mx.random.key(0))
+    assert n == 3
+    direction = hard[0] / 5.0
+    for f in range(3):
+        assert mx.allclose(sae.W_dec[f], direction, atol=1e-5).item()
+        assert mx.linalg.norm(sae.W_enc[:, f]).item() == pytest.approx(0.2 * live_norm, rel=1e-4)
+        assert mx.allclose(sae.W_enc[:, f] / mx.linalg.norm(sae.W_enc[:, f]), direction).item()
+        assert sae.b_enc[f].item() == 0.0
+    assert mx.array_equal(sae.W_dec[3:], before["W_dec"][3:]).item()
+    assert mx.array_equal(sae.W_enc[:, 3:], before["W_enc"][:, 3:]).item()
+    state = optimizer.state
+    for moment in ("m", "v"):
+        assert mx.all(state["W_dec"][moment][:3] == 0).item()
+        assert mx.all(state["W_dec"][moment][3:] != 0).item()
+        assert mx.all(state["W_enc"][moment][:, :3] == 0).item()
+        assert mx.all(state["b_enc"][moment][:3] == 0).item()
+        assert mx.all(state["b_enc"][moment][3:] != 0).item()
+    assert (
+        resample_dead(sae, optimizer.state, data, mx.zeros((16,), mx.bool_), mx.random.key(1)) == 0
+    )
+
+
+def test_training_resamples_relu_features_and_starts_b_dec_at_the_median(tiny_llama):
+    rows = token_rows(40, 0)
+    config = SAEConfig(
+        kind="relu",
+        expansion_factor=4,
+        batch_size=32,
+        epochs=2,
+        l1_coefficient=0.3,
+        learning_rate=0.05,  # fast enough to kill features in 18 steps
+        dead_feature_window=16,
+        resample_every=3,
+        seed=1,
+    )
+    sae = train_sae(tiny_llama, rows, "layers.1", config=config, progress=False)
+    assert sae.training_stats["resampled"] > 0
+    norms = mx.linalg.norm(sae.W_dec, axis=-1)
+    assert mx.allclose(norms, mx.ones_like(norms), atol=1e-4).item()
+    # with a learning rate too small to move it, b_dec stays where it started
+    still = train_sae(
+        tiny_llama,
+        rows[:8],
+        "layers.1",
+        config=SAEConfig(expansion_factor=1, k=4, learning_rate=1e-12, seed=1),
+        progress=False,
+    )
+    acts = mx.concatenate(list(stream_activations(tiny_llama, rows[:8], "layers.1", 16, False)))
+    assert mx.allclose(still.b_dec, geometric_median(acts * still.scale), atol=1e-4).item()
+    zeros = train_sae(
+        tiny_llama,
+        rows[:8],
+        "layers.1",
+        config=SAEConfig(expansion_factor=1, k=4, learning_rate=1e-12, b_dec_init="zeros"),
+        progress=False,
+    )
+    assert mx.all(mx.abs(zeros.b_dec) < 1e-6).item()
+
+
+def test_the_auxiliary_loss_gives_dead_topk_latents_a_gradient():
+    """The main loss reaches only the latents a token selects; with the auxiliary loss the
+    strongest dead ones get a gradient too, and without it (aux_coefficient 0) none."""
+
+    def grads(aux):
+        sae = SAE(16, SAEConfig(expansion_factor=8, k=2, aux_coefficient=aux, seed=3))
+        x = mx.random.normal((6, 16), key=mx.random.key(5))
+        chosen = mx.any(sae.encode(x) > 0, axis=0)
+        dead = mx.logical_not(chosen)  # every latent no token selected counts as dead
+        _, g = nn.value_and_grad(sae, _loss)(sae, x, dead)
+        return mx.any(g["W_enc"] != 0, axis=0), chosen
+
+    with_aux, chosen = grads(1 / 32)
+    without, _ = grads(0.0)
+    assert mx.array_equal(without, chosen).item()
+    assert mx.sum(with_aux & ~chosen).item() > 0
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"aux_k": -1}, "aux_k must be an int >= 0"),
+        ({"resample_every": 1.5}, "resample_every must be an int >= 0"),
+        ({"b_dec_init": "mean"}, "b_dec_init must be one of"),
+    ],
+)
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(InputError, match=message):
+        SAEConfig(**bad)
