@@ -251,3 +251,19 @@ def test_saelens_reads_our_files_to_the_same_encodings(demo, tmp_path):
         theirs = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
         got = theirs.encode(torch.tensor(np.asarray(x))).detach().numpy()
         assert np.allclose(got, np.asarray(ours.encode(x)), atol=1e-5), kind
+
+
+def test_a_width_that_is_no_multiple_of_d_in_opens_and_round_trips(demo, tmp_path):
+    """SAELens SAEs come in widths such as 2**15 over 768 inputs; mlxterp keeps d_sae."""
+    cfg = {**V6_TOPK, "d_sae": 96}
+    weights = foreign_weights(96, seed=4)
+    sae = load_saelens(write_saelens(tmp_path / "odd", cfg, weights), demo)
+    assert sae.d_sae == 96 and sae.W_enc.shape == (64, 96)
+    x = activations(demo)
+    assert sae.encode(x).shape == (*x.shape[:-1], 96)
+    expected = saelens_encode(cfg, weights, np.asarray(x).astype(np.float64))
+    assert np.allclose(np.asarray(sae.encode(x)), expected, rtol=1e-4, atol=1e-4)
+    sae.save(tmp_path / "ours")
+    again = SAE.load(tmp_path / "ours", demo)
+    assert again.d_sae == 96 and mx.array_equal(again.encode(x), sae.encode(x)).item()
+    assert load_saelens(save_saelens(sae, tmp_path / "back")).d_sae == 96

@@ -50,6 +50,7 @@ def _build(meta: dict[str, Any], weights: dict[str, mx.array], where: str) -> SA
             meta.get("component"),
             meta.get("layer"),
             meta["model"],
+            meta.get("d_sae"),
         )
         sae.scale = float(meta["scale"])
     except (ValueError, KeyError, TypeError) as err:

@@ -22,6 +22,8 @@ class SAE(nn.Module):
     ``encode`` / ``decode`` / ``__call__`` take arrays of any leading shape ``(..., d)``.
     ``component`` (canonical module name), ``layer`` and ``model_ref`` record where it was
     trained; ``scale`` is the input normalisation; ``training_stats`` what training saw.
+    ``d_sae`` (features) is ``d_model x config.expansion_factor`` unless given (an SAE read
+    from elsewhere may have any width).
     """
 
     def __init__(
@@ -31,11 +33,12 @@ class SAE(nn.Module):
         component: str | None = None,
         layer: int | None = None,
         model_ref: str = "custom",
+        d_sae: int | None = None,
     ):
         super().__init__()  # type: ignore[no-untyped-call]  # mlx: Module.__init__ is unannotated
         self.config = config if config is not None else SAEConfig()
         self.d_model = int(d_model)
-        self.d_sae = self.d_model * self.config.expansion_factor
+        self.d_sae = int(d_sae) if d_sae else self.d_model * self.config.expansion_factor
         self.component = component
         self.layer = layer
         self.model_ref = model_ref

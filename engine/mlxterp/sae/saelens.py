@@ -231,11 +231,9 @@ def load_saelens(
         w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
     if not b_dec_in:  # the encoder does not subtract b_dec: fold that into b_enc
         b_enc = b_enc + b_dec @ w_enc
-    if d_sae % d_in:
-        raise InputError(f"{where}: d_sae {d_sae} is not a multiple of d_in {d_in}")
     known = {f.name for f in fields(SAEConfig)}
     base = {key: v for key, v in (ours.get("config") or {}).items() if key in known}
-    settings = {**base, "expansion_factor": d_sae // d_in}
+    settings = {**base, "expansion_factor": max(d_sae // d_in, 1)}  # d_sae is given below
     if not (kind == "topk" and base.get("kind") == "batchtopk"):  # batchtopk is written as topk
         settings["kind"] = kind
     if k is not None:
@@ -249,7 +247,7 @@ def load_saelens(
     part = _LAYER_PART.match(name or "")
     layer = int(part[1]) if part else ours.get("layer", cfg.get("hook_layer"))
     model_ref = str(meta.get("model_name") or cfg.get("model_name") or "custom")
-    sae = SAE(d_in, config, name, layer if _is_index(layer) else None, model_ref)
+    sae = SAE(d_in, config, name, layer if _is_index(layer) else None, model_ref, d_sae)
     scale = ours.get("scale", 1.0)
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
         sae.scale = float(scale)  # unfold what save_saelens folded in
