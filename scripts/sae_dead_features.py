@@ -81,12 +81,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    import mlx.core as mx
+
     from mlxterp import InterpretableModel
-    from mlxterp.sae import SAEConfig, evaluate, train_sae
+    from mlxterp.sae import SAEConfig, stats, stream_activations, train_sae_on_activations
 
     model = InterpretableModel(smollm2_path() if args.gguf else "demo")
     layer = model.num_layers // 2
+    component = model.layer_name(layer)
     train, held_out = demo_corpus(args.lines, 123), demo_corpus(args.held_out, 999)
+    # the model runs once: every SAE trains on the same cached batches (as train_sae would
+    # stream them, 16 texts a batch) and is measured on the same held-out activations
+    start = time.perf_counter()
+    cached = list(stream_activations(model, train, component, 16, progress=True))
+    held = mx.concatenate(list(stream_activations(model, held_out, component, 16, progress=True)))
+    forward = time.perf_counter() - start
     base = SAEConfig(
         expansion_factor=args.expansion,
         k=args.k,
@@ -98,7 +107,8 @@ def main() -> None:
     name = "SmolLM2-135M (GGUF)" if args.gguf else "demo"
     print(
         f"{name}, layer {layer} output; {args.lines} training lines x {args.epochs} epochs, "
-        f"{len(held_out)} held out; expansion {args.expansion}, k {args.k}, "
+        f"{len(held_out)} held out ({held.shape[0]} tokens, forwards {forward:.0f} s); "
+        f"expansion {args.expansion}, k {args.k}, "
         f"dead_feature_window {args.window}, resampling every {RESAMPLING['resample_every']} "
         f"steps, seed {args.seed}\n"
     )
@@ -108,9 +118,9 @@ def main() -> None:
         for method, changes in METHODS[kind].items():
             config = dataclasses.replace(base, kind=kind, **changes)
             start = time.perf_counter()
-            sae = train_sae(model, train, layer=layer, config=config, progress=False)
+            sae = train_sae_on_activations(cached, config, component, layer, str(model.name))
             seconds = time.perf_counter() - start
-            measured = evaluate(sae, model, held_out)
+            measured = stats(sae, held)
             print(
                 f"| {kind} | {method} | {measured['dead_fraction']:.3f} | "
                 f"{measured['explained_variance']:.3f} | {measured['l0']:.1f} | "

@@ -16,9 +16,11 @@ from mlxterp.sae import (
     feature_intervention,
     feature_logit_effects,
     stats,
+    stream_activations,
     top_features_for_text,
     top_texts_for_feature,
     train_sae,
+    train_sae_on_activations,
 )
 
 
@@ -115,3 +117,17 @@ def test_load_checks_the_width_of_the_component(relu_sae, tiny_llama, tmp_path):
         SAE.load(tmp_path / "sae", narrow)
     with pytest.raises(InputError, match="64-dimensional"):
         stats(relu_sae, mx.zeros((4, 32)))
+
+
+def test_training_on_cached_activations_equals_streaming(tiny_llama):
+    rows = token_rows(20, 6)
+    config = SAEConfig(expansion_factor=2, k=4, epochs=2, batch_size=16, buffer_size=40, seed=7)
+    streamed = train_sae(tiny_llama, rows, "layers.1", config=config, progress=False)
+    cached = list(stream_activations(tiny_llama, rows, "layers.1", 16, progress=False))
+    again = train_sae_on_activations(cached, config, streamed.component, 1, "custom")
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert mx.array_equal(getattr(again, name), getattr(streamed, name)).item(), name
+    assert again.scale == streamed.scale and again.training_stats == streamed.training_stats
+    assert (again.component, again.layer) == ("model.layers.1", 1)
+    with pytest.raises(InputError, match=r"\(n, d\) arrays"):
+        train_sae_on_activations([mx.zeros((2, 3, 4))])

@@ -30,7 +30,7 @@ from .io import check_against, load_sae, save_sae
 from .measure import evaluate, stats
 from .model import SAE
 from .saelens import load_saelens, save_saelens
-from .train import resolve_component, stream_activations, train_sae
+from .train import resolve_component, stream_activations, train_sae, train_sae_on_activations
 
 __all__ = [
     "KINDS",
@@ -62,4 +62,5 @@ __all__ = [
     "top_features_for_text",
     "top_texts_for_feature",
     "train_sae",
+    "train_sae_on_activations",
 ]

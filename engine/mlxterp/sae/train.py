@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
@@ -117,6 +117,32 @@ def train_sae(
         model.layer_index_of(name),
         model.name or "custom",
     )
+    return _fit(
+        sae, lambda: stream_activations(model, texts, name, config.text_batch_size, progress)
+    )
+
+
+def train_sae_on_activations(
+    activations: Sequence[mx.array],
+    config: SAEConfig | None = None,
+    component: str | None = None,
+    layer: int | None = None,
+    model_ref: str = "custom",
+) -> SAE:
+    """Train an SAE on activations already computed: a sequence of ``(n, d)`` arrays,
+    read in order once per epoch (they stay in memory: the caller's choice, e.g. to train
+    several SAEs on one pass of a slow model).  ``component``, ``layer`` and ``model_ref``
+    are recorded on the SAE.  Training is :func:`train_sae`'s, batch for batch."""
+    if not activations or any(a.ndim != 2 for a in activations):
+        raise InputError("activations must be a non-empty sequence of (n, d) arrays")
+    config = config if config is not None else SAEConfig()
+    sae = SAE(activations[0].shape[-1], config, component, layer, model_ref)
+    return _fit(sae, lambda: (a.astype(mx.float32) for a in activations))
+
+
+def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
+    """Train ``sae`` on ``batches()`` (called once per epoch) as the module doc says."""
+    config = sae.config
     rng = random.Random(config.seed)
     optimizer = optim.Adam(learning_rate=config.learning_rate)
     step = nn.value_and_grad(sae, _loss)
@@ -158,7 +184,7 @@ def train_sae(
 
     for _ in range(config.epochs):
         buffer, held = [], 0
-        for acts in stream_activations(model, texts, name, config.text_batch_size, progress):
+        for acts in batches():
             if scale_pending:  # from the first batch: inputs to mean norm sqrt(d_model)
                 norm = cast(float, mx.mean(mx.linalg.norm(acts, axis=-1)).item())
                 sae.scale = sae.d_model**0.5 / max(norm, 1e-12)
