@@ -202,11 +202,12 @@ def _is_index(value: Any) -> bool:
 def load_saelens(
     folder: str | Path, model: InterpretableModel | None = None, component: str | None = None
 ) -> SAE:
-    """Read an SAE folder SAELens wrote (or :func:`save_saelens`).  Its component is the
-    one mlxterp recorded, else the one its ``hook_name`` names (``blocks.L.hook_resid_post``
-    is ``layers.L``, ``hook_mlp_out`` the MLP, ``hook_attn_out`` attention,
-    ``hook_resid_pre`` the previous layer's output), else ``component=``; with ``model``,
-    :func:`~mlxterp.sae.check_against` it (the component exists and has the SAE's width)."""
+    """Read an SAE folder SAELens wrote (or :func:`save_saelens`).  Its component is
+    ``component`` when given, else the one mlxterp recorded, else the one its ``hook_name``
+    names (``blocks.L.hook_resid_post`` is ``layers.L``, ``hook_mlp_out`` the MLP,
+    ``hook_attn_out`` attention, ``hook_resid_pre`` the previous layer's output; another
+    name is kept as it is); with ``model``, :func:`~mlxterp.sae.check_against` it (the
+    component exists and has the SAE's width)."""
     folder = Path(folder)
     where = repr(str(folder))
     cfg, weights = _read(folder)
