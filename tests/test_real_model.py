@@ -394,3 +394,20 @@ def test_an_identity_tuned_lens_is_the_logit_lens_on_the_gguf(smol, tmp_path):
     demo = InterpretableModel("demo")
     with pytest.raises(ValueError, match="30 layers x 576 hidden"):
         load_tuned_lens(path, demo)
+
+
+def test_dequantized_at_load_gives_the_same_numbers_from_plain_modules(smol):
+    """``dequantize=True`` swaps SmolLM2's 4-bit layers and 8-bit embedding for plain ones
+    with the same weights: the same module names, and the same logits and residuals."""
+    plain = InterpretableModel(str(GGUF), dequantize=True)
+    assert not [name for name, m in plain.model.named_modules() if "scales" in m]
+    assert isinstance(plain.model.model.layers[0].self_attn.q_proj, nn.Linear)
+    assert list(plain.module_index.modules) == list(smol.module_index.modules)
+    ids = smol.encode(PROMPT)
+    a = smol.run(ids, capture=["layers.15"])
+    b = plain.run(ids, capture=["layers.15"])
+    pairs = ((a.output, b.output), (a.activations["layers.15"], b.activations["layers.15"]))
+    for x, y in pairs:
+        scale = float(mx.abs(x).max().item())
+        assert float(mx.abs(x - y).max().item()) <= 1e-4 * scale
+    assert next_token(plain, PROMPT) == " Paris"

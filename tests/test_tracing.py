@@ -7,6 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from conftest import SimpleTransformer, build_tiny_llama
+from mlx.utils import tree_flatten
 
 from mlxterp import (
     InputError,
@@ -15,6 +16,7 @@ from mlxterp import (
     MlxterpError,
     ModuleNameError,
     collect_activations,
+    loading,
 )
 from mlxterp import interventions as iv
 from mlxterp.checkpoints import build_checkpoint
@@ -313,3 +315,18 @@ def test_errors_raised_on_purpose_are_mlxterp_errors(tiny_llama, call, builtin, 
     assert isinstance(info.value, builtin)
     if error is not None:
         assert isinstance(info.value, error)
+
+
+def test_dequantize_swaps_quantized_layers_for_plain_ones_with_the_same_numbers():
+    quantized = build_tiny_llama()
+    nn.quantize(quantized, group_size=32, bits=4)
+    reference = InterpretableModel(quantized).run([[1, 2, 3, 4, 5]]).output
+    module = build_tiny_llama()
+    nn.quantize(module, group_size=32, bits=4)
+    model = InterpretableModel(module, dequantize=True)
+    assert not [name for name, m in model.model.named_modules() if "scales" in m]
+    assert all(v.dtype == mx.float32 for _, v in tree_flatten(model.model.parameters()))
+    assert mx.allclose(model.run([[1, 2, 3, 4, 5]]).output, reference, atol=1e-5)
+    # nothing to do on a plain model
+    plain = build_tiny_llama()
+    assert loading.dequantize(plain) == 0

@@ -51,7 +51,10 @@ class InterpretableModel:
     ``InterpretableModel("demo")`` (the embedded model), ``InterpretableModel("path/or/org/repo")``
     (through ``mlx_lm.load``) or ``InterpretableModel(module, tokenizer=...)`` for any
     ``mlx.nn.Module``.  The layer list is detected (``layers``, ``h``, nested paths);
-    ``layer_attr`` names it explicitly.
+    ``layer_attr`` names it explicitly.  ``dequantize=True`` replaces quantized layers and
+    embeddings by plain ones holding the same (dequantized) weights, in place, before
+    anything else: the same numbers to float rounding, far faster where quantized kernels
+    are slow (CPU), at the memory of the unquantized model (``loading.dequantize``).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class InterpretableModel:
         model: nn.Module | str,
         tokenizer: Any | None = None,
         layer_attr: str | None = None,
+        dequantize: bool = False,
     ):
         self.name: str | None = None
         if isinstance(model, str):
@@ -72,6 +76,8 @@ class InterpretableModel:
                 f"InterpretableModel takes an mlx.nn.Module or a model name/folder, "
                 f"got {type(model).__name__}"
             )
+        if dequantize:
+            loading.dequantize(module)
         self.model: nn.Module = module
         # a Hugging Face tokenizer or mlx-lm's wrapper of one; None for custom models
         self.tokenizer: Any = tokenizer
