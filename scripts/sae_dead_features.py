@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=2048, help="dead_feature_window, tokens")
     parser.add_argument("--kinds", default="relu,topk,batchtopk")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-tokens", type=int, default=0, help="leading tokens of each text left out"
+    )
     args = parser.parse_args()
 
     import mlx.core as mx
@@ -93,8 +96,9 @@ def main() -> None:
     # the model runs once: every SAE trains on the same cached batches (as train_sae would
     # stream them, 16 texts a batch) and is measured on the same held-out activations
     start = time.perf_counter()
-    cached = list(stream_activations(model, train, component, 16, progress=True))
-    held = mx.concatenate(list(stream_activations(model, held_out, component, 16, progress=True)))
+    skip = args.skip_tokens
+    cached = list(stream_activations(model, train, component, 16, True, skip))
+    held = mx.concatenate(list(stream_activations(model, held_out, component, 16, True, skip)))
     forward = time.perf_counter() - start
     base = SAEConfig(
         expansion_factor=args.expansion,
@@ -102,6 +106,7 @@ def main() -> None:
         epochs=args.epochs,
         dead_feature_window=args.window,
         seed=args.seed,
+        skip_tokens=skip,
         **BASELINE,  # type: ignore[arg-type]
     )
     name = "SmolLM2-135M (GGUF)" if args.gguf else "demo"
@@ -110,7 +115,7 @@ def main() -> None:
         f"{len(held_out)} held out ({held.shape[0]} tokens, forwards {forward:.0f} s); "
         f"expansion {args.expansion}, k {args.k}, "
         f"dead_feature_window {args.window}, resampling every {RESAMPLING['resample_every']} "
-        f"steps, seed {args.seed}\n"
+        f"steps, first {skip} tokens of each text left out, seed {args.seed}\n"
     )
     print("| kind | method | dead fraction | explained variance | L0 | resampled | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

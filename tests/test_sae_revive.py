@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mlxterp import InputError
-from mlxterp.sae import SAE, SAEConfig, stream_activations, train_sae
+from mlxterp.sae import SAE, SAEConfig, evaluate, stats, stream_activations, train_sae
 from mlxterp.sae.revive import (
     auxk_loss,
     geometric_median,
@@ -77,28 +77,32 @@ def test_auxk_reconstructs_the_residual_from_the_top_dead_latents():
     assert mx.all(grads["W_enc"][:, 6:] == 0).item() and mx.any(grads["W_enc"][:, :6] != 0).item()
 
 
-def test_resampling_points_dead_features_at_the_worst_reconstructed_input():
+def test_resampling_points_dead_features_at_the_worst_reconstructed_inputs():
     sae = SAE(8, SAEConfig(kind="relu", expansion_factor=2, seed=4))
     sae.scale = 2.0
     optimizer = optim.Adam(1e-3)
     fake = {k: mx.ones_like(v) for k, v in sae.parameters().items()}
     optimizer.update(sae, fake)  # moments everywhere
-    sae.b_dec = mx.zeros((8,))
     sae.W_dec = sae.W_dec / mx.linalg.norm(sae.W_dec, axis=-1, keepdims=True)
-    easy = mx.zeros((30, 8))  # reconstructed as 0 by an SAE whose features do not fire
-    sae.b_enc = mx.full((16,), -100.0)
-    hard = mx.array([[0.0, 0, 3.0, 4.0, 0, 0, 0, 0]])
-    data = mx.concatenate([easy, hard])
+    sae.b_dec = mx.zeros((8,))
+    sae.b_enc = mx.full((16,), -100.0)  # no feature fires: an input's loss is its norm
+    easy = mx.full((30, 8), 1e-3)
+    hard = mx.array(
+        [[0.0, 0, 3.0, 4.0, 0, 0, 0, 0], [6.0, 0, 0, 0, 0, 0, 0, 8], [0, 5.0, 0, 0, 0, 0, 0, 0]]
+    )
+    data = mx.concatenate([easy[:10], hard[:1], easy[10:20], hard[1:], easy[20:]])
     dead = mx.arange(16) < 3
     live_norm = mx.mean(mx.linalg.norm(sae.W_enc, axis=0)[3:]).item()
-    before = {k: v for k, v in sae.parameters().items()}
-    n = resample_dead(sae, optimizer.state, data, dead, mx.random.key(0))
-    assert n == 3
-    direction = hard[0] / 5.0
-    for f in range(3):
-        assert mx.allclose(sae.W_dec[f], direction, atol=1e-5).item()
+    before = dict(sae.parameters())
+    assert resample_dead(sae, optimizer.state, data, dead, mx.random.key(0)) == 3
+    directions = hard / mx.linalg.norm(hard, axis=-1, keepdims=True)
+    # each dead feature took one of the three bad inputs, and no two the same one
+    match = mx.argmax(sae.W_dec[:3] @ directions.T, axis=-1).tolist()
+    assert sorted(match) == [0, 1, 2]
+    for f, h in enumerate(match):
+        assert mx.allclose(sae.W_dec[f], directions[h], atol=1e-5).item()
         assert mx.linalg.norm(sae.W_enc[:, f]).item() == pytest.approx(0.2 * live_norm, rel=1e-4)
-        assert mx.allclose(sae.W_enc[:, f] / mx.linalg.norm(sae.W_enc[:, f]), direction).item()
+        assert mx.allclose(sae.W_enc[:, f] / mx.linalg.norm(sae.W_enc[:, f]), directions[h]).item()
         assert sae.b_enc[f].item() == 0.0
     assert mx.array_equal(sae.W_dec[3:], before["W_dec"][3:]).item()
     assert mx.array_equal(sae.W_enc[:, 3:], before["W_enc"][:, 3:]).item()
@@ -109,9 +113,8 @@ def test_resampling_points_dead_features_at_the_worst_reconstructed_input():
         assert mx.all(state["W_enc"][moment][:, :3] == 0).item()
         assert mx.all(state["b_enc"][moment][:3] == 0).item()
         assert mx.all(state["b_enc"][moment][3:] != 0).item()
-    assert (
-        resample_dead(sae, optimizer.state, data, mx.zeros((16,), mx.bool_), mx.random.key(1)) == 0
-    )
+    none = mx.zeros((16,), mx.bool_)
+    assert resample_dead(sae, optimizer.state, data, none, mx.random.key(1)) == 0
 
 
 def test_training_resamples_relu_features_and_starts_b_dec_at_the_median(tiny_llama):
@@ -169,12 +172,27 @@ def test_the_auxiliary_loss_gives_dead_topk_latents_a_gradient():
     assert mx.sum(with_aux & ~chosen).item() > 0
 
 
+def test_leading_tokens_can_be_left_out(tiny_llama):
+    rows = token_rows(6, 8)
+    every = mx.concatenate(list(stream_activations(tiny_llama, rows, "layers.1", 4, False)))
+    later = mx.concatenate(list(stream_activations(tiny_llama, rows, "layers.1", 4, False, 1)))
+    assert later.shape[0] == every.shape[0] - len(rows)
+    starts = [sum(len(r) for r in rows[:i]) for i in range(len(rows))]
+    kept = [i for i in range(every.shape[0]) if i not in starts]
+    assert mx.array_equal(later, every[mx.array(kept)]).item()
+    config = SAEConfig(expansion_factor=1, k=4, skip_tokens=1, seed=2)
+    sae = train_sae(tiny_llama, rows, "layers.1", config=config, progress=False)
+    assert sae.training_stats["tokens"] == later.shape[0]
+    assert evaluate(sae, tiny_llama, rows) == pytest.approx(stats(sae, later), rel=1e-4)
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
         ({"aux_k": -1}, "aux_k must be an int >= 0"),
         ({"resample_every": 1.5}, "resample_every must be an int >= 0"),
         ({"b_dec_init": "mean"}, "b_dec_init must be one of"),
+        ({"skip_tokens": -1}, "skip_tokens must be an int >= 0"),
     ],
 )
 def test_bad_settings_are_refused(bad, message):

@@ -40,6 +40,7 @@ class SAEConfig:
     aux_coefficient: float = 1 / 32  # weight of the auxiliary loss (0: none)
     resample_every: int = 0  # relu: resample dead features every this many steps, 4 times
     b_dec_init: str = "geometric_median"  # or "zeros"
+    skip_tokens: int = 0  # leading tokens of each text left out (1: a BOS / attention sink)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,7 +50,7 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"SAEConfig.{name} must be a positive int; got {value!r}")
-        for name in ("aux_k", "resample_every"):
+        for name in ("aux_k", "resample_every", "skip_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"SAEConfig.{name} must be an int >= 0; got {value!r}")

@@ -85,12 +85,14 @@ def stats(sae: SAE, acts: mx.array) -> dict[str, float]:
 def evaluate(
     sae: SAE, model: InterpretableModel, texts: Sequence[Any], progress: bool = False
 ) -> dict[str, float]:
-    """:func:`stats` over ``texts`` (e.g. held out), streamed: memory does not grow with them."""
+    """:func:`stats` over ``texts`` (e.g. held out), streamed: memory does not grow with them
+    (the first ``sae.config.skip_tokens`` tokens of each left out, as in training)."""
     if not sae.component:
         raise InputError("this SAE does not record the component it was trained on")
     totals = _Totals(sae)
+    config = sae.config
     for acts in stream_activations(
-        model, texts, sae.component, sae.config.text_batch_size, progress
+        model, texts, sae.component, config.text_batch_size, progress, config.skip_tokens
     ):
         totals.add(acts)
     return totals.result()

@@ -9,7 +9,8 @@
   B.1 heuristic, as those implementations read it).
 * :func:`resample_dead` — Anthropic's resampling ("Towards Monosemanticity", 2023) for
   ReLU SAEs: a dead feature's decoder row becomes the direction of an input drawn with
-  probability proportional to the square of its reconstruction loss, its encoder column
+  probability proportional to the square of its reconstruction loss (without replacement:
+  each dead feature gets an input of its own), its encoder column
   that direction times 0.2 times the mean norm of the live encoder columns, its bias 0, and
   its Adam moments are reset.
 * :func:`geometric_median` — Weiszfeld's iterations, the decoder bias's initial value
@@ -84,7 +85,11 @@ def resample_dead(
     centred = data * sae.scale - sae.b_dec
     loss = mx.sum((sae.decode(sae.encode(data)) - data) ** 2 * sae.scale**2, axis=-1)
     logits = 2 * mx.log(mx.maximum(loss, 1e-30))  # probability ~ loss squared
-    picked = mx.random.categorical(logits, num_samples=len(index), key=key)
+    # drawn without replacement (Gumbel top-k), so that many dead features do not all take
+    # the one worst input; beyond as many inputs as there are, the draw repeats
+    gumbel = -mx.log(-mx.log(mx.random.uniform(1e-12, 1.0, logits.shape, key=key)))
+    order = mx.argsort(-(logits + gumbel))
+    picked = order[mx.arange(len(index)) % data.shape[0]]
     directions = centred[picked]
     directions = directions / mx.maximum(mx.linalg.norm(directions, axis=-1, keepdims=True), 1e-8)
     live = mx.logical_not(dead)

@@ -48,9 +48,11 @@ def stream_activations(
     component: str,
     batch_size: int = 16,
     progress: bool = True,
+    skip: int = 0,
 ) -> Iterator[mx.array]:
     """``(n_tokens, d)`` float32 arrays of ``component``'s output on the real tokens of each
-    batch of ``texts`` (strings or token-id lists), one batch at a time."""
+    batch of ``texts`` (strings or token-id lists), one batch at a time, less the first
+    ``skip`` tokens of each text."""
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
         raise InputError("texts must be a non-empty list of texts (or of token-id lists)")
     component = model.resolve(component)
@@ -72,7 +74,8 @@ def stream_activations(
                     "needs (batch, seq, hidden) activations"
                 )
             lengths = trace.lengths or [acts.shape[1]] * acts.shape[0]
-            out = mx.concatenate([acts[b, :n] for b, n in enumerate(lengths)]).astype(mx.float32)
+            rows = [acts[b, skip:n] for b, n in enumerate(lengths)]
+            out = mx.concatenate(rows).astype(mx.float32)
             mx.eval(out)
             yield out
             bar.update(len(chunk))
@@ -118,7 +121,10 @@ def train_sae(
         model.name or "custom",
     )
     return _fit(
-        sae, lambda: stream_activations(model, texts, name, config.text_batch_size, progress)
+        sae,
+        lambda: stream_activations(
+            model, texts, name, config.text_batch_size, progress, config.skip_tokens
+        ),
     )
 
 
