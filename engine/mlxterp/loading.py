@@ -104,6 +104,15 @@ def locate_model(name: str) -> tuple[Path | str, str]:
     return found if found is not None else (ref, model_sources.PATH_SOURCE)
 
 
+def model_choices(folder: Path) -> list[model_sources.FoundModel]:
+    """The models that open without the network: the embedded demo first, then what
+    ``model_sources.list_models`` finds in ``folder`` and its sub-folders, the Hugging Face
+    cache, LM Studio and Ollama.  Each ``ref`` is a name ``locate_model`` reads as its
+    ``path``."""
+    found = [m for m in model_sources.list_models(folder) if m.path != DEMO_DIR]
+    return [model_sources.FoundModel(DEMO_NAME, DEMO_DIR, DEMO_NAME), *found]
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A loaded model, where it was found and the config it was built from."""

@@ -5,6 +5,8 @@ A name that is not a path is looked up, in this order, in the Hugging Face cache
 folders (``~/.lmstudio/models``, ``~/.cache/lm-studio/models``) and Ollama's manifests
 (``$OLLAMA_MODELS`` or ``~/.ollama/models``).  What is found is either an mlx-lm folder
 (``config.json`` + ``*.safetensors``) or a GGUF file (Ollama's blobs have no suffix).
+``list_models`` lists what these places (and a folder of the user's) hold, as names that
+``find`` opens.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelLoadError
@@ -170,3 +173,117 @@ def locate(name: str) -> Path | None:
     """The model ``find`` finds for ``name``, without its source."""
     found = find(name)
     return None if found is None else found[0]
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    """A model that can be opened: the name that opens it (``InterpretableModel(ref)``),
+    the folder or GGUF file it reads, and the source that holds it (a ``*_SOURCE``)."""
+
+    ref: str
+    path: Path
+    source: str
+
+
+def _held(name: str, where: Path, source: str) -> list[FoundModel]:
+    """What the folder ``where`` (opened as ``name``) holds: one model, or each of its
+    several GGUF files as ``name/file.gguf``."""
+    try:
+        found = model_in_folder(where)
+    except ModelLoadError:  # several GGUF files: each one is a model
+        ggufs = sorted(p for p in where.glob("*.gguf") if p.is_file())
+        return [FoundModel(f"{name}/{p.name}", p, source) for p in ggufs]
+    return [] if found is None else [FoundModel(name, found, source)]
+
+
+def _folders(root: Path) -> list[Path]:
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:  # missing or unreadable
+        return []
+
+
+def _files(root: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_file())
+    except OSError:
+        return []
+
+
+def _local_models(folder: Path) -> list[FoundModel]:
+    """``folder`` and its sub-folders that are mlx-lm folders, and the GGUF files in them."""
+    found = []
+    for where in (folder, *_folders(folder)):
+        if _is_mlx_folder(where):
+            found.append(FoundModel(str(where), where, PATH_SOURCE))
+        ggufs = sorted(p for p in where.glob("*.gguf") if p.is_file())
+        found += [FoundModel(str(p), p, PATH_SOURCE) for p in ggufs]
+    return found
+
+
+def _hf_cache_models() -> list[FoundModel]:
+    found = []
+    for cache in hf_cache_dirs():
+        for repo_dir in _folders(cache):
+            org, sep, repo = repo_dir.name.removeprefix("models--").partition("--")
+            if not repo_dir.name.startswith("models--") or not sep:
+                continue
+            snapshot = next((s for s in _hf_snapshots(repo_dir) if s.is_dir()), None)
+            if snapshot is not None:
+                found += _held(f"{org}/{repo}", snapshot, HF_CACHE_SOURCE)
+    return found
+
+
+def _lmstudio_models() -> list[FoundModel]:
+    return [
+        model
+        for root in lmstudio_dirs()
+        for publisher in _folders(root)
+        for folder in _folders(publisher)
+        for model in _held(f"{publisher.name}/{folder.name}", folder, LMSTUDIO_SOURCE)
+    ]
+
+
+def _ollama_models() -> list[FoundModel]:
+    found = []
+    registry = ollama_dir() / "manifests" / OLLAMA_REGISTRY
+    for namespace in _folders(registry):
+        for model in _folders(namespace):
+            for tag in _files(model):
+                prefix = "" if namespace.name == "library" else f"{namespace.name}/"
+                name = f"{prefix}{model.name}:{tag}"
+                try:
+                    blob = find_in_ollama(name)
+                except ModelLoadError:  # a broken manifest: loading it would say so
+                    continue
+                if blob is not None:
+                    found.append(FoundModel(name, blob, OLLAMA_SOURCE))
+    return found
+
+
+def list_models(folder: Path) -> list[FoundModel]:
+    """Every model ``find`` can open without the network: mlx-lm folders and GGUF files in
+    ``folder`` and its sub-folders, then those in the Hugging Face cache, LM Studio and
+    Ollama.  Each ``ref`` opens its ``path``: a name, or the path itself where the name
+    would find another model first (the same name in two sources).  Only the file system's
+    listings and Ollama's manifests are read."""
+    listed = [
+        *_local_models(folder),
+        *_hf_cache_models(),
+        *_lmstudio_models(),
+        *_ollama_models(),
+    ]
+    seen: set[Path] = set()
+    models = []
+    for model in listed:
+        if model.path in seen:
+            continue
+        seen.add(model.path)
+        try:
+            opens = find(model.ref)
+        except ModelLoadError:
+            opens = None
+        if opens is None or opens[0] != model.path:
+            model = FoundModel(str(model.path), model.path, model.source)
+        models.append(model)
+    return models

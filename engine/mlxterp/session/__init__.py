@@ -10,6 +10,8 @@ from ..blas import main as blas_main
 from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..inputs import is_chat  # a recorded prompt may be a chat
+from ..loading import model_choices  # the models a session can be switched to
+from ..model_sources import FoundModel
 from ..plotting import (  # the workbench draws as the plots do
     bar_chart,
     color_at,
@@ -36,6 +38,7 @@ __all__ = [
     "FORMAT",
     "INTERVENTION_KINDS",
     "KINDS",
+    "FoundModel",
     "InputError",
     "InterventionEntry",
     "InterventionError",
@@ -57,6 +60,7 @@ __all__ = [
     "is_chat",
     "line_chart",
     "matrix_chart",
+    "model_choices",
     "replay",
     "replay_main",
     "token_from_display",

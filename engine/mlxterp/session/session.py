@@ -43,7 +43,11 @@ class SessionManager:
         self._lock = threading.Lock()  # workers may ask for the same model at once
 
     def model(self, ref: str) -> InterpretableModel:
-        """The model for ``ref`` ("demo", a folder, a hub id), loaded on first use."""
+        """The model for ``ref`` ("demo", a folder, a hub id), loaded on first use (a model
+        already loaded is returned at once, even while another one loads)."""
+        loaded = self._models.get(ref)
+        if loaded is not None:
+            return loaded
         with self._lock:
             if ref not in self._models:
                 try:
@@ -95,10 +99,11 @@ class Step:
     created: str = field(default_factory=_now)
     result: Any = None  # live only; not saved
     # live only: the intervention list version it ran under, the list it leaves, and the
-    # parameter count of the model it ran on
+    # parameter count and reference of the model it ran on
     basis: int | None = field(default=None, repr=False, compare=False)
     after: InterventionList | None = field(default=None, repr=False, compare=False)
     parameters: int | None = field(default=None, repr=False, compare=False)
+    model_ref: str | None = field(default=None, repr=False, compare=False)
 
     def title(self) -> str:
         """A one-line description for lists."""
@@ -179,7 +184,8 @@ class Session:
         keep canonical module names, and its arrays come back evaluated."""
         step_kind = kind(kind_name)
         full = step_kind.complete(params)
-        model = manager.model(self.model_ref)
+        ref = self.model_ref
+        model = manager.model(ref)
         if kind_name == "interventions":
             if callable(full.get("intervention")):
                 full["intervention"] = self._describe(full["intervention"], full.get("module"))
@@ -196,7 +202,7 @@ class Session:
             return step
 
         step = on_mlx_thread(run)
-        step.parameters = parameter_count(model)
+        step.parameters, step.model_ref = parameter_count(model), ref
         if kind_name == "interventions" or step_kind.uses_interventions:
             step.basis = basis
         if kind_name == "interventions":
@@ -205,10 +211,16 @@ class Session:
 
     def record(self, step: Step) -> Step:
         """Append a computed step (its index assigned), apply its change to the
-        interventions, autosave; refused if the interventions changed since it ran."""
+        interventions, autosave; refused if the interventions or the session's model
+        changed since it ran."""
         with self._lock:
             if step.index >= 0:
                 raise SessionError(f"step {step.index} ({step.kind}) is already recorded")
+            if step.model_ref is not None and step.model_ref != self.model_ref:
+                raise SessionError(
+                    f"this {step.kind} step ran on model {step.model_ref!r}; the session is "
+                    f"now on {self.model_ref!r}: run it again"
+                )
             if step.basis is not None and step.basis != self._version:
                 raise SessionError(
                     f"the interventions changed while this {step.kind} step ran; run it again"
@@ -235,6 +247,54 @@ class Session:
         """Compute a step and record it (autosaving); returns the recorded step."""
         self.manager = manager
         return self.record(self.compute(manager, kind_name, **params))
+
+    def model_mismatch(self, ref: str, manager: SessionManager) -> str | None:
+        """Why this session's steps cannot go on with the model ``ref`` (loaded through
+        ``manager`` if it is not yet), or None when they can: the session has no steps yet,
+        ``ref`` is its model, or ``ref`` is the model its steps ran on found elsewhere (the
+        same fingerprint, e.g. the folder copied or moved, and the same parameter count).
+        Safe from a worker thread."""
+        model = manager.model(ref)
+        with self._lock:
+            if not self.steps or ref == self.model_ref:
+                return None
+            recorded, steps = self.fingerprint, len(self.steps)
+            count = self.parameters
+        current = fingerprint(ref)
+        if recorded is None or current is None:
+            return (
+                f"the session's {steps} steps ran on {self.model_ref!r}, and whether {ref!r} "
+                "is that model cannot be told (a fingerprint is missing)"
+            )
+        if current != recorded:
+            return (
+                f"the session's {steps} steps ran on {self.model_ref!r}; {ref!r} is another "
+                "model (its fingerprint differs)"
+            )
+        if count is not None and parameter_count(model) != count:
+            return (
+                f"the session's {steps} steps ran on {self.model_ref!r} ({count} parameters); "
+                f"{ref!r} has {parameter_count(model)}"
+            )
+        return None
+
+    def switch_model(self, ref: str, manager: SessionManager) -> None:
+        """Go on with this session on the model ``ref`` (loaded through ``manager``): its
+        steps that follow run there and its file names it.  Refused with ``SessionError``
+        when ``model_mismatch`` says why (the steps of two models never mix in one
+        session): start ``Session.new(ref)`` for that model instead."""
+        why = self.model_mismatch(ref, manager)
+        if why is not None:
+            raise SessionError(f"{why}: start a new session on it (Session.new)")
+        with self._lock:
+            self.manager = manager
+            if ref == self.model_ref:
+                return
+            if self.steps:
+                self.dirty = True  # the file is to name the model where it is now
+            else:
+                self.parameters = None
+            self.model_ref, self.fingerprint = ref, fingerprint(ref)
 
     def _describe(self, fn: Callable[..., Any], module: str | None) -> dict[str, Any]:
         try:
