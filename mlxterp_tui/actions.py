@@ -79,6 +79,13 @@ ACTIONS: tuple[Action, ...] = (
     Action("open", "ctrl+o", "open", "Open a session file", "Open", True),
     Action("replay", "f5", "replay", "Replay the session and compare every step", priority=True),
     Action(
+        "load_model",
+        "ctrl+l",
+        "load_model",
+        "Load another model (pick one or type a path or name)",
+        priority=True,
+    ),
+    Action(
         "escape",
         "escape",
         "escape",

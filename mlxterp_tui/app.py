@@ -42,7 +42,9 @@ from .messages import (
     StepComputed,
     TokensReady,
     WorkFailed,
+    error_text,
 )
+from .model_picker import ModelScreen
 from .panes import Pane
 from .panes.charts import ChartsPane
 from .panes.history import HistoryPane
@@ -74,13 +76,6 @@ PANE_ACTIONS = {  # Enter in a pane's field runs the pane's action
     "patching-pane": "run_patching",
     "steering-pane": "run_steering",
 }
-
-
-def error_text(err: BaseException) -> str:
-    """One line saying what went wrong (the exception's own message, its type if empty)."""
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return f"{type(err).__name__}: {first}"
 
 
 class WorkbenchApp(App[None]):
@@ -612,6 +607,82 @@ class WorkbenchApp(App[None]):
         if index is not None:
             entry = self.session.intervention_entries()[index]
             self._change_interventions(action="remove", module=entry.module)
+
+    # ------------------------------------------------------------------ models
+    def action_load_model(self) -> None:
+        """The model picker; the model chosen there comes back loaded (``_model_picked``)."""
+        if not isinstance(self.screen, ModelScreen):
+            self.push_screen(
+                ModelScreen(self.mgr, self.state.model_ref, Path.cwd()), self._model_picked
+            )
+
+    async def _model_picked(self, ref: str | None) -> None:
+        """Go on with the session on the loaded model ``ref`` if its steps allow it (none
+        yet, or the same model found elsewhere: the session's fingerprint check); else ask
+        whether to start a new session on it or keep the old model.  One session file never
+        holds steps of two models."""
+        if ref is None:
+            return
+        why = self.session.model_mismatch(ref, self.mgr)
+        if why is None:
+            self.session.switch_model(ref, self.mgr)
+            self._use_model(ref)
+            return
+        dirty = self.session.dirty
+
+        async def decided(answer: str | None) -> None:
+            if answer == "new":
+                if dirty:
+                    discard_recovery(self.state.recovery)
+                await self._new_session(ref)
+            elif answer == "save" and self.session.path is not None:
+                if self._save(None):
+                    await self._new_session(ref)
+            elif answer == "save":
+                self.push_screen(
+                    PathScreen("Save session as", check=self._check_save_path), saved_to
+                )
+
+        def saved_to(path: str | None) -> None:
+            if path and self._save(Path(path).expanduser()):
+                self.call_later(self._new_session, ref)
+
+        answers = [("new", "New session"), ("keep", "Keep the old model")]
+        if dirty:
+            answers = [
+                ("save", "Save, then switch"),
+                ("new", "Switch, don't save"),
+                ("keep", "Keep the old model"),
+            ]
+        self.push_screen(
+            ChoiceScreen(
+                f"{why}. A session holds the steps of one model: start a new session on "
+                f"{Path(ref).name}, or keep {Path(self.state.model_ref).name}?",
+                answers,
+            ),
+            decided,
+        )
+
+    async def _new_session(self, ref: str) -> None:
+        """A new, empty session on ``ref``: fresh panes, the prompt kept."""
+        self.state.adopt(Session.new(ref, manager=self.mgr))
+        self._last_shown = None
+        await self.main.fresh_panes()
+        self._use_model(ref)
+        self.query_one(PromptBar).prompt.focus()
+
+    def _use_model(self, ref: str) -> None:
+        """Show the session's model, now ``ref`` (loaded): work still running on the old
+        one is dropped, the Model pane and the token strip show the new one."""
+        self.state.next_run()
+        self.workers.cancel_group(self, "compute")
+        self.state.busy = None
+        model = self.mgr.model(ref)
+        self.state.model, self.state.model_ref = model, ref
+        self.query_one(ModelPane).show_model(model, Path(ref).name)
+        self._prompt_changed()
+        self.show_status()
+        self.notify(f"model: {Path(ref).name}", timeout=3)
 
     # ------------------------------------------------------------------ sessions
     def _tell_copy(self, why: str) -> None:

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mlxterp.session import MlxterpError, Session, SessionManager
 
-    from .app import WorkbenchApp, error_text
+    from .app import WorkbenchApp
+    from .messages import error_text
 
     manager, session = SessionManager(), None
     try:

@@ -92,6 +92,14 @@ class MainScreen(Screen[None]):
     def panes(self) -> list[Pane]:
         return list(self.query(Pane))
 
+    async def fresh_panes(self) -> None:
+        """Every pane as on a new session: no results, forms at their defaults (the prompt
+        bar is not a pane: it keeps its text)."""
+        for pane_id, _label, _name in PANES:
+            tab = self.query_one(f"#{pane_id}", TabPane)
+            await tab.remove_children()
+            await tab.mount(PANE_TYPES[pane_id](id=f"{pane_id}-pane"))
+
     def show_status(self, state: WorkbenchState) -> None:
         self.query_one("#progress", ProgressBar).display = state.busy is not None
         self.query_one("#status", Static).update(status_text(state))

@@ -13,6 +13,13 @@ from mlxterp.session import ReplayReport, Session, Step
 from .state import ModelView
 
 
+def error_text(err: BaseException) -> str:
+    """One line saying what went wrong (the exception's own message, its type if empty)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{type(err).__name__}: {first}"
+
+
 class ModelLoaded(Message):
     """The model of ``model_ref`` is loaded."""
 
@@ -73,4 +80,5 @@ __all__ = [
     "StepComputed",
     "TokensReady",
     "WorkFailed",
+    "error_text",
 ]

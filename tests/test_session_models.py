@@ -58,7 +58,7 @@ def test_model_choices_lists_every_place_with_a_name_that_opens_it(tmp_path, now
     manifest.write_text(json.dumps({"layers": [layer]}))
 
     found = {(m.ref, m.source): m.path for m in model_choices(here)}
-    assert list(found)[0] == ("demo", "demo")
+    assert next(iter(found)) == ("demo", "demo")
     assert found == {
         ("demo", "demo"): DEMO_DIR,
         (str(local), "local path"): local,

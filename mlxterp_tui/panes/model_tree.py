@@ -39,7 +39,8 @@ class ModelPane(Pane):
         "The model: a summary line and its module tree, one node per module under its "
         "canonical name. ctrl+t traces the prompt: each node then shows the shape of its "
         "activation and the line below the tree the most likely next tokens. Enter on a node "
-        "shows its details; i adds an intervention on it."
+        "shows its details; i adds an intervention on it. ctrl+l loads another model: a "
+        "session that has steps goes on only on the same model, else it asks first."
     )
 
     def __init__(self, **kwargs: Any) -> None:

@@ -129,3 +129,35 @@ def test_screen(snap_compare, model_dir, manager, name, size):
     app = WorkbenchApp(model_dir, manager=manager)
     app.token_delay = 0  # the token strip is drawn before the snapshot, not after a pause
     assert snap_compare(app, terminal_size=size, run_before=screen(SCREENS[name]))
+
+
+async def model_picker(pilot):
+    """The picker (``ctrl+l``) over a folder with a copy of the demo and a cached hub model."""
+    app = pilot.app
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.press("ctrl+l")
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    for widget in app.screen.query(Input):
+        widget.cursor_blink = False
+    await pilot.pause()
+
+
+def test_model_picker(snap_compare, manager, tmp_path, monkeypatch):
+    import shutil
+
+    from mlxterp.loading import DEMO_DIR
+
+    home = tmp_path / "home"
+    snapshot = home / ".cache/huggingface/hub/models--org--tiny-llama/snapshots/abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("HF_HUB_CACHE", "HF_HOME", "OLLAMA_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    shutil.copytree(DEMO_DIR, tmp_path / "work" / "demo-copy")
+    monkeypatch.chdir(tmp_path / "work")
+    app = WorkbenchApp("demo", manager=manager)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=model_picker)
