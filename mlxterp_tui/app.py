@@ -623,6 +623,9 @@ class WorkbenchApp(App[None]):
         holds steps of two models."""
         if ref is None:
             return
+        if ref == self.state.model_ref and self.state.model is not None:
+            self.notify(f"{Path(ref).name} is the model in use", timeout=3)
+            return
         why = self.session.model_mismatch(ref, self.mgr)
         if why is None:
             self.session.switch_model(ref, self.mgr)

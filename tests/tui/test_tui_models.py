@@ -186,3 +186,24 @@ async def test_escape_cancels_a_load_under_way(model_dir, manager, here):
         await settle(app, pilot)  # the load ends in the background; nothing takes it up
         assert app.session.model_ref == app.state.model_ref == model_dir
         assert info(app).startswith("snapmodel") and not isinstance(app.screen, ModelScreen)
+
+
+async def test_save_then_switch_keeps_the_old_session_in_its_file(model_dir, manager, here):
+    path = here / "old.toml"
+    app = WorkbenchApp(model_dir, session=Session.new(model_dir, path, manager), manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await run_lens(app, pilot)
+        await pick(app, pilot, DEMO_DIR)  # the embedded demo, first in the list
+        app.screen.query_one("#choice-save").focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.session.model_ref == "demo" and app.session.steps == []
+        assert app.session.path is None and info(app).startswith("demo:")
+        await pilot.press("ctrl+l")
+        await settle(app, pilot)
+        await pilot.press(*"demo", "enter")  # the model in use: nothing changes
+        await settle(app, pilot)
+        assert any("the model in use" in n.message for n in app._notifications)
+    saved = Session.load(path)
+    assert saved.model_ref == model_dir and [s.kind for s in saved.steps] == ["logit_lens"]
