@@ -145,7 +145,7 @@ class ModelScreen(ModalScreen[str | None]):
             return
         self._status(HINT)
         self.query_one("#model-message", FieldMessage).say(
-            f"{message.ref} cannot be opened; the current model stays. {message.error}"
+            f"The current model stays. {message.error}"
         )
 
     @on(Input.Submitted, "#model-input")

@@ -53,7 +53,7 @@ class SessionManager:
                 try:
                     self._models[ref] = on_mlx_thread(lambda: InterpretableModel(ref))
                 except ModelLoadError as err:
-                    raise SessionError(f"the session's model cannot be loaded: {err}") from err
+                    raise SessionError(f"the model {ref!r} cannot be loaded: {err}") from err
             return self._models[ref]
 
     def add(self, ref: str, model: InterpretableModel) -> None:
