@@ -258,22 +258,22 @@ class Session:
         with self._lock:
             if not self.steps or ref == self.model_ref:
                 return None
-            recorded, steps = self.fingerprint, len(self.steps)
-            count = self.parameters
+            recorded, count = self.fingerprint, self.parameters
+            steps = f"{len(self.steps)} step" + ("s" if len(self.steps) != 1 else "")
         current = fingerprint(ref)
         if recorded is None or current is None:
             return (
-                f"the session's {steps} steps ran on {self.model_ref!r}, and whether {ref!r} "
+                f"the session's {steps} ran on {self.model_ref!r}, and whether {ref!r} "
                 "is that model cannot be told (a fingerprint is missing)"
             )
         if current != recorded:
             return (
-                f"the session's {steps} steps ran on {self.model_ref!r}; {ref!r} is another "
+                f"the session's {steps} ran on {self.model_ref!r}; {ref!r} is another "
                 "model (its fingerprint differs)"
             )
         if count is not None and parameter_count(model) != count:
             return (
-                f"the session's {steps} steps ran on {self.model_ref!r} ({count} parameters); "
+                f"the session's {steps} ran on {self.model_ref!r} ({count} parameters); "
                 f"{ref!r} has {parameter_count(model)}"
             )
         return None
