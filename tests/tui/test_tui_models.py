@@ -18,7 +18,7 @@ from mlxterp_tui.actions import palette_actions
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.model_picker import ModelScreen
 from mlxterp_tui.panes.model_tree import model_summary
-from mlxterp_tui.screens import ChoiceScreen
+from mlxterp_tui.screens import ChoiceScreen, PathScreen
 
 from .pilot_helpers import settle
 
@@ -207,3 +207,19 @@ async def test_save_then_switch_keeps_the_old_session_in_its_file(model_dir, man
         assert any("the model in use" in n.message for n in app._notifications)
     saved = Session.load(path)
     assert saved.model_ref == model_dir and [s.kind for s in saved.steps] == ["logit_lens"]
+
+
+async def test_save_then_switch_asks_for_a_path_first(model_dir, manager, here):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await run_lens(app, pilot)
+        await pick(app, pilot, DEMO_DIR)
+        app.screen.query_one("#choice-save").focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert isinstance(app.screen, PathScreen)  # the session has no file yet
+        await pilot.press(*"kept.toml", "enter")
+        await settle(app, pilot)
+        assert app.session.model_ref == "demo" and app.session.steps == []
+    assert Session.load(here / "kept.toml").model_ref == model_dir
