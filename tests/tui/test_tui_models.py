@@ -56,21 +56,37 @@ async def run_lens(app, pilot):
     await settle(app, pilot)
 
 
+async def until(app, pilot, done, workers: bool = True) -> None:
+    """Let the app work until ``done()`` holds (a screen's result reaches the app through a
+    chain of callbacks, more than one pause on a busy machine); the caller asserts it.
+    ``workers=False`` does not wait for running workers (one may be held back on purpose)."""
+    for _ in range(200):
+        await (settle(app, pilot) if workers else pilot.pause())
+        if done():
+            return
+        await pilot.pause(0.02)
+
+
 async def open_picker(app, pilot) -> ModelScreen:
     await pilot.press("ctrl+l")
-    await settle(app, pilot)  # the list is filled in a worker
-    assert isinstance(app.screen, ModelScreen)
+    await until(app, pilot, lambda: isinstance(app.screen, ModelScreen) and app.screen._models)
+    assert isinstance(app.screen, ModelScreen)  # its list filled in by a worker
     return app.screen
 
 
-async def pick(app, pilot, path) -> None:
-    """Choose ``path`` from the picker's list (↓ from the field, then Enter on it)."""
+async def pick(app, pilot, path, done) -> None:
+    """Choose ``path`` from the picker's list (↓ from the field, then Enter on it), and let
+    the app work until ``done()``."""
     picker = await open_picker(app, pilot)
     at = [m.path for m in picker._models].index(path)
     await pilot.press("down")
     picker.query_one("#model-list", OptionList).highlighted = at
     await pilot.press("enter")
-    await settle(app, pilot)
+    await until(app, pilot, done)
+
+
+def asking(app, kind):
+    return lambda: isinstance(app.screen, kind)
 
 
 def lens_summary(app) -> list[str]:
@@ -85,7 +101,7 @@ async def test_picked_model_replaces_the_model_then_lens_save_reopen(model_dir, 
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
         app.query_one("#prompt", Input).value = PROMPT
-        await pick(app, pilot, copy)
+        await pick(app, pilot, copy, lambda: info(app).startswith("demo-copy"))
         assert not isinstance(app.screen, ModelScreen)
         assert info(app) == demo_summary(manager)
         assert app.session.model_ref == str(copy) and app.model is manager.model(str(copy))
@@ -114,7 +130,7 @@ async def test_typed_path_and_the_palette_reach_the_picker(model_dir, manager, h
         assert ("^l", "load_model") in [(r[0], r[2]) for r in app.key_rows()]  # help
         await open_picker(app, pilot)
         await pilot.press(*"demo-copy", "enter")
-        await settle(app, pilot)
+        await until(app, pilot, lambda: info(app).startswith("demo-copy"))
         assert app.session.model_ref == "demo-copy"
         assert info(app) == demo_summary(manager)
 
@@ -125,20 +141,20 @@ async def test_steps_of_another_model_ask_first(model_dir, manager, here):
         await settle(app, pilot)
         await run_lens(app, pilot)
         old_lens = lens_summary(app)
-        await pick(app, pilot, here / "demo-copy")
+        await pick(app, pilot, here / "demo-copy", asking(app, ChoiceScreen))
         assert isinstance(app.screen, ChoiceScreen)  # the session has a step of the llama
         question = str(app.screen.query_one("#choice-question", Static).render())
         assert "fingerprint differs" in question and "new session" in question
         app.screen.query_one("#choice-keep").focus()
         await pilot.press("enter")
-        await settle(app, pilot)
+        await until(app, pilot, lambda: not isinstance(app.screen, ChoiceScreen))
         assert app.session.model_ref == model_dir and len(app.session.steps) == 1
         assert lens_summary(app) == old_lens and info(app).startswith("snapmodel")
 
-        await pick(app, pilot, here / "demo-copy")
+        await pick(app, pilot, here / "demo-copy", asking(app, ChoiceScreen))
         app.screen.query_one("#choice-new").focus()  # "switch, don't save"
         await pilot.press("enter")
-        await settle(app, pilot)
+        await until(app, pilot, lambda: info(app).startswith("demo-copy"))
         assert app.session.model_ref == str(here / "demo-copy") and app.session.steps == []
         assert lens_summary(app) == []  # the old model's lens is gone with its session
         assert app.query_one("#prompt", Input).value == PROMPT
@@ -157,7 +173,7 @@ async def test_a_model_that_fails_to_load_is_said_and_the_old_one_stays(model_di
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
         before = app.model
-        await pick(app, pilot, broken)
+        await pick(app, pilot, broken, lambda: app.screen.query_one("#model-message").display)
         assert isinstance(app.screen, ModelScreen)  # still open, saying why
         said = str(app.screen.query_one("#model-message", Static).render())
         assert said.startswith(f"The current model stays. SessionError: the model '{broken}'")
@@ -177,11 +193,14 @@ async def test_escape_cancels_a_load_under_way(model_dir, manager, here):
         picker = await open_picker(app, pilot)
         with manager._lock:  # holds the load back until the picker is closed
             await pilot.press(*"slow-copy", "enter")
-            await pilot.pause()
-            status = str(picker.query_one("#model-status", Static).render())
-            assert status.startswith("loading slow-copy")
+
+            def status() -> str:
+                return str(picker.query_one("#model-status", Static).render())
+
+            await until(app, pilot, lambda: status().startswith("loading"), workers=False)
+            assert status().startswith("loading slow-copy")  # the screen answers meanwhile
             await pilot.press("escape")
-            await pilot.pause()
+            await until(app, pilot, lambda: app.screen is not picker, workers=False)
             assert not isinstance(app.screen, ModelScreen)
         await settle(app, pilot)  # the load ends in the background; nothing takes it up
         assert app.session.model_ref == app.state.model_ref == model_dir
@@ -194,17 +213,20 @@ async def test_save_then_switch_keeps_the_old_session_in_its_file(model_dir, man
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
         await run_lens(app, pilot)
-        await pick(app, pilot, DEMO_DIR)  # the embedded demo, first in the list
+        await pick(app, pilot, DEMO_DIR, asking(app, ChoiceScreen))  # the embedded demo
         app.screen.query_one("#choice-save").focus()
         await pilot.press("enter")
-        await settle(app, pilot)
+        await until(app, pilot, lambda: info(app).startswith("demo:"))
         assert app.session.model_ref == "demo" and app.session.steps == []
         assert app.session.path is None and info(app).startswith("demo:")
-        await pilot.press("ctrl+l")
-        await settle(app, pilot)
+        await open_picker(app, pilot)
         await pilot.press(*"demo", "enter")  # the model in use: nothing changes
-        await settle(app, pilot)
-        assert any("the model in use" in n.message for n in app._notifications)
+
+        def in_use() -> bool:
+            return any("the model in use" in n.message for n in app._notifications)
+
+        await until(app, pilot, in_use)
+        assert in_use()
     saved = Session.load(path)
     assert saved.model_ref == model_dir and [s.kind for s in saved.steps] == ["logit_lens"]
 
@@ -214,12 +236,12 @@ async def test_save_then_switch_asks_for_a_path_first(model_dir, manager, here):
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
         await run_lens(app, pilot)
-        await pick(app, pilot, DEMO_DIR)
+        await pick(app, pilot, DEMO_DIR, asking(app, ChoiceScreen))
         app.screen.query_one("#choice-save").focus()
         await pilot.press("enter")
-        await settle(app, pilot)
+        await until(app, pilot, asking(app, PathScreen))
         assert isinstance(app.screen, PathScreen)  # the session has no file yet
         await pilot.press(*"kept.toml", "enter")
-        await settle(app, pilot)
+        await until(app, pilot, lambda: info(app).startswith("demo:"))
         assert app.session.model_ref == "demo" and app.session.steps == []
     assert Session.load(here / "kept.toml").model_ref == model_dir

@@ -137,8 +137,11 @@ async def model_picker(pilot):
     await pilot.pause()
     await app.workers.wait_for_complete()
     await pilot.press("ctrl+l")
-    await app.workers.wait_for_complete()
-    await pilot.pause()
+    for _ in range(200):  # until the worker's list is on the screen
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if getattr(app.screen, "_models", None):
+            break
     for widget in app.screen.query(Input):
         widget.cursor_blink = False
     await pilot.pause()
