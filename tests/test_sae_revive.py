@@ -94,7 +94,7 @@ def test_resampling_points_dead_features_at_the_worst_reconstructed_inputs():
     dead = mx.arange(16) < 3
     live_norm = mx.mean(mx.linalg.norm(sae.W_enc, axis=0)[3:]).item()
     before = dict(sae.parameters())
-    assert resample_dead(sae, optimizer.state, data, dead, mx.random.key(0)) == 3
+    assert mx.array_equal(resample_dead(sae, optimizer.state, data, dead, mx.random.key(0)), dead)
     directions = hard / mx.linalg.norm(hard, axis=-1, keepdims=True)
     # each dead feature took one of the three bad inputs, and no two the same one
     match = mx.argmax(sae.W_dec[:3] @ directions.T, axis=-1).tolist()
@@ -114,7 +114,37 @@ def test_resampling_points_dead_features_at_the_worst_reconstructed_inputs():
         assert mx.all(state["b_enc"][moment][:3] == 0).item()
         assert mx.all(state["b_enc"][moment][3:] != 0).item()
     none = mx.zeros((16,), mx.bool_)
-    assert resample_dead(sae, optimizer.state, data, none, mx.random.key(1)) == 0
+    assert not resample_dead(sae, optimizer.state, data, none, mx.random.key(1)).any().item()
+
+
+def test_resampling_a_nearly_all_dead_dictionary_touches_a_quarter_and_keeps_reconstruction():
+    """With 224 of 256 features dead, re-initialising them all at once (each fires on about
+    half the inputs) swamps the reconstruction (explained variance 1.0 -> -1.4); one
+    resampling takes at most a quarter of the dictionary, at random among the dead, and the
+    reconstruction survives it (0.75, for training to mend)."""
+    d, width = 16, 256
+    sae = SAE(d, SAEConfig(kind="relu", expansion_factor=16, seed=3))
+    eye = mx.eye(d)
+    rest = mx.random.normal((width - 2 * d, d), key=mx.random.key(7))
+    w_dec = mx.concatenate([eye, -eye, rest / mx.linalg.norm(rest, axis=-1, keepdims=True)])
+    w_enc = mx.concatenate([eye, -eye, mx.zeros((width - 2 * d, d))]).T
+    b_enc = mx.where(mx.arange(width) < 2 * d, 0.0, -100.0)  # 32 live features (x+, x-)
+    sae.update({"W_dec": w_dec, "W_enc": w_enc, "b_enc": b_enc, "b_dec": mx.zeros((d,))})
+    data = 3 * mx.random.normal((400, d), key=mx.random.key(5))
+    assert stats(sae, data)["explained_variance"] == pytest.approx(1.0)
+    optimizer = optim.Adam(1e-3)
+    optimizer.update(sae, {k: mx.ones_like(v) for k, v in sae.parameters().items()})
+    dead = mx.arange(width) >= 2 * d
+    resampled = resample_dead(sae, optimizer.state, data, dead, mx.random.key(0))
+    assert mx.sum(resampled).item() == width // 4
+    assert not (resampled & mx.logical_not(dead)).any().item()  # only dead ones
+    assert stats(sae, data)["explained_variance"] > 0.5
+    moment_zero = mx.all(optimizer.state["W_dec"]["m"] == 0, axis=-1)
+    assert mx.array_equal(moment_zero, resampled).item()  # the others left for the next time
+    kept = dead & mx.logical_not(resampled)
+    # never more features than inputs: each gets an input of its own
+    few = resample_dead(sae, optimizer.state, data[:5], kept, mx.random.key(1))
+    assert mx.sum(few).item() == 5
 
 
 def test_training_resamples_relu_features_and_starts_b_dec_at_the_median(tiny_llama):

@@ -182,8 +182,9 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
             ):
                 key, sub = mx.random.split(key)
                 dead = since_fired > config.dead_feature_window
-                counts["resampled"] += resample_dead(sae, optimizer.state, data, dead, sub)
-                since_fired = mx.where(dead, 0.0, since_fired)
+                resampled = resample_dead(sae, optimizer.state, data, dead, sub)
+                counts["resampled"] += cast(int, mx.sum(resampled).item())
+                since_fired = mx.where(resampled, 0.0, since_fired)
             # mlx: Module.parameters is unannotated
             mx.eval(sae.parameters(), optimizer.state, since_fired, loss)  # type: ignore[no-untyped-call]
         counts["tokens"] += data.shape[0]
