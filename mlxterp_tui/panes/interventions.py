@@ -144,13 +144,18 @@ class InterventionScreen(ModalScreen[InterventionForm | None]):
             self.dismiss(None)
 
 
-def comparison(baseline: dict | None, current: dict | None) -> str:
-    """Per layer at the last position: baseline top token vs the one with interventions."""
+Comparison = tuple[str, str, str, str, str, str]
+"""One layer of the comparison: layer, baseline token and p, change mark, token and p."""
+
+
+def comparison(baseline: dict | None, current: dict | None) -> str | list[Comparison]:
+    """Per layer at the last position: baseline top token vs the one with interventions,
+    as table rows; or why there is nothing to compare yet."""
     if current is None:
         return "Run the lens (Enter in the prompt) to compare against the baseline."
     if baseline is None or baseline.get("tokens") != current.get("tokens"):
         return "No baseline for this prompt yet: run the lens with no active interventions."
-    lines = ["layer  baseline (p)          with interventions (p)"]
+    rows: list[Comparison] = []
     for layer, b_s, b_p, c_s, c_p in zip(
         current["layers"],
         baseline["top_strs"],
@@ -159,10 +164,18 @@ def comparison(baseline: dict | None, current: dict | None) -> str:
         current["top_probs"],
         strict=False,  # a lens over some layers compares those
     ):
-        mark = " " if b_s[-1] == c_s[-1] else "*"
-        before, after = display_token(b_s[-1], 10), display_token(c_s[-1], 10)
-        lines.append(f"L{layer:<4} {before:>10} {b_p[-1]:.3f}   {mark} {after:>10} {c_p[-1]:.3f}")
-    return "\n".join(lines)
+        mark = "" if b_s[-1] == c_s[-1] else "*"
+        rows.append(
+            (
+                f"L{layer}",
+                display_token(b_s[-1], 10),
+                f"{b_p[-1]:.3f}",
+                mark,
+                display_token(c_s[-1], 10),
+                f"{c_p[-1]:.3f}",
+            )
+        )
+    return rows
 
 
 class InterventionsPane(Pane):
@@ -175,8 +188,9 @@ class InterventionsPane(Pane):
         "zero_out, scale (factor), clamp (min_val, max_val) or noise (std, seed), on all "
         "positions or some (-1 is the last token). a adds, e edits, space switches one off "
         "and on, d removes. A second intervention on the same module asks: replace it, or "
-        "compose the two. Below the list: per layer, the top token at the last position "
-        "without interventions (baseline) and with them, * marking a change."
+        "compose the two. Below the list, a table to Tab into and scroll: per layer, the top "
+        "token at the last position without interventions (baseline) and with them, * "
+        "marking a change."
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "app.add_intervention", "Add", id="iv_add"),
@@ -188,12 +202,18 @@ class InterventionsPane(Pane):
     def compose(self) -> ComposeResult:
         table: DataTable[str | Text] = DataTable(id="iv-table", cursor_type="row")
         yield table
-        yield Static(comparison(None, None), id="iv-compare", markup=False)
+        yield Static(id="iv-compare-note", markup=False)
+        compare: DataTable[str | Text] = DataTable(id="iv-compare", cursor_type="row")
+        yield compare
 
     def on_mount(self) -> None:
         self.query_one("#iv-table", DataTable).add_columns(
             "on", "module", "kind", "params", "positions"
         )
+        self.query_one("#iv-compare", DataTable).add_columns(
+            "layer", "baseline", "p", "", "with interventions", "p"
+        )
+        self.show_comparison(None, None)
 
     def show_step(self, step: Step, state: WorkbenchState) -> None:
         if step.kind == "interventions":
@@ -223,4 +243,15 @@ class InterventionsPane(Pane):
         return table.cursor_row if table.row_count else None
 
     def show_comparison(self, baseline: dict | None, current: dict | None) -> None:
-        self.query_one("#iv-compare", Static).update(comparison(baseline, current))
+        """The comparison table (every layer; it scrolls), or the note saying why not."""
+        rows = comparison(baseline, current)
+        note = self.query_one("#iv-compare-note", Static)
+        table: DataTable[str | Text] = self.query_one("#iv-compare", DataTable)
+        table.clear()
+        if isinstance(rows, str):
+            note.update(rows)
+            note.display, table.display = True, False
+            return
+        for row in rows:
+            table.add_row(*(Text(cell) for cell in row))
+        note.display, table.display = False, True

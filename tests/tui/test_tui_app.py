@@ -105,8 +105,9 @@ async def test_add_toggle_remove_intervention(model_dir, manager):
         assert app.session.steps[-1].kind == "logit_lens"  # lens re-run with the intervention
         changed = app.session.steps[-1].summary
         assert changed["top_probs"][-1] != baseline["top_probs"][-1]
-        compare = str(app.query_one("#iv-compare", Static).render())
-        assert "baseline" in compare and "*" in compare
+        compare = app.query_one("#iv-compare", DataTable)
+        assert compare.row_count == len(changed["layers"])
+        assert any(str(compare.get_row_at(i)[3]) == "*" for i in range(compare.row_count))
         table = app.query_one("#iv-table", DataTable)
         assert table.row_count == 1 and str(table.get_row_at(0)[1]) == canonical
         table.focus()

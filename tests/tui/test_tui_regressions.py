@@ -241,6 +241,31 @@ async def test_editing_an_intervention_onto_another_module_moves_it(model_dir, m
         assert not any("wait for the running step" in n for n in notes(app))
 
 
+async def test_the_baseline_comparison_is_a_table_that_scrolls_to_the_last_layer(manager):
+    # at 80x24 the comparison was a text block cut after layer 6, with no way to scroll
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await lens(app, pilot)  # the baseline
+        await add_intervention(app, pilot, "layers.4", "scale", "factor=0")
+        app.query_one("#panes").active = "interventions"
+        await pilot.pause()
+        app.query_one("#iv-table").focus()
+        await pilot.press("tab")
+        compare = app.query_one("#iv-compare", DataTable)
+        assert app.focused is compare and compare.row_count == 16
+        visible = compare.size.height - 1  # the header row
+        assert 0 < visible < 16  # the table does not fit: it must scroll
+        for _ in range(15):
+            await pilot.press("down")
+        await settle(app, pilot)
+        assert compare.cursor_row == 15 and compare.scroll_offset.y > 0
+        last = [str(cell) for cell in compare.get_row_at(15)]
+        assert last[0] == "L15" and last[3] in ("", "*")
+        changed = [str(compare.get_row_at(i)[3]) for i in range(16)]
+        assert "*" in changed  # zeroing layer 4 changes some layer's top token
+
+
 @pytest.mark.parametrize(
     "kind, params, expected",
     [
