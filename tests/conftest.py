@@ -88,6 +88,18 @@ def _workbench_state_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLXTERP_STATE_DIR", str(tmp_path_factory.mktemp("workbench-state")))
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home: every model cache the lookup reads (Hugging Face, LM Studio, Ollama)
+    points into it, so a test sees only what it puts there."""
+    root = tmp_path / "home"
+    root.mkdir()
+    monkeypatch.setenv("HOME", str(root))
+    for var in ("HF_HOME", "HF_HUB_CACHE", "OLLAMA_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    return root
+
+
 @pytest.fixture(scope="session")
 def manager(demo):
     """A session manager holding the demo model (test files may define their own)."""

@@ -388,17 +388,6 @@ def test_a_file_that_is_not_gguf_is_not_taken_for_one(tmp_path):
 
 
 # ---------------------------------------------------------------------------- where models live
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """An empty home: every cache the lookup reads points into it."""
-    root = tmp_path / "home"
-    root.mkdir()
-    monkeypatch.setenv("HOME", str(root))
-    for var in ("HF_HOME", "HF_HUB_CACHE", "OLLAMA_MODELS"):
-        monkeypatch.delenv(var, raising=False)
-    return root
-
-
 def same_as(model: InterpretableModel, reference: Any) -> bool:
     return bool(mx.allclose(logits(model.model), logits(reference), atol=1e-4).item())
 

@@ -15,17 +15,6 @@ from mlxterp.session import Session, SessionError, model_choices
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture
-def nowhere(tmp_path, monkeypatch):
-    """No Hugging Face cache, LM Studio or Ollama but what a test puts in ``tmp_path/home``."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in ("HF_HUB_CACHE", "HF_HOME", "OLLAMA_MODELS"):
-        monkeypatch.delenv(var, raising=False)
-    return home
-
-
 def mlx_folder(where):
     where.mkdir(parents=True)
     (where / "config.json").write_text("{}")
@@ -33,13 +22,13 @@ def mlx_folder(where):
     return where
 
 
-def test_model_choices_lists_every_place_with_a_name_that_opens_it(tmp_path, nowhere):
+def test_model_choices_lists_every_place_with_a_name_that_opens_it(tmp_path, home):
     here = tmp_path / "work"
     local = mlx_folder(here / "mine")
     (here / "ggufs").mkdir()
     (here / "ggufs" / "small.gguf").write_bytes(b"GGUF")
     (here / "notes").mkdir()  # neither kind of model: not listed
-    hub = nowhere / ".cache" / "huggingface" / "hub"
+    hub = home / ".cache" / "huggingface" / "hub"
     snapshot = mlx_folder(hub / "models--org--tiny" / "snapshots" / "abc")
     (hub / "models--org--tiny" / "refs").mkdir()
     (hub / "models--org--tiny" / "refs" / "main").write_text("abc")
@@ -47,12 +36,12 @@ def test_model_choices_lists_every_place_with_a_name_that_opens_it(tmp_path, now
     quants.mkdir(parents=True)
     for name in ("a.gguf", "b.gguf"):
         (quants / name).write_bytes(b"GGUF")
-    studio = mlx_folder(nowhere / ".lmstudio" / "models" / "pub" / "chat")
-    same_name = mlx_folder(nowhere / ".lmstudio" / "models" / "org" / "tiny")  # HF wins
-    blob = nowhere / ".ollama" / "models" / "blobs" / "sha256-00ff"
+    studio = mlx_folder(home / ".lmstudio" / "models" / "pub" / "chat")
+    same_name = mlx_folder(home / ".lmstudio" / "models" / "org" / "tiny")  # HF wins
+    blob = home / ".ollama" / "models" / "blobs" / "sha256-00ff"
     blob.parent.mkdir(parents=True)
     blob.write_bytes(b"GGUF")
-    manifest = nowhere / ".ollama/models/manifests/registry.ollama.ai/library/llm/7b"
+    manifest = home / ".ollama/models/manifests/registry.ollama.ai/library/llm/7b"
     manifest.parent.mkdir(parents=True)
     layer = {"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:00ff"}
     manifest.write_text(json.dumps({"layers": [layer]}))

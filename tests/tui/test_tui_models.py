@@ -27,13 +27,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def here(tmp_path, monkeypatch):
+def here(home, tmp_path, monkeypatch):
     """The current folder, holding a copy of the demo model; no model cache anywhere else."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in ("HF_HUB_CACHE", "HF_HOME", "OLLAMA_MODELS"):
-        monkeypatch.delenv(var, raising=False)
     work = tmp_path / "work"
     shutil.copytree(DEMO_DIR, work / "demo-copy")
     monkeypatch.chdir(work)
