@@ -436,6 +436,20 @@ def test_heatmap_text_layout_and_colours():
         plotting.heatmap_text([[1.0]], ["a", "b"], ["x", "y"])
 
 
+def test_centred_heatmap_scales_colours_symmetrically_around_zero():
+    # 0 takes the middle of the ramp whatever the values' range: -peak .. peak
+    centred = plotting.heatmap_text(
+        [[0.0, 2.0, -1.0]], ["r"], ["a", "b", "c"], cmap="gray", centred=True
+    )
+    explicit = plotting.heatmap_text(
+        [[0.0, 2.0, -1.0]], ["r"], ["a", "b", "c"], cmap="gray", vmin=-2.0, vmax=2.0
+    )
+    assert centred == explicit
+    assert "\x1b[48;2;128;128;128m" in centred  # the 0 cell, mid-grey
+    zeros = plotting.heatmap_text([[0.0]], ["r"], ["a"], cmap="gray", centred=True)
+    assert "\x1b[48;2;128;128;128m" in zeros  # no values: a scale of -1 .. 1, no division by 0
+
+
 def test_color_at_interpolates_the_ramp():
     assert plotting.color_at("gray", 0.5) == (128, 128, 128)
     assert plotting.color_at("viridis", 0.0) == plotting.COLORMAPS["viridis"][0]

@@ -475,7 +475,6 @@ def _effect_heatmap(
     color: bool,
 ) -> str:
     """Effects (rows x layers) as a coloured grid symmetric around 0, signed values shown."""
-    peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
     return plotting.heatmap_text(
         grid,
         rows,
@@ -483,8 +482,7 @@ def _effect_heatmap(
         [[f"{v:+.2f}"[: cell_width - 1] for v in row] for row in grid],
         cmap=cmap,
         cell_width=cell_width,
-        vmin=min(0.0, -peak),
-        vmax=peak,
+        centred=True,
         color=color,
         title=title,
     )

@@ -152,7 +152,6 @@ class LogitAttribution:
     def heatmap(self, cmap: str = "RdBu_r", cell_width: int = 7, color: bool = True) -> str:
         """Each head's part as a coloured layers x heads grid, centred on 0."""
         grid = self.head_matrix()
-        peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
         return plotting.heatmap_text(
             grid,
             [f"L{layer}" for layer in range(len(grid))],
@@ -160,8 +159,7 @@ class LogitAttribution:
             [[f"{v:+.2f}" for v in row] for row in grid],
             cmap=cmap,
             cell_width=cell_width,
-            vmin=-peak,
-            vmax=peak,
+            centred=True,
             color=color,
             title=f"Direct logit attribution to {self.target} per head (rows: layers)",
         )

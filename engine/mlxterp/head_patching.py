@@ -510,7 +510,6 @@ def _heatmap(
     cell_width: int,
     color: bool,
 ) -> str:
-    peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
     return plotting.heatmap_text(
         grid,
         [f"L{layer}" for layer in layers],
@@ -518,8 +517,7 @@ def _heatmap(
         cells,
         cmap=cmap,
         cell_width=cell_width,
-        vmin=-peak,
-        vmax=peak,
+        centred=True,
         color=color,
         title=title,
     )

@@ -144,7 +144,6 @@ class PatchingResult:
         """Recovery per layer as a terminal bar chart, or the layer x position grid when
         the sweep was by position."""
         if self.matrix is not None:
-            peak = max((abs(v) for row in self.matrix for v in row), default=0.0) or 1.0
             cell = max(4, min(10, (width - 6) // max(1, len(self.positions))))
             return plotting.heatmap_text(
                 self.matrix,
@@ -153,8 +152,7 @@ class PatchingResult:
                 [[f"{v:.0f}%" for v in row] for row in self.matrix],
                 cmap=cmap,
                 cell_width=cell,
-                vmin=-peak,
-                vmax=peak,
+                centred=True,
                 color=color,
                 title=f"Recovery % patching {self.component} (rows: layers, columns: positions)",
             )

@@ -253,7 +253,6 @@ class PathPatchingSweep:
         if self.mlp is not None:
             grid = [[*row, m] for row, m in zip(grid, self.mlp, strict=True)]
             columns.append("mlp")
-        peak = max((abs(v) for row in grid for v in row), default=0.0) or 1.0
         target = ", ".join(self.receivers)
         return plotting.heatmap_text(
             grid,
@@ -262,8 +261,7 @@ class PathPatchingSweep:
             [[f"{round(v, 1) + 0.0:.1f}%" for v in row] for row in grid],  # no -0.0
             cmap=cmap,
             cell_width=cell_width,
-            vmin=-peak,
-            vmax=peak,
+            centred=True,
             color=color,
             title=f"Path patching effect % to {target} ({self.metric}; rows: layers)",
         )

@@ -87,13 +87,15 @@ def heatmap_text(
     vmax: float | None = None,
     title: str | None = None,
     color: bool = True,
+    centred: bool = False,
 ) -> str:
     """A grid of rows x columns, each cell coloured by its value and labelled.
 
     ``cells`` gives each cell's text (default: the value itself); the column labels head
     the grid.  Every label and cell is shown with ``display_token`` (``␣Paris``, ``↵``).
-    ``vmin``/``vmax`` fix the colour scale (default: the values' range).  ``color=False``
-    gives plain text.
+    ``vmin``/``vmax`` fix the colour scale (default: the values' range); ``centred=True``
+    makes it symmetric around 0, from minus to plus the largest magnitude (for signed
+    effects on a diverging colour map).  ``color=False`` gives plain text.
     """
     n_rows, n_cols = len(row_labels), len(col_labels)
     if len(values) != n_rows or any(len(row) != n_cols for row in values):
@@ -101,6 +103,9 @@ def heatmap_text(
     if cell_width < 2:
         raise InputError("cell_width must be at least 2")
     flat = [float(v) for row in values for v in row]
+    if centred:
+        peak = max((abs(v) for v in flat), default=0.0) or 1.0
+        vmin, vmax = -peak, peak
     lo = min(flat) if vmin is None else vmin
     hi = max(flat) if vmax is None else vmax
     span = hi - lo if hi > lo else 1.0
