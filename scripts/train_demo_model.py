@@ -1,11 +1,16 @@
 """Train the embedded demo model: a 16-layer narrow llama on a synthetic corpus.
 
-    python scripts/train_demo_model.py [--out engine/mlxterp/demo_model] [--steps 3000]
+    python scripts/train_demo_model.py [--out engine/mlxterp/demo_model] [--steps 3200]
 
-Deterministic (fixed seeds); about ten minutes on a 2-core CPU with OpenBLAS.  The corpus is
-generated here: template English, the capitals and landmarks of ``mlxterp.demo_facts`` in
-several phrasings, sentiment lines for steering, and runs of random words repeated twice
-(so induction heads form).  It trains a byte-level BPE tokenizer, then the model, writes an
+Deterministic (fixed seeds); about 80 minutes on a 2-core CPU with OpenBLAS.  The corpus is
+generated here: template English (with people's names), the capitals and landmarks of
+``mlxterp.demo_facts`` in several phrasings, sentiment lines for steering, indirect-object
+(IOI) sentences from the training templates and combinations, and runs of words repeated
+twice.  Beside the text, every step trains on runs of tokens drawn uniformly from the whole
+vocabulary and repeated, with the loss on the second copy only (the part a copier can
+predict), so the induction it learns is general, not tied to the corpus words; a short
+warm-up on such runs alone comes first, since induction heads did not form when text and
+runs started together.  It trains a byte-level BPE tokenizer, then the model, writes an
 mlx-lm folder (``config.json``, ``model.safetensors``, tokenizer files) and prints the
 behaviour report that ``docs/demo-model.md`` quotes.  Needs only mlx, mlx-lm, tokenizers
 and transformers.
@@ -57,6 +62,10 @@ CONFIG = {
 }
 VOCAB = 2048
 SEQ = 64
+RANDOM_SEQ = 128
+"""Length of a row of repeated random runs (runs of RANDOM_RUN tokens, packed twice each)."""
+RANDOM_RUN = (5, 48)
+WARMUP_SEQ, WARMUP_RUN = 64, (5, 20)
 
 SUBJECTS = [
     "the cat",
@@ -145,7 +154,8 @@ FIXED = [
 def english_line(rng: random.Random) -> str:
     kind = rng.random()
     if kind < 0.55:
-        subject, verb = rng.choice(SUBJECTS), rng.choice(VERBS)
+        subject = rng.choice(SUBJECTS) if rng.random() < 0.6 else rng.choice(facts.NAMES)
+        verb = rng.choice(VERBS)
         s = f"{subject} {verb} {rng.choice(OBJECTS)} {rng.choice(PLACES)}."
         return s[0].upper() + s[1:]
     if kind < 0.8:
@@ -182,6 +192,17 @@ def landmark_line(rng: random.Random) -> str:
     return rng.choice(templates).format(l=landmark, x=city)
 
 
+def ioi_line(rng: random.Random) -> str:
+    """An IOI sentence from a training template with a combination training may see."""
+    while True:
+        io, s = rng.sample(facts.NAMES, 2)
+        place, obj = rng.choice(facts.IOI_PLACES), rng.choice(facts.IOI_OBJECTS)
+        if not facts.ioi_held_out(io, s, place, obj):
+            break
+    prompt = facts.ioi_prompt(rng.choice(facts.IOI_TEMPLATES), io, s, place, obj)
+    return f"{prompt.text} {io}."
+
+
 def word_pool() -> list[str]:
     words = set()
     for group in (SUBJECTS, VERBS, OBJECTS, PLACES, THINGS, GOOD, BAD):
@@ -189,6 +210,7 @@ def word_pool() -> list[str]:
             words.update(w.strip(".,") for w in phrase.split())
     words.update(facts.CAPITALS)
     words.update(facts.CAPITALS.values())
+    words.update(facts.NAMES)
     return sorted(w for w in words if w.isalpha())
 
 
@@ -203,12 +225,14 @@ def corpus(n_lines: int, seed: int) -> list[str]:
     lines = []
     for _ in range(n_lines):
         r = rng.random()
-        if r < 0.32:
+        if r < 0.28:
             lines.append(fact_line(rng))
-        elif r < 0.40:
+        elif r < 0.35:
             lines.append(landmark_line(rng))
-        elif r < 0.72:
+        elif r < 0.60:
             lines.append(english_line(rng))
+        elif r < 0.85:
+            lines.append(ioi_line(rng))
         else:
             lines.append(induction_line(rng, pool))
     return lines
@@ -235,7 +259,7 @@ def train_tokenizer(lines: list[str], out: Path):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
-    names = list(facts.CAPITALS) + list(facts.CAPITALS.values())
+    names = list(facts.CAPITALS) + list(facts.CAPITALS.values()) + list(facts.NAMES)
     split = [n for n in names if len(fast.encode(" " + n, add_special_tokens=False)) != 1]
     if split:
         raise SystemExit(f"these names are not single tokens: {split}; raise their frequency")
@@ -250,6 +274,61 @@ def token_stream(lines: list[str], tok) -> np.ndarray:
         ids.extend(tok.encode(line))
         ids.append(eos)
     return np.array(ids, dtype=np.int32)
+
+
+def repeated_runs(
+    rng: np.random.Generator, rows: int, length: int, run: tuple[int, int], vocab: int
+):
+    """Rows of ``length`` + 1 tokens: <s>, then runs of uniform random tokens (special ids
+    aside), each followed by a copy of itself, packed until the row is full.  The mask marks
+    the targets a copier can predict: every token of a second copy but its first."""
+    window = np.empty((rows, length + 1), dtype=np.int32)
+    mask = np.zeros((rows, length), dtype=np.float32)
+    for r in range(rows):
+        seq = [1]
+        predictable: list[int] = []
+        while len(seq) < length + 1:
+            tokens = rng.integers(3, vocab, size=int(rng.integers(run[0], run[1] + 1))).tolist()
+            start = len(seq) + len(tokens)
+            seq += tokens + tokens
+            predictable += range(start + 1, start + len(tokens))
+        window[r] = seq[: length + 1]
+        for target in predictable:
+            if target <= length:
+                mask[r, target - 1] = 1.0
+    return window, mask
+
+
+def copy_ratio(model, vocab: int, length: int, samples: int = 16, seed: int = 99) -> float:
+    """Second-copy loss / first-copy loss on <s> + a random run + the same run again."""
+    rng = np.random.default_rng(seed + length)
+    runs = rng.integers(3, vocab, size=(samples, length))
+    seq = np.concatenate([np.ones((samples, 1), np.int32), runs, runs], axis=1)
+    logits = model(mx.array(seq[:, :-1]))
+    losses = nn.losses.cross_entropy(logits, mx.array(seq[:, 1:]), reduction="none")
+    first = losses[:, 1:length].mean().item()
+    second = losses[:, length + 1 :].mean().item()
+    return second / first
+
+
+def ioi_report(model, tok) -> dict:
+    """Top-1 accuracy and mean logit difference IO - S on the held-out IOI prompts."""
+    prompts = facts.ioi_test_prompts()
+    hits, diffs, unseen = 0, [], []
+    for p in prompts:
+        logits = model(mx.array([tok.encode(p.text)]))[0, -1]
+        io = tok.encode(" " + p.io, add_special_tokens=False)[0]
+        s = tok.encode(" " + p.s, add_special_tokens=False)[0]
+        hit = int(mx.argmax(logits).item()) == io
+        hits += hit
+        diffs.append((logits[io] - logits[s]).item())
+        if p.template in facts.IOI_HELD_OUT_TEMPLATES:
+            unseen.append(hit)
+    return {
+        "ioi_accuracy": hits / len(prompts),
+        "ioi_logit_diff": float(np.mean(diffs)),
+        "ioi_unseen_template_accuracy": sum(unseen) / len(unseen),
+    }
 
 
 def behaviour_report(model, tok) -> dict:
@@ -296,9 +375,14 @@ def behaviour_report(model, tok) -> dict:
         h = layer(h, mask, None)
         logits = inner.embed_tokens.as_linear(inner.norm(h))
         lens.append(tok.decode([int(mx.argmax(logits[0, -1]).item())]))
+    vocab = len(tok)
     return {
         "capital_accuracy": phrasings,
         "landmark_accuracy": landmarks,
+        "random_copy_ratio": {
+            n: round(copy_ratio(model, vocab, n), 3) for n in (5, 10, 20, 40, 60)
+        },
+        **ioi_report(model, tok),
         "induction_loss_ratio": ratio,
         "induction_loss_first": float(np.mean(first_losses)),
         "induction_loss_second": float(np.mean(second_losses)),
@@ -306,14 +390,25 @@ def behaviour_report(model, tok) -> dict:
     }
 
 
+def save(model, config: dict, out: Path) -> None:
+    """Write the weights and config.json (the tokenizer files are written when trained)."""
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default=str(ROOT / "engine/mlxterp/demo_model"))
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=3200)
+    parser.add_argument("--copy-steps", type=int, default=800, help="warm-up on runs alone")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--random-batch", type=int, default=16)
     parser.add_argument("--lines", type=int, default=60000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--progress", type=int, default=0, help="save and report every N steps")
     args = parser.parse_args(argv)
 
     start = time.time()
@@ -325,13 +420,14 @@ def main(argv=None) -> int:
     lines = corpus(args.lines, SEED)
     tok = train_tokenizer(lines, out)
     stream = token_stream(lines, tok)
-    print(f"corpus: {len(lines)} lines, {len(stream)} tokens, vocab {len(tok)}", flush=True)
+    vocab = len(tok)
+    print(f"corpus: {len(lines)} lines, {len(stream)} tokens, vocab {vocab}", flush=True)
 
     from mlx_lm.models import llama
 
     config = dict(
         CONFIG,
-        vocab_size=len(tok),
+        vocab_size=vocab,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -340,46 +436,62 @@ def main(argv=None) -> int:
     mx.eval(model.parameters())
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
 
-    warmup = max(1, min(200, args.steps // 10))
+    total = args.copy_steps + args.steps
+    warmup = max(1, min(200, total // 10))
     schedule = optim.join_schedules(
         [
-            optim.linear_schedule(1e-5, 3e-3, warmup),
-            optim.cosine_decay(3e-3, args.steps - warmup, 1e-4),
+            optim.linear_schedule(1e-5, args.lr, warmup),
+            optim.cosine_decay(args.lr, total - warmup, args.lr / 20),
         ],
         [warmup],
     )
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.01)
 
-    def loss_fn(m, x, y):
-        return nn.losses.cross_entropy(m(x), y, reduction="mean")
+    def runs_loss(m, x, y, mask):
+        losses = nn.losses.cross_entropy(m(x), y, reduction="none")
+        return (losses * mask).sum() / mask.sum()
 
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    def mixed_loss(m, x, y, rx, ry, mask):
+        return nn.losses.cross_entropy(m(x), y, reduction="mean") + runs_loss(m, rx, ry, mask)
+
+    runs_grad = nn.value_and_grad(model, runs_loss)
+    mixed_grad = nn.value_and_grad(model, mixed_loss)
     state = [model.state, optimizer.state]
 
-    def step(x, y):
-        loss, grads = loss_and_grad(model, x, y)
+    def update(loss_and_grad, *batch):
+        loss, grads = loss_and_grad(model, *batch)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         optimizer.update(model, grads)
         return loss
 
-    step = mx.compile(step, inputs=state, outputs=state)
+    copy_step = mx.compile(lambda *b: update(runs_grad, *b), inputs=state, outputs=state)
+    mixed_step = mx.compile(lambda *b: update(mixed_grad, *b), inputs=state, outputs=state)
     rng = np.random.default_rng(SEED)
-    for i in range(1, args.steps + 1):
-        starts = rng.integers(0, len(stream) - SEQ - 1, size=args.batch)
-        window = np.stack([stream[s : s + SEQ + 1] for s in starts])
-        loss = step(mx.array(window[:, :-1]), mx.array(window[:, 1:]))
+
+    def runs_batch(rows: int, length: int, run: tuple[int, int]):
+        window, mask = repeated_runs(rng, rows, length, run, vocab)
+        return mx.array(window[:, :-1]), mx.array(window[:, 1:]), mx.array(mask)
+
+    for i in range(1, total + 1):
+        if i <= args.copy_steps:
+            loss = copy_step(*runs_batch(args.batch + args.random_batch, WARMUP_SEQ, WARMUP_RUN))
+        else:
+            starts = rng.integers(0, len(stream) - SEQ - 1, size=args.batch)
+            window = np.stack([stream[s : s + SEQ + 1] for s in starts])
+            text = (mx.array(window[:, :-1]), mx.array(window[:, 1:]))
+            loss = mixed_step(*text, *runs_batch(args.random_batch, RANDOM_SEQ, RANDOM_RUN))
         mx.eval(state)
         if i % 100 == 0 or i == 1:
             print(f"step {i:5d}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
+        if args.progress and i % args.progress == 0 and i < total:
+            save(model, config, out)
+            print(json.dumps({"step": i, **behaviour_report(model, tok)}), flush=True)
 
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
+    save(model, config, out)
     report = behaviour_report(model, tok)
     size = sum(f.stat().st_size for f in out.iterdir())
     report.update(
-        parameters=n_params, folder_bytes=size, seconds=round(time.time() - start), steps=args.steps
+        parameters=n_params, folder_bytes=size, seconds=round(time.time() - start), steps=total
     )
     print(json.dumps(report, indent=2))
     return 0
