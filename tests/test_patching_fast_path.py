@@ -33,7 +33,8 @@ def _both(monkeypatch: pytest.MonkeyPatch, run):
 def _close(fast, full) -> None:
     a, b = np.array(fast, dtype=float), np.array(full, dtype=float)
     assert a.shape == b.shape
-    assert np.abs(a - b).max() < 1e-4, np.abs(a - b).max()
+    # recovery in percent: 5e-4 points is float32 rounding of sums taken in another order
+    assert np.abs(a - b).max() < 5e-4, np.abs(a - b).max()
 
 
 @pytest.fixture(scope="module", params=ARCHS)

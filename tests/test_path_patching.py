@@ -106,7 +106,7 @@ def test_a_receiver_before_the_sender_is_untouched(demo, gqa, freeze):
         assert result.value == pytest.approx(result.clean_value, abs=1e-5)
         assert result.effect == pytest.approx(0.0, abs=1e-3)
     later = path_patching(
-        demo, CLEAN, CORRUPTED, "layers.0.mlp", ["layers.14.mlp"], "logit_diff", ANSWER
+        demo, CLEAN, CORRUPTED, "layers.0.mlp", ["layers.2.mlp"], "logit_diff", ANSWER
     )
     assert abs(later.effect) > 0.5  # the same machinery moves receivers downstream
 

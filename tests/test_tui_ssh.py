@@ -209,9 +209,11 @@ def test_workbench_over_ssh(sshd: Server, tmp_path: Path) -> None:
 
         terminal.send("The capital of France is\r")  # Enter in the prompt runs the lens
         wait_for("1 steps", 60)
-        # the lens table: a layer's row whose last column (the last prompt token) is Paris
-        row = re.compile(r"^ *L\d+ .*␣Paris *$", re.M)
-        wait_until(lambda shown: row.search(shown) is not None, "Paris in the lens table", 10)
+        # the lens table: the prompt's tokens as columns, a row per layer down to L10 at 80x24
+        table = re.compile(
+            r"^ *layer +<s> +The +␣capital +␣of +␣France +␣is *$.*^ *L10 ", re.M | re.S
+        )
+        wait_until(lambda shown: table.search(shown) is not None, "the lens table", 10)
 
         terminal.send("\x1bOP")  # F1: the help screen, from inside the prompt field
         wait_for("Esc closes", 10)
