@@ -82,11 +82,11 @@ def test_the_dashboard_reads_every_token_of_the_dataset(sae, demo):
     assert dash.density == pytest.approx((everything > 0).mean())
     assert dash.max_activation == pytest.approx(everything.max(), rel=1e-5)
     assert dash.mean_activation == pytest.approx(everything[everything > 0].mean(), rel=1e-4)
-    # contexts: each text at its strongest token, the strongest texts first
-    peaks = sorted(
-        ((float(v.max()), -i) for i, v in enumerate(per_text) if v.max() > 0), reverse=True
-    )
-    assert [c.text_index for c in dash.contexts] == [-i for _, i in peaks[:5]]
+    # contexts: each text at its strongest token, the strongest texts first (texts whose
+    # peaks tie to float precision may come in either order, so compare the peaks)
+    peaks = sorted((float(v.max()) for v in per_text if v.max() > 0), reverse=True)
+    assert [c.activation for c in dash.contexts] == pytest.approx(peaks[:5], rel=1e-4)
+    assert len({c.text_index for c in dash.contexts}) == len(dash.contexts)
     for c in dash.contexts:
         values, ids = per_text[c.text_index], demo.encode(texts[c.text_index])
         assert c.position == int(values.argmax())
@@ -112,8 +112,11 @@ def test_the_dashboard_reads_every_token_of_the_dataset(sae, demo):
     width = hist.edges[1]
     on = everything[everything > 0].astype(np.float64)
     expected = np.bincount(np.minimum((on / width).astype(int), 9), minlength=10)
-    # (a value on a bin edge may fall either side between batched and one-text forwards)
-    assert np.abs(np.array(hist.counts) - expected).sum() <= 2
+    # (a value on an inner bin edge may fall either side between batched and one-text
+    # forwards; tied activations, such as one token in many texts, can sit on one together)
+    steps = on / width
+    on_edge = int(((np.abs(steps - np.round(steps)) < 1e-5) & (np.round(steps) % 10 != 0)).sum())
+    assert np.abs(np.array(hist.counts) - expected).sum() <= 2 * on_edge
     # logit effects: the decoder column through the unembedding
     assert (dash.promoted, dash.suppressed) == tuple(
         feature_logit_effects(sae, demo, feature, 10).values()
