@@ -2,7 +2,8 @@
 
     python scripts/make_example_sessions.py
 
-Each is a short investigation on the demo model; the tests replay all three.
+Each is a short investigation on the demo model; the tests replay every one.  The induction
+heads and IOI sessions replay the circuits of ``docs/demo-model.md`` ("Circuits").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "engine"))
 
+from mlxterp import demo_circuits  # noqa: E402
 from mlxterp import interventions as iv  # noqa: E402
 from mlxterp.session import Session, SessionManager  # noqa: E402
 
@@ -63,6 +65,59 @@ def induction(manager: SessionManager, folder: Path) -> None:
     s.run(manager, "generate", prompt="river king apple garden letter river king", max_tokens=3)
 
 
+def induction_heads(manager: SessionManager, folder: Path) -> None:
+    s = Session.new("demo", folder / "induction-heads.toml", manager)
+    s.run(
+        manager,
+        "head_detectors",
+        detections=["previous_token", "induction"],
+        seq_len=40,
+        batch=8,
+        seed=3,
+    )
+    clean, corrupted, answer = demo_circuits.repeated_pair(manager.model("demo"))
+    s.run(
+        manager,
+        "head_patching",
+        clean=clean,
+        corrupted=corrupted,
+        metric="logit_diff",
+        answer=list(answer),
+    )
+    s.run(manager, "attention", text=clean, layer=demo_circuits.INDUCTION_HEADS[0][0])
+    for layer, head in demo_circuits.INDUCTION_HEADS:
+        s.set_intervention(f"layers.{layer}.attn.heads.{head}", iv.zero_out)
+    s.run(manager, "trace", text=clean)
+    s.clear_interventions()
+    s.run(manager, "trace", text=clean)
+
+
+def ioi(manager: SessionManager, folder: Path) -> None:
+    s = Session.new("demo", folder / "ioi.toml", manager)
+    clean, corrupted, answer = demo_circuits.ioi_pair(0)
+    s.run(manager, "trace", text=clean)
+    s.run(manager, "direct_logit_attribution", text=clean, target=answer[0], baseline=answer[1])
+    s.run(
+        manager,
+        "head_patching",
+        clean=clean,
+        corrupted=corrupted,
+        metric="logit_diff",
+        answer=list(answer),
+    )
+    suppressors = demo_circuits.IOI_SUBJECT_SUPPRESSORS
+    senders = [f"layers.{layer}.attn.heads.{head}" for layer, head in suppressors]
+    s.run(
+        manager,
+        "path_patching",
+        clean=clean,
+        corrupted=corrupted,
+        senders=senders,
+        metric="logit_diff",
+        answer=list(answer),
+    )
+
+
 def steering(manager: SessionManager, folder: Path) -> None:
     s = Session.new("demo", folder / "steering.toml", manager)
     step = s.run(
@@ -86,7 +141,7 @@ def main() -> int:
     folder = ROOT / "sessions"
     folder.mkdir(exist_ok=True)
     manager = SessionManager()
-    for make in (factual_recall, induction, steering):
+    for make in (factual_recall, induction, induction_heads, ioi, steering):
         make(manager, folder)
     print("wrote", ", ".join(sorted(p.name for p in folder.iterdir())))
     return 0

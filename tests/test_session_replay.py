@@ -37,7 +37,13 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_shipped_sessions_exist():
-    assert {p.name for p in SHIPPED} >= {"factual-recall.toml", "induction.toml", "steering.toml"}
+    assert {p.name for p in SHIPPED} >= {
+        "factual-recall.toml",
+        "induction.toml",
+        "induction-heads.toml",
+        "ioi.toml",
+        "steering.toml",
+    }
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
