@@ -76,14 +76,8 @@ def induction_heads(manager: SessionManager, folder: Path) -> None:
         seed=3,
     )
     clean, corrupted, answer = demo_circuits.repeated_pair(manager.model("demo"))
-    s.run(
-        manager,
-        "head_patching",
-        clean=clean,
-        corrupted=corrupted,
-        metric="logit_diff",
-        answer=list(answer),
-    )
+    pair = dict(clean=clean, corrupted=corrupted, metric="logit_diff", answer=list(answer))
+    s.run(manager, "head_patching", **pair)
     s.run(manager, "attention", text=clean, layer=demo_circuits.INDUCTION_HEADS[0][0])
     for layer, head in demo_circuits.INDUCTION_HEADS:
         s.set_intervention(f"layers.{layer}.attn.heads.{head}", iv.zero_out)
@@ -97,25 +91,11 @@ def ioi(manager: SessionManager, folder: Path) -> None:
     clean, corrupted, answer = demo_circuits.ioi_pair(0)
     s.run(manager, "trace", text=clean)
     s.run(manager, "direct_logit_attribution", text=clean, target=answer[0], baseline=answer[1])
-    s.run(
-        manager,
-        "head_patching",
-        clean=clean,
-        corrupted=corrupted,
-        metric="logit_diff",
-        answer=list(answer),
-    )
+    pair = dict(clean=clean, corrupted=corrupted, metric="logit_diff", answer=list(answer))
+    s.run(manager, "head_patching", **pair)
     suppressors = demo_circuits.IOI_SUBJECT_SUPPRESSORS
     senders = [f"layers.{layer}.attn.heads.{head}" for layer, head in suppressors]
-    s.run(
-        manager,
-        "path_patching",
-        clean=clean,
-        corrupted=corrupted,
-        senders=senders,
-        metric="logit_diff",
-        answer=list(answer),
-    )
+    s.run(manager, "path_patching", senders=senders, **pair)
 
 
 def steering(manager: SessionManager, folder: Path) -> None:
