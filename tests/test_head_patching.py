@@ -113,10 +113,11 @@ def test_head_attribution_summed_over_heads_is_the_attention_estimate(matrix_mod
 
 
 def test_head_attribution_orders_the_heads_like_real_patching(demo):
-    """Measured on 8 capital pairs of the demo model (docs/circuits.md): Spearman 0.86-0.99,
-    the top real head is attribution's top head in 7 of 8 pairs (in Spain->Japan the
-    estimate of that dominant head has the wrong sign) and the real top 3 are within
-    attribution's top 5 in 6 of 8.  The bounds below leave a margin for rounding."""
+    """Measured on 8 capital pairs of the demo model (docs/circuits.md): Spearman 0.84-0.99,
+    the top real head is attribution's top head in 7 of 8 pairs (in England->Russia two
+    heads nearly tie, 6.6% and 6.3%, and the estimate orders them the other way) and the
+    real top 3 are within attribution's top 5 in 6 of 8.  The bounds below leave a margin
+    on the correlation and the top 3."""
     items = list(CAPITALS.items())[:9]
     clean = [f"The capital of {c} is" for c, _ in items[:8]]
     corrupted = [f"The capital of {c} is" for c, _ in items[1:]]
