@@ -23,6 +23,7 @@ PANES = (  # (pane id, tab label, what it is for)
     ("interventions", "5 Interv.", "Interventions"),
     ("steering", "6 Steer", "Steering"),
     ("history", "7 History", "History"),
+    ("heads", "8 Heads", "Heads"),
 )
 
 
@@ -55,6 +56,13 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action("run_steering", "ctrl+g", "run_steering", "Run steering", priority=True),
     Action("run_attention", "f6", "run_attention", "Chart the attention of a head", priority=True),
+    Action(
+        "run_heads",
+        "f7",
+        "run_heads",
+        "Run the head analysis (detectors, head or path patching, attribution)",
+        priority=True,
+    ),
     Action(
         "add_intervention", "i", "add_intervention", "Add an intervention (on the selected module)"
     ),

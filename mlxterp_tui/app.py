@@ -47,6 +47,7 @@ from .messages import (
 from .model_picker import ModelScreen
 from .panes import Pane
 from .panes.charts import ChartsPane
+from .panes.heads import HeadsPane
 from .panes.history import HistoryPane
 from .panes.interventions import InterventionForm, InterventionScreen, InterventionsPane
 from .panes.lens import LensPane
@@ -75,6 +76,7 @@ PANE_ACTIONS = {  # Enter in a pane's field runs the pane's action
     "charts-pane": "run_attention",
     "patching-pane": "run_patching",
     "steering-pane": "run_steering",
+    "heads-pane": "run_heads",
 }
 
 
@@ -469,6 +471,17 @@ class WorkbenchApp(App[None]):
         except MlxterpError:
             return
         self.start_step("steering", **params)
+
+    def action_run_heads(self) -> None:
+        model = self._model_or_warn()
+        if model is None:
+            return
+        self.action_show_pane("heads")
+        try:
+            kind, params = self.query_one(HeadsPane).params(model)
+        except MlxterpError:
+            return
+        self.start_step(kind, **params)
 
     def action_run_attention(self) -> None:
         model = self._model_or_warn()

@@ -14,6 +14,7 @@ from textual.widgets import Footer, ProgressBar, Static, TabbedContent, TabPane
 from .actions import PANES
 from .panes import Pane
 from .panes.charts import ChartsPane
+from .panes.heads import HeadsPane
 from .panes.history import HistoryPane
 from .panes.interventions import InterventionsPane
 from .panes.lens import LensPane
@@ -31,6 +32,7 @@ PANE_TYPES: dict[str, type[Pane]] = {
     "interventions": InterventionsPane,
     "steering": SteeringPane,
     "history": HistoryPane,
+    "heads": HeadsPane,
 }
 HOME_PANE = {  # the pane that shows a step kind's result first
     "logit_lens": "lens",
@@ -39,6 +41,7 @@ HOME_PANE = {  # the pane that shows a step kind's result first
     "steering": "steering",
     "attention": "charts",
     "interventions": "interventions",
+    **{kind: "heads" for kind in HeadsPane.KINDS},
 }
 
 
@@ -67,7 +70,7 @@ def status_text(state: WorkbenchState) -> Text:
 
 
 class MainScreen(Screen[None]):
-    """Prompt bar, the seven panes as tabs, status line, footer."""
+    """Prompt bar, the panes as tabs, status line, footer."""
 
     def compose(self) -> ComposeResult:
         yield PromptBar(id="prompt-bar")

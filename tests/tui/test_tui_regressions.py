@@ -356,11 +356,12 @@ async def test_panes_switch_from_inside_fields_and_escape_leaves_a_field(model_d
         prompt = app.query_one("#prompt", Input)
         assert app.focused is prompt
         order = ["model", "lens", "charts", "patching", "interventions", "steering", "history"]
+        order.append("heads")
         for pane in [*order[1:], order[0]]:  # f3 walks the panes from inside the prompt
             await pilot.press("f3")
             assert app.query_one("#panes").active == pane and app.focused is prompt
         await pilot.press("f2")
-        assert app.query_one("#panes").active == "history"
+        assert app.query_one("#panes").active == "heads"
         await pilot.press("f3", "f3", "f3", "f3")
         field = app.query_one("#patch-clean", Input)
         field.focus()

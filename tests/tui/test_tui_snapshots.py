@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Select
 
 from mlxterp_tui.app import WorkbenchApp
 
@@ -105,6 +105,17 @@ async def history(pilot):
     await focus(pilot, "#history-list")
 
 
+async def heads(pilot):
+    app = pilot.app
+    app.query_one("#heads-analysis", Select).value = "head_patching"
+    app.query_one("#heads-clean", Input).value = "The capital of France is"
+    app.query_one("#heads-corrupted", Input).value = "The capital of Germany is"
+    await focus(pilot, "#lens-table")
+    await pilot.press("8", "f7")
+    await pilot.app.workers.wait_for_complete()
+    await focus(pilot, "#heads-table")
+
+
 async def help_screen(pilot):
     await focus(pilot, "#lens-table")
     await pilot.press("f1")
@@ -119,6 +130,7 @@ SCREENS = {
     "attention": attention,
     "interventions": interventions,
     "history": history,
+    "heads": heads,
     "help": help_screen,
 }
 
