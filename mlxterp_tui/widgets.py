@@ -1,6 +1,6 @@
 """Small widgets every pane uses: fields that keep what was typed, buttons that answer every
-key a user tries, a line beside a field that says what is wrong with it, and the prompt
-(undo, redo, history)."""
+key a user tries, a line beside a field that says what is wrong with it, the prompt (undo,
+redo, history), and the signed bar that table cells draw."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ from mlxterp.session import InputError
 T = TypeVar("T")
 
 UNDO_DEPTH = 200
+BAR = 20  # characters of the longest bar on either side of a signed bar's axis
+
+
+def signed_bar(value: float, peak: float) -> Text:
+    """A bar as long as ``|value|`` against ``peak``: blue to the right of the axis for a
+    positive value, red to its left for a negative one."""
+    n = 0 if peak <= 0 else min(BAR, round(abs(value) * BAR / peak))
+    if value < 0:
+        return Text.assemble(" " * (BAR - n), ("█" * n, "red"), "│" + " " * BAR)
+    return Text.assemble(" " * BAR + "│", ("█" * n, "blue"))
 
 
 class KeyButton(Button):

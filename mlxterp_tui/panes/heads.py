@@ -14,7 +14,7 @@ from mlxterp.session import InputError, Step, display_token
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
-from ..widgets import Field, FieldMessage, KeyButton
+from ..widgets import BAR, Field, FieldMessage, KeyButton, signed_bar
 from . import Pane
 
 ANALYSES = (
@@ -23,16 +23,6 @@ ANALYSES = (
     ("direct_logit_attribution", "direct logit attribution"),
     ("path_patching", "path patching"),
 )
-BAR = 20  # characters of the longest bar
-
-
-def signed_bar(value: float, peak: float) -> Text:
-    """A bar as long as ``|value|`` against ``peak``: blue to the right of the axis for a
-    positive value, red to its left for a negative one."""
-    n = 0 if peak <= 0 else min(BAR, round(abs(value) * BAR / peak))
-    if value < 0:
-        return Text(" " * (BAR - n) + "█" * n, style="red") + Text("│" + " " * BAR)
-    return Text(" " * BAR + "│") + Text("█" * n, style="blue")
 
 
 def grid_text(rows: list[list[float]], layers: list[int]) -> str:

@@ -13,7 +13,7 @@ from mlxterp.session import InputError, Step, display_token
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
-from ..widgets import Field, FieldMessage, KeyButton
+from ..widgets import BAR, Field, FieldMessage, KeyButton, signed_bar
 from . import Pane
 
 COMPONENTS = ("mlp", "attn", "output")
@@ -114,11 +114,18 @@ class PatchingPane(Pane):
                 + (f" — {summary['note']}" if summary.get("note") else "")
             )
         )
-        table: DataTable[str] = self.query_one("#patch-table", DataTable)
+        table: DataTable[Any] = self.query_one("#patch-table", DataTable)
         table.clear(columns=True)
         table.add_column("layer", width=6)
         table.add_column("recovery %", width=10)
-        table.add_column("", width=30)
-        for layer, value in zip(summary["layers"], summary["recovery"], strict=True):
-            bar = "█" * max(0, min(30, round(abs(value) * 30 / 100)))
-            table.add_row(f"L{layer}", f"{value:8.2f}", bar)
+        rows = zip(summary["layers"], summary["recovery"], strict=True)
+        if "matrix" in summary:  # by position: a column per patched position
+            for position, token in zip(summary["positions"], summary["tokens"], strict=True):
+                table.add_column(f"{position} {token}"[:9], width=9)
+            for (layer, value), cells in zip(rows, summary["matrix"], strict=True):
+                table.add_row(f"L{layer}", f"{value:8.2f}", *(f"{v:8.2f}" for v in cells))
+            return
+        table.add_column("", width=2 * BAR + 1)
+        peak = max([100.0, *(abs(v) for v in summary["recovery"])])
+        for layer, value in rows:
+            table.add_row(f"L{layer}", f"{value:8.2f}", signed_bar(value, peak))

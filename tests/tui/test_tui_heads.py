@@ -10,8 +10,9 @@ from textual.widgets import DataTable, Input, Select, Static
 from mlxterp.demo_circuits import INDUCTION_HEADS, IOI_SUBJECT_SUPPRESSORS, ioi_pair
 from mlxterp.session import Session
 from mlxterp_tui.app import WorkbenchApp
-from mlxterp_tui.panes.heads import sender_names, signed_bar
+from mlxterp_tui.panes.heads import sender_names
 from mlxterp_tui.screens import PathScreen
+from mlxterp_tui.widgets import signed_bar
 
 from .pilot_helpers import settle
 
