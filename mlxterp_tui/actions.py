@@ -55,6 +55,13 @@ ACTIONS: tuple[Action, ...] = (
         "run_patching", "ctrl+k", "run_patching", "Run the activation patching sweep", priority=True
     ),
     Action("run_steering", "ctrl+g", "run_steering", "Run steering", priority=True),
+    Action(
+        "run_generate",
+        "ctrl+n",
+        "run_generate",
+        "Generate a continuation, streamed (Esc stops)",
+        priority=True,
+    ),
     Action("run_attention", "f6", "run_attention", "Chart the attention of a head", priority=True),
     Action(
         "run_heads",

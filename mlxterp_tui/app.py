@@ -41,6 +41,7 @@ from .messages import (
     SessionOpened,
     StepComputed,
     TokensReady,
+    TokenStreamed,
     WorkFailed,
     error_text,
 )
@@ -71,7 +72,8 @@ from .state import (
 )
 
 TEXT_KINDS = ("logit_lens", "trace", "attention")  # steps whose ``text`` is the prompt
-PANE_ACTIONS = {  # Enter in a pane's field runs the pane's action
+PANE_ACTIONS = {  # Enter in a field runs the action of its innermost row or pane listed here
+    "gen-options": "run_generate",
     "lens-pane": "run_lens",
     "charts-pane": "run_attention",
     "patching-pane": "run_patching",
@@ -170,9 +172,19 @@ class WorkbenchApp(App[None]):
 
     @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
     def _compute(self, run_id: int, kind: str, params: dict[str, Any]) -> None:
-        """Compute one step (nothing is recorded here); the result comes as ``StepComputed``."""
+        """Compute one step (nothing is recorded here); the result comes as ``StepComputed``.
+        A ``generate`` step streams each token as ``TokenStreamed`` and stops making tokens
+        as soon as its run is cancelled."""
+
+        def heard(token_id: int) -> bool:
+            if run_id != self.state.run_id:
+                return False  # cancelled: stop generating, nothing will be recorded
+            self.post_message(TokenStreamed(run_id, token_id))
+            return True
+
+        streams = {"on_token": heard} if kind == "generate" else {}
         try:
-            step = self.state.session.compute(self.mgr, kind, **params)
+            step = self.state.session.compute(self.mgr, kind, **streams, **params)
         except MlxterpError as err:
             self.post_message(WorkFailed(run_id, kind, error_text(err)))
             return
@@ -251,6 +263,11 @@ class WorkbenchApp(App[None]):
         if why:
             self._tell_copy(why)
         self.notify(f"opened {len(session.steps)} steps", timeout=3)
+
+    @on(TokenStreamed)
+    def _token_streamed(self, message: TokenStreamed) -> None:
+        if message.run_id == self.state.run_id and self.model is not None:
+            self.query_one(SteeringPane).stream(self.model, message.token_id)
 
     @on(StepComputed)
     async def _step_computed(self, message: StepComputed) -> None:
@@ -482,6 +499,19 @@ class WorkbenchApp(App[None]):
         except MlxterpError:
             return
         self.start_step(kind, **params)
+
+    def action_run_generate(self) -> None:
+        model = self._model_or_warn()
+        if model is None:
+            return
+        self.action_show_pane("steering")
+        pane = self.query_one(SteeringPane)
+        try:
+            params = pane.generate_params(model)
+        except MlxterpError:
+            return
+        pane.start_stream()
+        self.start_step("generate", **params)
 
     def action_run_attention(self) -> None:
         model = self._model_or_warn()

@@ -39,6 +39,7 @@ HOME_PANE = {  # the pane that shows a step kind's result first
     "activation_patching": "patching",
     "trace": "model",
     "steering": "steering",
+    "generate": "steering",
     "attention": "charts",
     "interventions": "interventions",
     **{kind: "heads" for kind in HeadsPane.KINDS},

@@ -45,6 +45,14 @@ class StepComputed(Message):
         self.run_id, self.step = run_id, step
 
 
+class TokenStreamed(Message):
+    """A generate step made one more token (``token_id``); the step itself follows."""
+
+    def __init__(self, run_id: int, token_id: int) -> None:
+        super().__init__()
+        self.run_id, self.token_id = run_id, token_id
+
+
 class ReplayDone(Message):
     """A replay finished with its report."""
 

@@ -60,6 +60,7 @@ NOT_RECORDED = {
     "model",  # the session's model
     "interventions",  # the session's own (intervention steps record them)
     "vector",  # steer's vector: the steering step computes it from positive/negative
+    "on_token",  # generate's stream of tokens: Session.compute(on_token=) passes it
     # purely presentational (a terminal plot; nothing a summary keeps):
     "plot",
     "figsize",

@@ -115,6 +115,15 @@ def test_generate_summary_is_the_engines(session, manager, demo):
     assert demo.decode(step.summary["token_ids"]).strip() == "apple garden letter"
 
 
+def test_a_generate_step_streams_its_tokens(session, manager):
+    heard: list[int] = []
+    prompt = "river king apple garden letter river king"
+    step = session.compute(manager, "generate", prompt=prompt, max_tokens=3, on_token=heard.append)
+    assert heard == step.summary["token_ids"] and "on_token" not in step.params
+    with pytest.raises(SessionError, match="only generate steps stream"):
+        session.compute(manager, "trace", text=prompt, on_token=heard.append)
+
+
 def test_attention_summary_is_the_engines(session, manager, demo):
     text = "river king apple garden letter river king apple garden"
     step = session.run(manager, "attention", text=text, layer=5)

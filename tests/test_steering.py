@@ -65,6 +65,19 @@ def test_generation_stops_at_a_stop_token(llama):
     assert generate_tokens(llama, PROMPT, 5, stop_ids=frozenset({stop})) == greedy[:first]
 
 
+def test_each_token_is_streamed_as_it_is_made_and_false_stops(llama):
+    greedy = generate_tokens(llama, PROMPT, 6)
+    heard: list[int] = []
+    assert generate_tokens(llama, PROMPT, 6, on_token=heard.append) == greedy == heard
+    heard.clear()
+
+    def stop_at_three(token: int) -> bool:
+        heard.append(token)
+        return len(heard) < 3
+
+    assert generate_tokens(llama, PROMPT, 6, on_token=stop_at_three) == greedy[:3] == heard
+
+
 def test_sampling_is_reproducible_with_a_seed(llama):
     a = generate_tokens(llama, PROMPT, 8, temperature=1.5, seed=7)
     b = generate_tokens(llama, PROMPT, 8, temperature=1.5, seed=7)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .model import InterpretableModel
 
 Prompts = str | Chat | Sequence[str | Chat]
+TokenListener = Callable[[int], "bool | None"]
+"""Called with each generated token id as it is made; returning ``False`` stops there."""
 """Text prompts or chats (``[{"role": "user", "content": ...}]``), one or a list."""
 
 
@@ -73,14 +75,19 @@ def generate(
     interventions: Mapping[str, iv.InterventionFn] | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
+    on_token: TokenListener | None = None,
 ) -> str:
     """The text the model writes after ``prompt`` (the continuation only).
 
     Up to ``max_tokens`` tokens, stopping at the tokenizer's end-of-sequence token;
     ``interventions`` (module name → function, as in ``model.trace``) act on every step.
     Greedy at ``temperature=0``, else sampled (``seed`` makes it reproducible).
+    ``on_token(token_id)`` is called with each new token as it is made (to stream it); a
+    ``False`` from it stops generation there.
     """
-    return generate_with_ids(model, prompt, max_tokens, interventions, temperature, seed)[0]
+    return generate_with_ids(model, prompt, max_tokens, interventions, temperature, seed, on_token)[
+        0
+    ]
 
 
 def generate_with_ids(
@@ -90,6 +97,7 @@ def generate_with_ids(
     interventions: Mapping[str, iv.InterventionFn] | None = None,
     temperature: float = 0.0,
     seed: int | None = None,
+    on_token: TokenListener | None = None,
 ) -> tuple[str, list[int]]:
     """``(continuation, its token ids)``: :func:`generate`'s text and the ids behind it."""
     model.require_tokenizer()
@@ -102,6 +110,7 @@ def generate_with_ids(
         temperature,
         seed,
         stop_ids=_eos_ids(model.tokenizer),
+        on_token=on_token,
     )
     full, head = model.decode(prompt_ids + new_ids), model.decode(prompt_ids)
     text = full[len(head) :] if full.startswith(head) else model.decode(new_ids)
@@ -116,11 +125,13 @@ def generate_tokens(
     temperature: float = 0.0,
     seed: int | None = None,
     stop_ids: frozenset[int] = frozenset(),
+    on_token: TokenListener | None = None,
 ) -> list[int]:
     """The token ids generated after ``prompt_ids`` (see :func:`generate`); a token in
     ``stop_ids`` ends generation and is not returned, and so does reaching the model's
-    context length.  Models whose forward takes no ``cache`` are re-run on the whole
-    sequence at each step."""
+    context length, or ``on_token`` returning ``False`` for a token (which is kept).
+    Models whose forward takes no ``cache`` are re-run on the whole sequence at each
+    step."""
     if not is_int(max_tokens) or max_tokens < 1:
         raise InputError(f"max_tokens must be a positive int; got {max_tokens!r}")
     temperature = finite_number("temperature", temperature)
@@ -163,6 +174,8 @@ def generate_tokens(
             tokens.append(token_id)
             new.append(token_id)
             step = [token_id]
+            if on_token is not None and on_token(token_id) is False:
+                break
     return new
 
 

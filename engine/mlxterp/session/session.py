@@ -24,6 +24,7 @@ from ..inputs import is_chat
 from ..interventions import describe
 from ..loading import locate_model
 from ..model import InterpretableModel
+from ..steering import TokenListener
 from ..token_display import display_token
 from . import storage
 from .active import InterventionEntry, InterventionFn, InterventionList
@@ -178,11 +179,24 @@ class Session:
         self._autosave_follows = False
 
     # ------------------------------------------------------------------ running
-    def compute(self, manager: SessionManager, kind_name: str, **params: Any) -> Step:
+    def compute(
+        self,
+        manager: SessionManager,
+        kind_name: str,
+        *,
+        on_token: TokenListener | None = None,
+        **params: Any,
+    ) -> Step:
         """Run a step on the session's model and return it, unrecorded: nothing in the
         session changes (safe from a worker thread; steps run one at a time).  Its params
-        keep canonical module names, and its arrays come back evaluated."""
+        keep canonical module names, and its arrays come back evaluated.  ``on_token``
+        (``generate`` steps only) streams each new token id; a ``False`` from it stops
+        generation early, and a step stopped so should not be recorded: its text is shorter
+        than its ``max_tokens`` say, so it would not replay."""
         step_kind = kind(kind_name)
+        if on_token is not None and kind_name != "generate":
+            raise SessionError(f"only generate steps stream tokens, not {kind_name!r}")
+        supplied = {} if on_token is None else {"on_token": on_token}
         full = step_kind.complete(params)
         ref = self.model_ref
         model = manager.model(ref)
@@ -196,7 +210,7 @@ class Session:
         evaluate(full)  # a caller's arrays, on the caller's thread, before they cross
 
         def run() -> Step:
-            result, summary = step_kind.execute(model, full, state)
+            result, summary = step_kind.execute(model, full, state, **supplied)
             step = Step(-1, kind_name, describe_params(full), summary, result=result)
             evaluate((step.params, step.summary, step.result))  # a save then needs no MLX work
             return step

@@ -57,12 +57,13 @@ if TYPE_CHECKING:
 
 Params = dict[str, Any]
 Summary = dict[str, Any]
-Runner = Callable[["InterpretableModel", Params, dict[str, InterventionFn]], tuple[Any, Summary]]
+Runner = Callable[..., tuple[Any, Summary]]
+"""``run(model, params, active interventions, **supplied)`` → ``(result, summary)``."""
 REQUIRED = object()
 
 # Arguments of the wrapped functions that are no step parameter: the model and the
 # interventions are the session's, a steering vector is what the step computes first.
-SUPPLIED = frozenset({"model", "interventions", "vector"})
+SUPPLIED = frozenset({"model", "interventions", "vector", "on_token"})
 # Arguments that only draw (a plot in the terminal): nothing a summary could keep.
 PRESENTATION = frozenset({"plot", "figsize", "cmap", "max_display_tokens"})
 # The library's argument name -> the step's (what files have always called them).
@@ -341,13 +342,15 @@ class StepKind:
         return {k: v for k, v in full.items() if v is not None}
 
     def execute(
-        self, model: InterpretableModel, params: Params, state: InterventionList
+        self, model: InterpretableModel, params: Params, state: InterventionList, **supplied: Any
     ) -> tuple[Any, Summary]:
         """``(result, summary)`` of completed ``params``: under the enabled interventions
-        of ``state`` when the kind uses them; an ``interventions`` step changes ``state``."""
+        of ``state`` when the kind uses them; an ``interventions`` step changes ``state``.
+        ``supplied``: arguments that are no parameter (``on_token`` for ``generate``)."""
         if self.run is None:
             return run_interventions(model, params, state)
-        return self.run(model, params, state.enabled() if self.uses_interventions else {})
+        active = state.enabled() if self.uses_interventions else {}
+        return self.run(model, params, active, **supplied)
 
 
 def _short(value: Any, most: int = 80) -> str:
@@ -491,9 +494,14 @@ def _run_steering(
 
 
 def _run_generate(
-    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+    model: InterpretableModel,
+    p: Params,
+    active: dict[str, InterventionFn],
+    on_token: steering.TokenListener | None = None,
 ) -> tuple[Any, Summary]:
-    text, ids = _call(steering.generate_with_ids, model, p, interventions=active or None)
+    text, ids = _call(
+        steering.generate_with_ids, model, p, interventions=active or None, on_token=on_token
+    )
     summary = {"text": text, "token_ids": ids}
     return summary, summary
 
