@@ -49,11 +49,11 @@ class SteeringPane(Pane):
             yield KeyButton(
                 "Steer (ctrl+g)", id="steer-run", variant="primary", action="app.run_steering"
             )
-        with Horizontal(id="gen-options"):
-            yield Field("40", placeholder="max tokens", id="gen-max")
-            yield KeyButton(
-                "Generate (ctrl+n)", id="gen-run", variant="primary", action="app.run_generate"
-            )
+            with Horizontal(id="gen-options"):  # one row with steering's: results fit 80x24
+                yield Field("40", placeholder="max tokens", id="gen-max")
+                yield KeyButton(
+                    "Generate (ctrl+n)", id="gen-run", variant="primary", action="app.run_generate"
+                )
         yield FieldMessage(id="steer-message")
         yield Static("", id="steer-result")
         yield Static("", id="gen-result")
