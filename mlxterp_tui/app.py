@@ -9,6 +9,7 @@ and each pane renders the step kinds it knows.  A cancelled run's message is dro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -467,51 +468,44 @@ class WorkbenchApp(App[None]):
         if text is not None:
             self.start_step("trace", text=text)
 
-    def action_run_patching(self) -> None:
+    def _run_form(
+        self,
+        pane: str,
+        read: Callable[[ModelView], tuple[str, dict[str, Any]]],
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        """Show ``pane`` and run the step its form describes (``read`` says what is wrong
+        beside the fields and raises, and then nothing runs); ``before`` readies the pane."""
         model = self._model_or_warn()
         if model is None:
             return
-        self.action_show_pane("patching")
+        self.action_show_pane(pane)
         try:
-            params = self.query_one(PatchingPane).params(model)
+            kind, params = read(model)
         except MlxterpError:
             return
-        self.start_step("activation_patching", **params)
-
-    def action_run_steering(self) -> None:
-        model = self._model_or_warn()
-        if model is None:
-            return
-        self.action_show_pane("steering")
-        try:
-            params = self.query_one(SteeringPane).params(model)
-        except MlxterpError:
-            return
-        self.start_step("steering", **params)
-
-    def action_run_heads(self) -> None:
-        model = self._model_or_warn()
-        if model is None:
-            return
-        self.action_show_pane("heads")
-        try:
-            kind, params = self.query_one(HeadsPane).params(model)
-        except MlxterpError:
-            return
+        if before is not None:
+            before()
         self.start_step(kind, **params)
 
+    def action_run_patching(self) -> None:
+        form = self.query_one(PatchingPane)
+        self._run_form("patching", lambda model: ("activation_patching", form.params(model)))
+
+    def action_run_steering(self) -> None:
+        form = self.query_one(SteeringPane)
+        self._run_form("steering", lambda model: ("steering", form.params(model)))
+
+    def action_run_heads(self) -> None:
+        self._run_form("heads", self.query_one(HeadsPane).params)
+
     def action_run_generate(self) -> None:
-        model = self._model_or_warn()
-        if model is None:
-            return
-        self.action_show_pane("steering")
-        pane = self.query_one(SteeringPane)
-        try:
-            params = pane.generate_params(model)
-        except MlxterpError:
-            return
-        pane.start_stream()
-        self.start_step("generate", **params)
+        form = self.query_one(SteeringPane)
+
+        def read(model: ModelView) -> tuple[str, dict[str, Any]]:
+            return "generate", form.generate_params(model)
+
+        self._run_form("steering", read, before=form.start_stream)
 
     def action_run_attention(self) -> None:
         model = self._model_or_warn()
