@@ -21,6 +21,7 @@ from textual.widgets import Checkbox, Input, ListView, TabbedContent, Tabs
 from textual.worker import Worker, WorkerState
 
 from mlxterp.session import (
+    KINDS,
     InputError,
     MlxterpError,
     Session,
@@ -174,8 +175,8 @@ class WorkbenchApp(App[None]):
     @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
     def _compute(self, run_id: int, kind: str, params: dict[str, Any]) -> None:
         """Compute one step (nothing is recorded here); the result comes as ``StepComputed``.
-        A ``generate`` step streams each token as ``TokenStreamed`` and stops making tokens
-        as soon as its run is cancelled."""
+        A step that streams (``generate``) posts each token as ``TokenStreamed`` and stops
+        making tokens as soon as its run is cancelled."""
 
         def heard(token_id: int) -> bool:
             if run_id != self.state.run_id:
@@ -183,7 +184,7 @@ class WorkbenchApp(App[None]):
             self.post_message(TokenStreamed(run_id, token_id))
             return True
 
-        streams = {"on_token": heard} if kind == "generate" else {}
+        streams = {"on_token": heard} if KINDS[kind].streams else {}
         try:
             step = self.state.session.compute(self.mgr, kind, **streams, **params)
         except MlxterpError as err:

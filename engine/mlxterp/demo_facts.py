@@ -4,6 +4,7 @@ Shared by the training script (``scripts/train_demo_model.py``) and the tests th
 the shipped weights still know it.
 """
 
+import random
 from typing import NamedTuple
 
 CAPITALS: dict[str, str] = {
@@ -181,8 +182,6 @@ def ioi_prompt(template: str, io: str, s: str, place: str, obj: str) -> IOIPromp
 def ioi_test_prompts(count: int = 240, seed: int = 0) -> list[IOIPrompt]:
     """Held-out IOI prompts: only combinations training never saw; half of them in the
     templates training never saw, the rest spread over the training templates, both orders."""
-    import random
-
     rng = random.Random(seed)
     prompts: list[IOIPrompt] = []
     while len(prompts) < count:

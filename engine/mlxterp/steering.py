@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from .model import InterpretableModel
 
 Prompts = str | Chat | Sequence[str | Chat]
+"""Text prompts or chats (``[{"role": "user", "content": ...}]``), one or a list."""
 TokenListener = Callable[[int], "bool | None"]
 """Called with each generated token id as it is made; returning ``False`` stops there."""
-"""Text prompts or chats (``[{"role": "user", "content": ...}]``), one or a list."""
 
 
 def steering_vector(
@@ -85,9 +85,10 @@ def generate(
     ``on_token(token_id)`` is called with each new token as it is made (to stream it); a
     ``False`` from it stops generation there.
     """
-    return generate_with_ids(model, prompt, max_tokens, interventions, temperature, seed, on_token)[
-        0
-    ]
+    text, _ids = generate_with_ids(
+        model, prompt, max_tokens, interventions, temperature, seed, on_token
+    )
+    return text
 
 
 def generate_with_ids(

@@ -25,15 +25,14 @@ ANALYSES = (
 )
 
 
-def grid_text(rows: list[list[float]], layers: list[int]) -> str:
-    """Where a layers x heads grid peaks: ``L11H3 0.991``."""
+def ranked(rows: list[list[float]], layers: list[int], heads: list[int]) -> list[tuple]:
+    """The cells of a layers x heads grid as ``(value, layer, head)``, largest first."""
     cells = [
-        (value, layer, h)
+        (value, layer, head)
         for layer, row in zip(layers, rows, strict=True)
-        for h, value in enumerate(row)
+        for head, value in zip(heads, row, strict=True)
     ]
-    best = max(cells, default=None)
-    return "" if best is None else f"L{best[1]}H{best[2]} {best[0]:.3g}"
+    return sorted(cells, reverse=True)
 
 
 class HeadsPane(Pane):
@@ -150,25 +149,26 @@ class HeadsPane(Pane):
 
     def _detectors(self, summary: dict, table: DataTable[Any]) -> str:
         scores: dict[str, list[list[float]]] = summary["scores"]
-        width = max((len(row) for grid in scores.values() for row in grid), default=0)
+        layers = summary["layers"]
+        heads = list(range(max((len(row) for grid in scores.values() for row in grid), default=0)))
         named = max((len(d) for d in scores), default=9)
-        self._grid_columns(table, list(range(width)), {"detection": named, "layer": 6})
+        self._grid_columns(table, heads, {"detection": named, "layer": 6})
         for detection, grid in scores.items():
-            for layer, row in zip(summary["layers"], grid, strict=True):
+            for layer, row in zip(layers, grid, strict=True):
                 table.add_row(detection, f"L{layer}", *(f"{v:.3f}" for v in row))
-        best = " · ".join(f"{d} {grid_text(g, summary['layers'])}" for d, g in scores.items())
+        best = " · ".join(
+            f"{d} L{la}H{h} {v:.3g}"
+            for d, grid in scores.items()
+            for v, la, h in ranked(grid, layers, heads)[:1]
+        )
         return f"highest scores: {best} (seq_len {summary['seq_len']}, batch {summary['batch']})"
 
     def _head_patching(self, summary: dict, table: DataTable[Any]) -> str:
         self._grid_columns(table, summary["heads"], {"layer": 6})
         for layer, row in zip(summary["layers"], summary["recovery"], strict=True):
             table.add_row(f"L{layer}", *(f"{v:7.2f}" for v in row))
-        cells = [
-            (value, layer, head)
-            for layer, row in zip(summary["layers"], summary["recovery"], strict=True)
-            for head, value in zip(summary["heads"], row, strict=True)
-        ]
-        top = ", ".join(f"L{la}H{h} {v:.1f}%" for v, la, h in sorted(cells, reverse=True)[:3])
+        cells = ranked(summary["recovery"], summary["layers"], summary["heads"])
+        top = ", ".join(f"L{la}H{h} {v:.1f}%" for v, la, h in cells[:3])
         return (
             f"recovery % ({summary['metric']}; clean {summary['clean_value']:.4g}, corrupted "
             f"{summary['corrupted_value']:.4g}); most: {top}"

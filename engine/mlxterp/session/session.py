@@ -29,7 +29,7 @@ from ..token_display import display_token
 from . import storage
 from .active import InterventionEntry, InterventionFn, InterventionList
 from .locking import evaluate, on_mlx_thread
-from .steps import describe_params, kind, restore
+from .steps import KINDS, describe_params, kind, restore
 
 
 def _now() -> str:
@@ -190,12 +190,13 @@ class Session:
         """Run a step on the session's model and return it, unrecorded: nothing in the
         session changes (safe from a worker thread; steps run one at a time).  Its params
         keep canonical module names, and its arrays come back evaluated.  ``on_token``
-        (``generate`` steps only) streams each new token id; a ``False`` from it stops
+        (kinds that stream: ``generate``) streams each new token id; a ``False`` from it stops
         generation early, and a step stopped so should not be recorded: its text is shorter
         than its ``max_tokens`` say, so it would not replay."""
         step_kind = kind(kind_name)
-        if on_token is not None and kind_name != "generate":
-            raise SessionError(f"only generate steps stream tokens, not {kind_name!r}")
+        if on_token is not None and not step_kind.streams:
+            streaming = " and ".join(name for name, k in KINDS.items() if k.streams)
+            raise SessionError(f"only {streaming} steps stream tokens, not {kind_name!r}")
         supplied = {} if on_token is None else {"on_token": on_token}
         full = step_kind.complete(params)
         ref = self.model_ref

@@ -341,6 +341,11 @@ class StepKind:
                 )
         return {k: v for k, v in full.items() if v is not None}
 
+    @property
+    def streams(self) -> bool:
+        """Whether its runs can stream tokens (its runner takes ``on_token``)."""
+        return self.run is not None and "on_token" in inspect.signature(self.run).parameters
+
     def execute(
         self, model: InterpretableModel, params: Params, state: InterventionList, **supplied: Any
     ) -> tuple[Any, Summary]:
