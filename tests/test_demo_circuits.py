@@ -4,10 +4,9 @@ path patching and causal tracing."""
 
 from __future__ import annotations
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
+from test_demo_model import copy_losses
 
 from mlxterp import interventions as iv
 from mlxterp.causal_tracing import trace_facts
@@ -20,7 +19,7 @@ from mlxterp.demo_circuits import (
     repeated_pair,
 )
 from mlxterp.demo_facts import CAPITALS, NAMES, ioi_test_prompts
-from mlxterp.detectors import detect_heads, repeated_sequences
+from mlxterp.detectors import detect_heads
 
 
 def head_name(layer: int, head: int) -> str:
@@ -36,13 +35,9 @@ def ranked(grid) -> list[tuple[int, int]]:
 
 def copy_ratio(demo, heads=(), length: int = 30) -> float:
     """Second-copy / first-copy loss on repeated random runs with ``heads`` zeroed."""
-    rows = repeated_sequences(demo, seq_len=length, batch=8, seed=77)
     ablate = {head_name(*h): iv.zero_out for h in heads}
-    with demo.trace([r[:-1] for r in rows], interventions=ablate) as trace:
-        pass
-    targets = mx.array([r[1:] for r in rows])
-    losses = nn.losses.cross_entropy(trace.output, targets, reduction="none")
-    return losses[:, length + 1 :].mean().item() / losses[:, 1:length].mean().item()
+    first, second = copy_losses(demo, length, seed=77, interventions=ablate)
+    return second / first
 
 
 def final_attention(demo, prompt, heads) -> dict[tuple[int, int], tuple[float, float, float]]:
