@@ -67,6 +67,32 @@ async def test_steer_button_runs_steering(model_dir, manager, hand):
 
 
 @pytest.mark.parametrize("hand", HANDS)
+async def test_generate_button_generates_at_80x24(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("escape", "6")
+        fill(app, {"#steer-prompt": "It is", "#gen-max": "3"})
+        await press_button(pilot, "#gen-run", hand)
+        await settle(app, pilot)
+        assert [s.kind for s in app.session.steps] == ["generate"]
+        assert "generated (3 tokens)" in str(app.query_one("#gen-result").render())
+        assert app.query_one("#gen-result").region.bottom <= 22  # above the status line
+
+
+@pytest.mark.parametrize("hand", HANDS)
+async def test_heads_button_runs_the_analysis_at_80x24(model_dir, manager, hand):
+    app = WorkbenchApp(model_dir, manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("escape", "8")
+        await press_button(pilot, "#heads-run", hand)
+        await settle(app, pilot)
+        assert [s.kind for s in app.session.steps] == ["head_detectors"]
+        assert app.query_one("#heads-table").row_count > 0
+
+
+@pytest.mark.parametrize("hand", HANDS)
 async def test_attention_button_charts_a_head(model_dir, manager, hand):
     app = WorkbenchApp(model_dir, manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
