@@ -86,13 +86,14 @@ def bench_shape(
     ids = mx.array(prompts)
     bare = median_seconds(lambda: mx.eval(model.model(ids)), repeats)
     full = median_seconds(lambda: model.run(ids), repeats)
-    one = median_seconds(
-        lambda: model.run(ids, capture=[model.layer_name(model.num_layers // 2)]), repeats
-    )
+    middle = [model.layer_name(model.num_layers // 2)]
+    one = median_seconds(lambda: model.run(ids, capture=middle), repeats)
+    lean = median_seconds(lambda: model.run(ids, capture=middle, output=False), repeats)
     rows = [
         (f"{tag}: bare forward", f"{bare * 1e3:.2f} ms"),
         (f"{tag}: trace, full capture / bare", f"{full / bare:.2f}x"),
         (f"{tag}: trace, one module / bare", f"{one / bare:.2f}x"),
+        (f"{tag}: middle layer only (output=False) / bare", f"{lean / bare:.2f}x"),
     ]
     if len(prompts) == 1:
         rows += bench_one_prompt(tag, model, prompts[0], bare, repeats)

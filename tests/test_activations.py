@@ -111,13 +111,14 @@ def test_only_the_requested_modules_are_captured(model, monkeypatch):
     seen = []
     run = model.run
 
-    def spying_run(inputs, *, interventions=None, capture=None):
-        seen.append(capture)
-        return run(inputs, interventions=interventions, capture=capture)
+    def spying_run(inputs, **kwargs):
+        seen.append((kwargs["capture"], kwargs["output"]))
+        return run(inputs, **kwargs)
 
     monkeypatch.setattr(model, "run", spying_run)
     get_activations(model, PROMPTS, layers=[1, -1], component="mlp")
-    assert seen == [["model.layers.1.mlp", "model.layers.3.mlp"]]
+    # and not the logits: nothing after the last captured module is computed
+    assert seen == [(["model.layers.1.mlp", "model.layers.3.mlp"], False)]
 
 
 @pytest.mark.parametrize(

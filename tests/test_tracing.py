@@ -15,6 +15,7 @@ from mlxterp import (
     InterventionError,
     MlxterpError,
     ModuleNameError,
+    TraceError,
     collect_activations,
     loading,
 )
@@ -249,6 +250,22 @@ def test_run_honours_capture_and_interventions(tiny_llama):
     with tiny_llama.trace(TOKENS, interventions={"layers.1": iv.zero_out}) as traced:
         pass
     assert mx.array_equal(zeroed.output, traced.output).item()
+
+
+def test_run_without_output_gives_the_same_captures_and_skips_the_rest(tiny_llama):
+    full = tiny_llama.run(TOKENS, capture=["layers.1"])
+    lean = tiny_llama.run(TOKENS, capture=["layers.1"], output=False)
+    assert list(lean.activations) == ["model.layers.1"]
+    assert mx.array_equal(lean.activations["layers.1"], full.activations["layers.1"]).item()
+    with pytest.raises(TraceError, match="output=False"):
+        lean.output  # noqa: B018  # the property raises
+    # a NaN upstream of the capture is still reported; one downstream is never computed
+    nan = {"layers.0": lambda x: x * float("nan")}
+    with pytest.raises(InterventionError, match="NaN or inf"):
+        tiny_llama.run(TOKENS, capture=["layers.1"], interventions=nan, output=False)
+    later = {"layers.2": lambda x: x * float("nan")}
+    unharmed = tiny_llama.run(TOKENS, capture=["layers.1"], interventions=later, output=False)
+    assert mx.array_equal(unharmed.activations["layers.1"], full.activations["layers.1"]).item()
 
 
 def test_run_needs_no_block_and_leaves_no_open_trace(tiny_llama):

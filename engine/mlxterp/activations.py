@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .errors import InputError, NotCapturedError
 from .inputs import int_list
 from .inputs import is_int as is_int  # re-exported: callers take it from here
-from .names import MODEL_OUTPUT, ModuleIndex
+from .names import ModuleIndex
 from .tracing import ActivationMap
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def get_activations(
     """
     indices = layer_indices(model, layers)
     names = [model.layer_name(i, component) for i in indices]
-    trace = model.run(prompts, capture=names)
+    trace = model.run(prompts, capture=names, output=False)
     out: dict[str, mx.array] = {}
     index, single = None, False
     for i, name in zip(indices, names, strict=True):
@@ -207,12 +207,8 @@ def collect_activations(
             x if isinstance(x, str) else model.layer_name(layer_indices(model, [x])[0])
             for x in layers
         ]
-    trace = model.run(inputs, capture=capture)
-    values = {
-        name: trace.activations[name]
-        for name in trace.activations
-        if capture is None or name != MODEL_OUTPUT
-    }
+    trace = model.run(inputs, capture=capture, output=capture is None)
+    values = dict(trace.activations.items())
     metadata = {
         "model": model.name,
         "tokens": trace.inputs,

@@ -311,14 +311,18 @@ class InterpretableModel:
         messages: Chat | None = None,
         interventions: Mapping[str, InterventionFn] | None = None,
         capture: CaptureSpec = None,
+        output: bool = True,
     ) -> Trace:
         """The finished trace of one forward pass: ``model.trace`` without the ``with`` block.
 
         ``trace.output``, ``trace.activations`` (what ``capture`` names; everything by
         default) and ``trace.lengths`` are ready to read; interventions are applied.
         ``messages=`` runs a chat through the chat template, as in :meth:`trace`.
+        ``output=False`` computes only what the captures need (the layers after the last
+        captured module and the unembedding are skipped; ``trace.output`` then raises).
         """
-        return Trace(self, chosen_prompt(inputs, messages), interventions, capture).execute()
+        trace = Trace(self, chosen_prompt(inputs, messages), interventions, capture)
+        return trace.execute(output=output)
 
     @contextmanager
     def hooked(self, sites: Sequence[tuple[str, Site]]) -> Iterator[None]:

@@ -173,6 +173,7 @@ class Trace:
         self.activations: ActivationMap = ActivationMap(index, {})
         self.call_counts: dict[str, int] = {}
         self._output: mx.array | None = None
+        self._ran = False
 
     # ------------------------------------------------------------------ running
     def __enter__(self) -> Trace:
@@ -185,8 +186,13 @@ class Trace:
         if self in stack:
             stack.remove(self)
 
-    def execute(self) -> Trace:
-        """Run the forward pass: capture, intervene, evaluate everything at once; ``self``."""
+    def execute(self, *, output: bool = True) -> Trace:
+        """Run the forward pass: capture, intervene, evaluate everything at once; ``self``.
+
+        ``output=False`` evaluates only the captured values: MLX computes nothing the
+        captures do not depend on, so the layers after the last captured module and the
+        unembedding are skipped, and ``self.output`` raises.
+        """
         model = self.model
         index = model.module_index
         capture = set(self._capture)
@@ -197,18 +203,21 @@ class Trace:
             with_head_sites(index, sites, capture, self.interventions, recorder.visit)
         ):
             logits = model.forward(self._prepared)
-        output = logits.astype(mx.float32) if logits.dtype in (mx.float16, mx.bfloat16) else logits
-        to_eval = [output, *recorder.values.values()]
+        values = dict(recorder.values)
+        checked = list(values.values())
+        if output:
+            dtype = mx.float32 if logits.dtype in (mx.float16, mx.bfloat16) else logits.dtype
+            values[MODEL_OUTPUT] = self._output = logits.astype(dtype)
+            checked = [self._output]
+        to_eval = list(values.values())
         finite = None
-        if recorder.intervened:
-            finite = mx.isfinite(output).all()
+        if recorder.intervened and checked:
+            finite = mx.stack([mx.isfinite(value).all() for value in checked]).all()
             to_eval.append(finite)
         mx.eval(to_eval)
         if finite is not None and not finite.item():
             raise InterventionError(_nonfinite_message(recorder))
-        values = dict(recorder.values)
-        values[MODEL_OUTPUT] = output
-        self._output = output
+        self._ran = True
         self.activations = ActivationMap(index, values)
         self.call_counts = dict(recorder.call_counts)
         return self
@@ -218,6 +227,8 @@ class Trace:
     def output(self) -> mx.array:
         """The model's final output, float32 (``TraceError`` before the trace has run)."""
         if self._output is None:
+            if self._ran:
+                raise TraceError("this trace ran with output=False: only its captures exist")
             raise TraceError("this trace has not run yet: enter `with model.trace(...)` first")
         return self._output
 

@@ -66,7 +66,7 @@ def stream_activations(
     ) as bar:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            trace = model.run(chunk, capture=[component])
+            trace = model.run(chunk, capture=[component], output=False)
             acts = trace.activations[component]
             if acts.ndim != 3:
                 raise InputError(
