@@ -490,8 +490,7 @@ class WorkbenchApp(App[None]):
         self.start_step(kind, **params)
 
     def action_run_patching(self) -> None:
-        form = self.query_one(PatchingPane)
-        self._run_form("patching", lambda model: ("activation_patching", form.params(model)))
+        self._run_form("patching", self.query_one(PatchingPane).params)
 
     def action_run_steering(self) -> None:
         form = self.query_one(SteeringPane)

@@ -36,7 +36,7 @@ PANE_TYPES: dict[str, type[Pane]] = {
 }
 HOME_PANE = {  # the pane that shows a step kind's result first
     "logit_lens": "lens",
-    "activation_patching": "patching",
+    **{kind: "patching" for kind in PatchingPane.KINDS},
     "trace": "model",
     "steering": "steering",
     "generate": "steering",

@@ -22,11 +22,19 @@ from . import Pane
 class ChartsPane(Pane):
     """One chart at a time, redrawn through ``PlotextPlot.plt`` (never ``show()``)."""
 
-    KINDS = ("logit_lens", "activation_patching", "trace", "attention")
+    KINDS = (
+        "logit_lens",
+        "activation_patching",
+        "attribution_patching",
+        "causal_tracing",
+        "trace",
+        "attention",
+    )
     HOME = "#attn-run"
     HELP = (
         "One chart at a time: the target token's probability per layer (after a lens with a "
         "target), recovery per layer of a patching sweep (or its layer x position grid), the "
+        "layer x position grid of a gradient estimate or of causal tracing, the "
         "residual norm per layer (after a trace, ctrl+t), or the attention of the layer and "
         "head typed above the chart (f6 or the button: rows are queries, columns keys)."
     )
@@ -86,6 +94,24 @@ class ChartsPane(Pane):
                     "layer",
                     "recovery %",
                 )
+        elif step.kind == "attribution_patching":
+            self.grid(
+                f"Estimated {summary['metric']} change patching {summary['component']}: layer "
+                "(rows) x position (columns)",
+                summary["scores"],
+                summary["layers"],
+                summary["tokens"],
+                ("position", "layer"),
+            )
+        elif step.kind == "causal_tracing":
+            self.grid(
+                f"p({summary['answer'].strip()}) restoring {summary['component']}: layer (rows) "
+                "x position (columns)",
+                summary["restored"],
+                summary["layers"],
+                summary["tokens"],
+                ("position", "layer"),
+            )
         elif step.kind == "trace" and summary.get("layer_norms"):
             norms = summary["layer_norms"]
             self.line(

@@ -1,10 +1,12 @@
-"""Activation patching setup (clean, corrupted, component, metric, answers) and results."""
+"""Patching: activation patching (each layer, or layer x position), its gradient estimate
+(attribution patching) and causal tracing; the setup form and the results as tables."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Checkbox, DataTable, Select, Static
@@ -18,19 +20,44 @@ from . import Pane
 
 COMPONENTS = ("mlp", "attn", "output")
 METRICS = ("l2", "cosine", "mse", "kl", "logit_diff")
+METHODS = (
+    ("activation_patching", "patch each layer"),
+    ("attribution_patching", "gradient estimate"),
+    ("causal_tracing", "causal tracing"),
+)
+# the fields each method reads (the others are disabled while it is chosen)
+USES = {
+    "activation_patching": {"#patch-metric", "#patch-by-position", "#patch-positions"},
+    "attribution_patching": {"#patch-metric"},
+    "causal_tracing": {"#patch-positions"},
+}
+SECOND_PROMPT = {
+    "activation_patching": "corrupted prompt",
+    "attribution_patching": "corrupted prompt",
+    "causal_tracing": "subject: a part of the clean prompt",
+}
+ANSWERS = {
+    "activation_patching": "answers: ␣Paris,␣London",
+    "attribution_patching": "answers: ␣Paris,␣London",
+    "causal_tracing": "answer (default: the top one): ␣Paris",
+}
 
 
 class PatchingPane(Pane):
-    """The sweep's inputs; results as a layer table (the chart pane draws them too)."""
+    """The patching inputs; results as tables (the chart pane draws them too)."""
 
-    KINDS = ("activation_patching",)
+    KINDS = tuple(kind for kind, _ in METHODS)
     HOME = "#patch-table"
     HELP = (
-        "Activation patching: run the corrupted prompt with one layer's component (mlp, attn "
-        "or the layer output) taken from the clean run, for every layer, and measure how much "
-        "of the clean behaviour comes back (recovery %). logit_diff needs two answers, one "
-        "token each (␣Paris,␣London). 'by position' patches each position separately; "
-        "positions (-1: the last; 0, 2: a list) patches only there. Run with the button, "
+        "Patching, three methods. Patch each layer: run the corrupted prompt with one layer's "
+        "component (mlp, attn or the layer output) taken from the clean run, for every layer, "
+        "and measure how much of the clean behaviour comes back (recovery %); 'by position' "
+        "patches each position separately; positions (-1: the last; 0, 2: a list) patches "
+        "only there. Gradient estimate (attribution patching): the same recovery estimated "
+        "for every layer x position from one forward and backward pass. Causal tracing: "
+        "noise the subject's embeddings (the second field: a part of the clean prompt) and "
+        "restore each layer x position; cells are % of the answer's probability given back. "
+        "logit_diff needs two answers, one token each (␣Paris,␣London). Run with the button, "
         "Enter in a field, or ctrl+k."
     )
 
@@ -48,7 +75,13 @@ class PatchingPane(Pane):
             yield Checkbox("by position", id="patch-by-position")
             yield Field(placeholder="all positions", id="patch-positions")
         with Horizontal(id="patch-run-row"):
-            yield Field(placeholder="answers for logit_diff: ␣Paris,␣London", id="patch-answer")
+            yield Select(
+                [(label, kind) for kind, label in METHODS],
+                value="activation_patching",
+                allow_blank=False,
+                id="patch-method",
+            )
+            yield Field(placeholder=ANSWERS["activation_patching"], id="patch-answer")
             yield KeyButton(
                 "Run (ctrl+k)", id="patch-run", variant="primary", action="app.run_patching"
             )
@@ -57,52 +90,147 @@ class PatchingPane(Pane):
         table: DataTable[str] = DataTable(id="patch-table", cursor_type="row")
         yield table
 
-    def params(self, model: ModelView) -> dict[str, Any]:
-        """The ``activation_patching`` step's parameters; ``InputError`` beside the fields."""
+    @property
+    def method(self) -> str:
+        """The chosen step kind."""
+        return str(self.query_one("#patch-method", Select).value)
+
+    @on(Select.Changed, "#patch-method")
+    def _method_changed(self) -> None:
+        method = self.method
+        for selector in set().union(*USES.values()):
+            self.query_one(selector).disabled = selector not in USES[method]
+        self.query_one("#patch-corrupted", Field).placeholder = SECOND_PROMPT[method]
+        self.query_one("#patch-answer", Field).placeholder = ANSWERS[method]
+
+    def params(self, model: ModelView) -> tuple[str, dict[str, Any]]:
+        """The chosen step kind and its parameters; ``InputError`` beside the fields."""
         return self.query_one("#patch-message", FieldMessage).checked(lambda: self._params(model))
 
-    def _params(self, model: ModelView) -> dict[str, Any]:
+    def _params(self, model: ModelView) -> tuple[str, dict[str, Any]]:
+        method = self.method
         clean = self.query_one("#patch-clean", Field).value
-        corrupted = self.query_one("#patch-corrupted", Field).value
-        if not clean.strip() or not corrupted.strip():
+        second = self.query_one("#patch-corrupted", Field).value
+        component = str(self.query_one("#patch-component", Select).value)
+        answer = self.query_one("#patch-answer", Field).value
+        where = checks.positions(self.query_one("#patch-positions", Field).value)
+        if method == "causal_tracing":
+            if not clean.strip() or not second.strip():
+                raise InputError("causal tracing needs a prompt and its subject (a part of it)")
+            if second not in clean:
+                raise InputError(f"the subject {second!r} is not a part of the clean prompt")
+            params: dict[str, Any] = {"prompt": clean, "subject": second}
+            if component != "output":
+                params["component"] = component
+            if answer.strip():
+                params["target"] = checks.single_token(model, answer, "answer")
+            if where is not None:
+                params["positions"] = where
+            return method, params
+        if not clean.strip() or not second.strip():
             raise InputError("patching needs a clean and a corrupted prompt")
-        params: dict[str, Any] = {
+        params = {
             "clean": clean,
-            "corrupted": corrupted,
-            "component": str(self.query_one("#patch-component", Select).value),
+            "corrupted": second,
+            "component": component,
             "metric": str(self.query_one("#patch-metric", Select).value),
         }
-        answer = self.query_one("#patch-answer", Field).value
         if answer.strip():
             params["answer"] = list(checks.answer_pair(model, answer))
         elif params["metric"] == "logit_diff":
             raise InputError("logit_diff needs two answers, right then wrong: ␣Paris,␣London")
-        if self.query_one("#patch-by-position", Checkbox).value:
-            params["by_position"] = True
-        where = checks.positions(self.query_one("#patch-positions", Field).value)
-        if where is not None:
-            params["positions"] = where
-        return params
+        if method == "activation_patching":
+            if self.query_one("#patch-by-position", Checkbox).value:
+                params["by_position"] = True
+            if where is not None:
+                params["positions"] = where
+        return method, params
 
     def restore(self, step: Step) -> None:
         p = step.params
-        self.query_one("#patch-clean", Field).value = p["clean"]
-        self.query_one("#patch-corrupted", Field).value = p["corrupted"]
-        if p.get("component") in COMPONENTS:
-            self.query_one("#patch-component", Select).value = p["component"]
+        self.query_one("#patch-method", Select).value = step.kind
+        self.query_one("#patch-clean", Field).value = str(p.get("clean", p.get("prompt", "")))
+        second = p.get("corrupted", p.get("subject", ""))
+        self.query_one("#patch-corrupted", Field).value = second if isinstance(second, str) else ""
+        component = p.get("component") or "output"
+        if component in COMPONENTS:
+            self.query_one("#patch-component", Select).value = component
         if p.get("metric") in METRICS:
             self.query_one("#patch-metric", Select).value = p["metric"]
-        answer = p.get("answer")
-        self.query_one("#patch-answer", Field).value = (
-            ",".join(display_token(a) for a in answer) if answer else ""
-        )
+        answer = p.get("answer") or ([p["target"]] if isinstance(p.get("target"), str) else [])
+        self.query_one("#patch-answer", Field).value = ",".join(map(display_token, answer))
         self.query_one("#patch-by-position", Checkbox).value = bool(p.get("by_position"))
         where = p.get("positions")
         listed = [] if where is None else where if isinstance(where, list) else [where]
         self.query_one("#patch-positions", Field).value = ", ".join(map(str, listed))
 
     def show_step(self, step: Step, state: WorkbenchState) -> None:
-        self.show(step.summary)
+        if step.kind == "attribution_patching":
+            self.show_estimate(step.summary)
+        elif step.kind == "causal_tracing":
+            self.show_tracing(step.summary)
+        else:
+            self.show(step.summary)
+
+    def _grid(
+        self, caption: str, summary: dict, rows: list[list[float]], labels: list, total: bool
+    ) -> None:
+        """A layer x position table: a row per layer (with ``total``, its sum first: what
+        the whole layer does), a column per position headed by its index and token."""
+        self.query_one("#patch-caption", Static).update(Text(caption))
+        table: DataTable[Any] = self.query_one("#patch-table", DataTable)
+        table.clear(columns=True)
+        table.add_column("layer", width=6)
+        if total:
+            table.add_column("all", width=8)
+        for position, token in zip(summary["positions"], labels, strict=True):
+            table.add_column(f"{position} {token}"[:9], width=9)
+        for layer, cells in zip(summary["layers"], rows, strict=True):
+            first = [f"{sum(cells):8.2f}"] if total else []
+            table.add_row(f"L{layer}", *first, *(f"{v:8.2f}" for v in cells))
+
+    def show_estimate(self, summary: dict) -> None:
+        """Draw an ``AttributionResult.to_summary()``: estimated recovery % per layer x
+        position, and per layer in all."""
+        gap = summary["clean_value"] - summary["corrupted_value"]
+        rows = [[v / gap * 100.0 if gap else 0.0 for v in row] for row in summary["scores"]]
+        best = max(
+            ((v, layer, p) for layer, row in zip(summary["layers"], rows, strict=True)
+             for p, v in zip(summary["positions"], row, strict=True)),
+            default=None,
+        )  # fmt: skip
+        top = f"; most: L{best[1]} at {best[2]} ({best[0]:.1f}%)" if best else ""
+        self._grid(
+            f"{summary['component']} / {summary['metric']}: estimated recovery % (gradient "
+            f"estimate; clean {summary['clean_value']:.4g}, corrupted "
+            f"{summary['corrupted_value']:.4g}){top}",
+            summary,
+            rows,
+            [display_token(t) for t in summary["tokens"]],
+            total=True,
+        )
+
+    def show_tracing(self, summary: dict) -> None:
+        """Draw a ``CausalTrace.to_summary()``: % of the answer's lost probability that
+        restoring each layer x position gives back (the subject's tokens marked *, before the
+        token so that a cut header keeps it)."""
+        lost = summary["total_effect"]
+        low = summary["p_corrupted"]
+        rows = [[(p - low) / lost * 100.0 if lost else 0.0 for p in r] for r in summary["restored"]]
+        start, end = summary["subject"]
+        labels = [
+            f"*{display_token(t)}" if start <= p < end else display_token(t)
+            for p, t in zip(summary["positions"], summary["tokens"], strict=True)
+        ]
+        self._grid(
+            f"causal tracing of {display_token(summary['answer'])} ({summary['component']}, "
+            f"window {summary['window']}): p clean {summary['p_clean']:.3g}, subject noised "
+            f"{low:.3g}; cells: % of that drop restored",
+            summary,
+            rows,
+            labels,
+            total=False,
+        )
 
     def show(self, summary: dict) -> None:
         """Draw a ``PatchingResult.to_summary()``."""

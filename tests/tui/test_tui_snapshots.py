@@ -75,6 +75,16 @@ async def patching(pilot):
     await pilot.press("ctrl+k")
 
 
+async def causal_tracing(pilot):
+    app = pilot.app
+    app.query_one("#patch-method", Select).value = "causal_tracing"
+    app.query_one("#patch-component", Select).value = "output"
+    app.query_one("#patch-clean", Input).value = "The capital of France is"
+    app.query_one("#patch-corrupted", Input).value = "France"
+    await focus(pilot, "#patch-table")
+    await pilot.press("4", "ctrl+k")
+
+
 async def chart(pilot):
     await focus(pilot, "#lens-table")
     await pilot.press("3")
@@ -126,6 +136,7 @@ SCREENS = {
     "topk": topk,
     "model": model_tree,
     "patching": patching,
+    "causal_tracing": causal_tracing,
     "chart": chart,
     "attention": attention,
     "interventions": interventions,
