@@ -754,14 +754,16 @@ class WorkbenchApp(App[None]):
         return None
 
     def action_export(self) -> None:
-        """Export the step last shown (else the last step) to JSON and CSV beside the session."""
+        """Export the step last shown (else the last step) to JSON and CSV beside the session,
+        and the chart pane's chart of it, if it draws one, as text and SVG."""
         steps = self.session.steps
         if not steps:
             self.notify("the session has no steps: nothing to export", severity="warning")
             return
         step = next((s for s in steps if s is self._last_shown), steps[-1])
         try:
-            written = export_step(self.session, step)
+            chart = self.query_one(ChartsPane).chart_text(step)
+            written = export_step(self.session, step, chart=chart)
         except (OSError, MlxterpError) as err:
             self.notify(error_text(err), severity="error", title="export failed", timeout=8)
             return

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from xml.etree import ElementTree
 
 import pytest
 
-from mlxterp.session import Session, SessionError, export_step
+from mlxterp.session import Session, SessionError, bar_chart, export_step, to_text
 from mlxterp.session import export as export_module
 
 CLEAN = "The capital of France is"
@@ -68,6 +70,32 @@ def test_by_position_patching_is_a_layer_by_position_table(recorded, tmp_path):
     ]
     assert header[:2] == ["row", "layers"] and header[-len(matrix) :] == matrix
     assert len(rows) == len(step.summary["layers"]) * len(step.summary["positions"])
+
+
+def test_a_chart_is_written_as_plain_text_and_as_svg(recorded, tmp_path):
+    step = recorded.steps[1]
+    s = step.summary
+    chart = to_text(bar_chart(s["layers"], s["recovery"], xlabel="layer", ylabel="recovery %"))
+    assert "\x1b[" in chart  # plotext colours it
+    _js, _cs, txt, svg = export_step(recorded, step, tmp_path, chart=chart)
+    assert (txt.name, svg.name) == (
+        "run.step-1-activation_patching.chart.txt",
+        "run.step-1-activation_patching.chart.svg",
+    )
+    title, *lines = txt.read_text(encoding="utf-8").splitlines()
+    assert title == f"# activation_patching step 1, params: {json.dumps(step.params)}"
+    assert "\x1b" not in txt.read_text() and "recovery %" in "\n".join(lines)
+    assert "█" in "\n".join(lines) or "▄" in "\n".join(lines)  # the bars themselves
+    root = ElementTree.fromstring(svg.read_text(encoding="utf-8"))  # well-formed SVG
+    assert root.tag.endswith("svg")
+    texts = ["".join(e.itertext()).replace("\xa0", " ") for e in root.iter() if "text" in e.tag]
+    assert f"activation_patching step 1, params: {json.dumps(step.params)}" in texts
+    assert any("█" in t or "▄" in t for t in texts)
+    colours = set(re.findall(r"fill: (#[0-9a-f]{6})", svg.read_text(encoding="utf-8")))
+    assert len(colours) >= 3  # the terminal's two and the chart's own
+    # a second export of the same step takes the next free stem for all four files
+    again = export_step(recorded, step, tmp_path, chart=chart)
+    assert [p.name.split(".")[1] for p in again] == ["step-1-activation_patching-2"] * 4
 
 
 def test_default_is_the_last_step_beside_the_session_file(recorded):

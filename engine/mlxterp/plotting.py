@@ -248,7 +248,10 @@ def _decorate(fig: Any, title: str | None, xlabel: str | None, ylabel: str | Non
 
 
 def to_text(fig: Any, width: int = 80, height: int = 20, color: bool = True) -> str:
-    """The figure rendered as terminal text of ``width`` x ``height`` characters."""
+    """The figure rendered as terminal text of ``width`` x ``height`` characters (whatever
+    the terminal's size: what plotext's own ``limit_size(False, False)`` does, for this
+    figure rather than its global one)."""
+    fig._limit_size(False, False)
     fig.plotsize(width, height)
     text: str = fig.build()
     return text if color else plotext.uncolorize(text)

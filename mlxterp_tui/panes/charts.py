@@ -3,6 +3,8 @@ attention of one head."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from rich.text import Text
@@ -11,12 +13,14 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from mlxterp.session import InputError, Step, bar_chart, line_chart, matrix_chart
+from mlxterp.session import InputError, Step, bar_chart, line_chart, matrix_chart, to_text
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
 from ..widgets import Field, FieldMessage, KeyButton
 from . import Pane
+
+EXPORT_SIZE = (100, 30)  # columns x lines of an exported chart
 
 
 class ChartsPane(Pane):
@@ -38,6 +42,9 @@ class ChartsPane(Pane):
         "residual norm per layer (after a trace, ctrl+t), or the attention of the layer and "
         "head typed above the chart (f6 or the button: rows are queries, columns keys)."
     )
+
+    _step: Step | None = None  # the step being shown
+    _drawn: tuple[Step | None, Callable[..., Any]] | None = None  # the chart shown, and how
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="attn-options"):
@@ -69,6 +76,7 @@ class ChartsPane(Pane):
 
     def show_step(self, step: Step, state: WorkbenchState) -> None:
         summary = step.summary
+        self._drawn, self._step = None, step
         if step.kind == "logit_lens" and summary.get("target_probs"):
             self.line(
                 "p(target) at the last position per layer",
@@ -158,6 +166,15 @@ class ChartsPane(Pane):
             ("key", "query"),
         )
 
+    def chart_text(self, step: Step) -> str | None:
+        """The chart this pane draws for ``step`` as terminal text (ANSI colours) of
+        ``EXPORT_SIZE``, or None when it shows none of it."""
+        if self._drawn is None or self._drawn[0] is not step:
+            return None
+        width, height = EXPORT_SIZE
+        figure = self._drawn[1](plt=None, width=width)
+        return to_text(figure, width, height)
+
     @staticmethod
     def _width(plot: PlotextPlot) -> int:
         """The columns the chart has (the whole pane's before the first layout)."""
@@ -170,36 +187,31 @@ class ChartsPane(Pane):
         plot.plt.clear_figure()
         return plot
 
+    def _draw(self, caption: str, draw: Callable[..., Any]) -> None:
+        """Show ``draw`` (an engine chart with its data bound; it takes ``plt`` and
+        ``width``) under ``caption``, and keep it for :meth:`chart_text`."""
+        plot = self._fresh(caption)
+        draw(plt=plot.plt, width=self._width(plot))
+        plot.refresh()
+        self._drawn = (self._step, draw)
+
     def line(self, caption: str, xs: list, ys: list, xlabel: str, ylabel: str) -> None:
         """A line chart of ``ys`` over ``xs`` (the engine's: integer layers, integer ticks)."""
-        plot = self._fresh(caption)
-        line_chart(  # the empty label: no legend
-            {"": ys}, xs, xlabel=xlabel, ylabel=ylabel, plt=plot.plt, width=self._width(plot)
-        )
-        plot.refresh()
+        # the empty label: no legend
+        self._draw(caption, partial(line_chart, {"": ys}, xs, xlabel=xlabel, ylabel=ylabel))
 
     def bars(self, caption: str, xs: list, ys: list, xlabel: str, ylabel: str) -> None:
         """A bar chart of ``ys`` over ``xs`` (the engine's: integer layers, integer ticks)."""
-        plot = self._fresh(caption)
-        bar_chart(xs, ys, xlabel=xlabel, ylabel=ylabel, plt=plot.plt, width=self._width(plot))
-        plot.refresh()
+        self._draw(caption, partial(bar_chart, xs, ys, xlabel=xlabel, ylabel=ylabel))
 
     def grid(
         self, caption: str, matrix: list[list[Any]], rows: list, columns: list, axes: tuple
     ) -> None:
         """A heatmap of ``matrix``, its rows and columns labelled (integers or tokens) and
         its axes named ``(columns, rows)``."""
-        plot = self._fresh(caption)
-        matrix_chart(
-            matrix,
-            rows,
-            columns,
-            xlabel=axes[0],
-            ylabel=axes[1],
-            plt=plot.plt,
-            width=self._width(plot),
+        self._draw(
+            caption, partial(matrix_chart, matrix, rows, columns, xlabel=axes[0], ylabel=axes[1])
         )
-        plot.refresh()
 
 
 def _attention_layer(step: Step) -> int:

@@ -78,3 +78,26 @@ async def test_e_into_an_unwritable_folder_notifies_and_stays_up(model_dir, mana
         await export(app, pilot)
         assert app.is_running
         assert any(n.title == "export failed" for n in app._notifications)
+
+
+async def test_e_writes_the_chart_shown_as_text_and_svg(model_dir, manager, tmp_path):
+    path = tmp_path / "work.toml"
+    app = WorkbenchApp(model_dir, session=Session.new(model_dir, path, manager), manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        app.query_one("#patch-clean", Input).value = PROMPT
+        app.query_one("#patch-corrupted", Input).value = "The capital of Germany is"
+        app.query_one("#patch-table").focus()
+        await pilot.press("ctrl+k")
+        await settle(app, pilot)
+        await pilot.press("3")  # the chart pane draws the sweep's recovery per layer
+        await export(app, pilot)
+        stem = "work.step-0-activation_patching"
+        written = [tmp_path / f"{stem}{s}" for s in (".json", ".csv", ".chart.txt", ".chart.svg")]
+        assert all(p.exists() for p in written)
+        title, *chart = written[2].read_text(encoding="utf-8").splitlines()
+        assert title.startswith("# activation_patching step 0, params: {")
+        assert "recovery %" in "\n".join(chart) and any("█" in line for line in chart)
+        assert len(chart) == 30 and max(map(len, chart)) == 100  # the export size
+        assert written[3].read_text(encoding="utf-8").startswith("<svg")
+        assert any(str(written[3]) in m for m in messages(app))

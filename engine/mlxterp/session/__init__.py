@@ -17,6 +17,7 @@ from ..plotting import (  # the workbench draws as the plots do
     color_at,
     line_chart,
     matrix_chart,
+    to_text,
 )
 from ..token_display import display_token, token_from_display  # tokens shown alike
 from .active import (
@@ -63,5 +64,6 @@ __all__ = [
     "model_choices",
     "replay",
     "replay_main",
+    "to_text",
     "token_from_display",
 ]

@@ -1,5 +1,6 @@
 """Export of a recorded step to files beside the session: JSON (the step's kind, params
-and summary, as plain values) and, where the summary is a table, CSV.
+and summary, as plain values), where the summary is a table CSV, and given a chart of it
+(terminal text, as ``plotting.to_text`` draws one) the chart as plain text and as SVG.
 
 A summary is a table when it holds list-of-lists matrices of one shape (one CSV row per
 cell, labelled by the summary's lists as long as the rows and as long as the columns, e.g.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotext
 
 from ..errors import SessionError
 from ..files import atomic_write
@@ -88,6 +90,22 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]] | None:
     return list(columns), [list(r) for r in zip(*columns.values(), strict=True)]
 
 
+def chart_svg(chart: str, title: str) -> str:
+    """An SVG of a terminal chart (plotext's text, ANSI colours kept), drawn as a terminal
+    window titled ``title``."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    width = max((len(line) for line in plotext.uncolorize(chart).splitlines()), default=1)
+    console = Console(
+        record=True, width=width, file=io.StringIO(), color_system="truecolor", legacy_windows=False
+    )
+    console.print(Text.from_ansi(chart), no_wrap=True, overflow="ignore")
+    return console.export_svg(title=title)
+
+
 def _free_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
     """``stem``, or ``stem-2``, ``stem-3``, ...: the first with no file of any suffix."""
     n, candidate = 1, stem
@@ -98,13 +116,19 @@ def _free_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
 
 
 def export_step(
-    session: Session, step: Step | int | None = None, folder: str | Path | None = None
+    session: Session,
+    step: Step | int | None = None,
+    folder: str | Path | None = None,
+    chart: str | None = None,
 ) -> list[Path]:
     """Write ``step`` (a recorded step or its index; default the last) of ``session`` as
     ``<session stem>.step-<index>-<kind>.json`` and, where its summary is tabular, ``.csv``,
     in ``folder`` (default: beside the session file, or the current directory for an
-    unsaved session).  Returns the paths written.  Raises SessionError when there is no
-    such step, OSError when the folder cannot be written."""
+    unsaved session).  ``chart``, a chart of the step as terminal text (e.g.
+    ``plotting.to_text(fig)``; ANSI colours allowed), is written beside them as
+    ``.chart.txt`` (plain) and ``.chart.svg`` (coloured), each headed by the step's kind and
+    parameters.  Returns the paths written.  Raises SessionError when there is no such
+    step, OSError when the folder cannot be written."""
     if not session.steps:
         raise SessionError("the session has no steps: nothing to export")
     if step is None:
@@ -119,7 +143,9 @@ def export_step(
     base = session.path.stem if session.path is not None else UNSAVED_STEM
     summary = plain(step.summary)
     tabular = table(summary)
-    suffixes = (".json", ".csv") if tabular else (".json",)
+    suffixes: tuple[str, ...] = (".json", ".csv") if tabular else (".json",)
+    if chart is not None:
+        suffixes += (".chart.txt", ".chart.svg")
     stem = _free_stem(folder, f"{base}.step-{step.index}-{step.kind}", suffixes)
     document = {
         "kind": step.kind,
@@ -132,9 +158,9 @@ def export_step(
     written = [folder / f"{stem}.json"]
     text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write(written[0], lambda p: p.write_text(text, encoding="utf-8"))
+    params = json.dumps(plain(step.params), ensure_ascii=False)
     if tabular:
         header, rows = tabular
-        params = json.dumps(plain(step.params), ensure_ascii=False)
 
         def write_csv(p: Path) -> None:
             with open(p, "w", newline="", encoding="utf-8") as handle:
@@ -144,5 +170,12 @@ def export_step(
                 out.writerows(rows)
 
         written.append(folder / f"{stem}.csv")
-        atomic_write(written[1], write_csv)
+        atomic_write(written[-1], write_csv)
+    if chart is not None:
+        title = f"{step.kind} step {step.index}, params: {params}"
+        plain_chart = f"# {title}\n{plotext.uncolorize(chart).rstrip()}\n"
+        svg = chart_svg(chart, title)
+        written += [folder / f"{stem}.chart.txt", folder / f"{stem}.chart.svg"]
+        atomic_write(written[-2], lambda p: p.write_text(plain_chart, encoding="utf-8"))
+        atomic_write(written[-1], lambda p: p.write_text(svg, encoding="utf-8"))
     return written
