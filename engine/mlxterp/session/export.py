@@ -23,6 +23,7 @@ import plotext
 
 from ..errors import SessionError
 from ..files import atomic_write
+from ..plotting import text_svg
 from .session import Session, Step
 
 UNSAVED_STEM = "mlxterp-session"  # the file stem of an unsaved session's exports
@@ -90,22 +91,6 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]] | None:
     return list(columns), [list(r) for r in zip(*columns.values(), strict=True)]
 
 
-def chart_svg(chart: str, title: str) -> str:
-    """An SVG of a terminal chart (plotext's text, ANSI colours kept), drawn as a terminal
-    window titled ``title``."""
-    import io
-
-    from rich.console import Console
-    from rich.text import Text
-
-    width = max((len(line) for line in plotext.uncolorize(chart).splitlines()), default=1)
-    console = Console(
-        record=True, width=width, file=io.StringIO(), color_system="truecolor", legacy_windows=False
-    )
-    console.print(Text.from_ansi(chart), no_wrap=True, overflow="ignore")
-    return console.export_svg(title=title)
-
-
 def _free_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
     """``stem``, or ``stem-2``, ``stem-3``, ...: the first with no file of any suffix."""
     n, candidate = 1, stem
@@ -126,9 +111,9 @@ def export_step(
     in ``folder`` (default: beside the session file, or the current directory for an
     unsaved session).  ``chart``, a chart of the step as terminal text (e.g.
     ``plotting.to_text(fig)``; ANSI colours allowed), is written beside them as
-    ``.chart.txt`` (plain) and ``.chart.svg`` (coloured), each headed by the step's kind and
-    parameters.  Returns the paths written.  Raises SessionError when there is no such
-    step, OSError when the folder cannot be written."""
+    ``.chart.txt`` (plain) and ``.chart.svg`` (coloured, ``plotting.text_svg``), each
+    headed by the step's kind and parameters.  Returns the paths written.  Raises
+    SessionError when there is no such step, OSError when the folder cannot be written."""
     if not session.steps:
         raise SessionError("the session has no steps: nothing to export")
     if step is None:
@@ -174,7 +159,7 @@ def export_step(
     if chart is not None:
         title = f"{step.kind} step {step.index}, params: {params}"
         plain_chart = f"# {title}\n{plotext.uncolorize(chart).rstrip()}\n"
-        svg = chart_svg(chart, title)
+        svg = text_svg(chart, title)
         written += [folder / f"{stem}.chart.txt", folder / f"{stem}.chart.svg"]
         atomic_write(written[-2], lambda p: p.write_text(plain_chart, encoding="utf-8"))
         atomic_write(written[-1], lambda p: p.write_text(svg, encoding="utf-8"))
