@@ -73,7 +73,8 @@ from .state import (
     user_message,
 )
 
-TEXT_KINDS = ("logit_lens", "trace", "attention")  # steps whose ``text`` is the prompt
+# steps whose ``text`` is the prompt
+TEXT_KINDS = ("logit_lens", "tuned_lens", "trace", "attention")
 PANE_ACTIONS = {  # Enter in a field runs the action of its innermost row or pane listed here
     "gen-options": "run_generate",
     "lens-pane": "run_lens",
@@ -457,12 +458,12 @@ class WorkbenchApp(App[None]):
         if model is None or text is None:
             return
         try:
-            params = self.query_one(LensPane).params(model, text)
+            kind, params = self.query_one(LensPane).params(model, text)
         except MlxterpError:
             self.action_show_pane("lens")
             return
         self.action_show_pane("lens")
-        self.start_step("logit_lens", **params)
+        self.start_step(kind, **params)
 
     def action_run_trace(self) -> None:
         text = self._prompt()
@@ -563,7 +564,7 @@ class WorkbenchApp(App[None]):
             and self.state.model is not None
         ):
             try:
-                params = self.query_one(LensPane).params(self.state.model, bar.value)
+                params = self.query_one(LensPane).logit_params(self.state.model, bar.value)
             except MlxterpError:
                 return True
             self.start_step("logit_lens", **params)

@@ -36,6 +36,7 @@ PANE_TYPES: dict[str, type[Pane]] = {
 }
 HOME_PANE = {  # the pane that shows a step kind's result first
     "logit_lens": "lens",
+    "tuned_lens": "lens",
     **{kind: "patching" for kind in PatchingPane.KINDS},
     "trace": "model",
     "steering": "steering",

@@ -28,6 +28,7 @@ class ChartsPane(Pane):
 
     KINDS = (
         "logit_lens",
+        "tuned_lens",
         "activation_patching",
         "attribution_patching",
         "causal_tracing",
@@ -77,7 +78,7 @@ class ChartsPane(Pane):
     def show_step(self, step: Step, state: WorkbenchState) -> None:
         summary = step.summary
         self._drawn, self._step = None, step
-        if step.kind == "logit_lens" and summary.get("target_probs"):
+        if step.kind in ("logit_lens", "tuned_lens") and summary.get("target_probs"):
             self.line(
                 "p(target) at the last position per layer",
                 summary["layers"],

@@ -3,6 +3,7 @@ the top-k modal of a cell."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -12,7 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from mlxterp.session import Step, color_at, display_token
+from mlxterp.session import InputError, Step, color_at, display_token
 
 from .. import checks
 from ..state import ModelView, Prompt, WorkbenchState
@@ -56,15 +57,16 @@ class TopKScreen(ModalScreen[None]):
 class LensPane(Pane):
     """Target token entry and the lens table; Enter on a cell opens its top-k."""
 
-    KINDS = ("logit_lens",)
+    KINDS = ("logit_lens", "tuned_lens")
     HOME = "#lens-table"
     HELP = (
         "What every layer predicts at every position of the prompt. Rows are layers, "
         "columns the prompt's tokens; each cell is the layer's top token, coloured by its "
         "probability (dark low, yellow high). Tokens show a space as ␣, a newline as ↵, a "
         "tab as ⇥. Enter on a cell lists its top-k. A target token (written the same way, "
-        "e.g. ␣Paris) charts its probability per layer in the Chart pane. Enter in the "
-        "prompt or ctrl+r runs it."
+        "e.g. ␣Paris) charts its probability per layer in the Chart pane. A tuned lens file "
+        "(a .toml saved by mlxterp.tuned_lens) reads every layer through its trained "
+        "translators instead of the final norm alone. Enter in the prompt or ctrl+r runs it."
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -76,6 +78,7 @@ class LensPane(Pane):
         with Horizontal(id="lens-options"):
             yield Field(placeholder="target token (optional, e.g. ␣Paris)", id="lens-target")
             yield Field(value="5", placeholder="top-k", id="lens-topk", restrict=r"[0-9]*")
+            yield Field(placeholder="tuned lens file (optional)", id="lens-tuned")
         yield FieldMessage(id="lens-message")
         yield Static(
             "Type a prompt and press Enter (or ctrl+r) to run the lens.", id="lens-caption"
@@ -85,22 +88,40 @@ class LensPane(Pane):
         )
         yield table
 
-    def params(self, model: ModelView, text: Prompt) -> dict[str, Any]:
-        """The ``logit_lens`` step's parameters for ``text`` (or a chat); ``InputError``
-        beside the field."""
+    def params(self, model: ModelView, text: Prompt) -> tuple[str, dict[str, Any]]:
+        """The step the form asks for on ``text`` (or a chat), ``logit_lens`` or, with a
+        tuned lens file, ``tuned_lens``, and its parameters; ``InputError`` beside the
+        fields."""
 
-        def read() -> dict[str, Any]:
-            topk = self.query_one("#lens-topk", Field).value or "5"
-            params: dict[str, Any] = {
-                "text": text,
-                "top_k": checks.whole(topk, "top-k", low=1, high=MOST_TOP_K),
-            }
-            target = self.query_one("#lens-target", Field).value
-            if target.strip():
-                params["target"] = checks.single_token(model, target, "target")
-            return params
+        def read() -> tuple[str, dict[str, Any]]:
+            params = self._common(model, text)
+            tuned = self.query_one("#lens-tuned", Field).value.strip()
+            if not tuned:
+                return "logit_lens", params
+            path = Path(tuned).expanduser()
+            if not path.is_file():
+                raise InputError(f"tuned lens: there is no file {tuned!r}")
+            return "tuned_lens", {**params, "lens": str(path)}
 
         return self.query_one("#lens-message", FieldMessage).checked(read)
+
+    def logit_params(self, model: ModelView, text: Prompt) -> dict[str, Any]:
+        """The ``logit_lens`` step's parameters for ``text`` (whatever the tuned lens field
+        holds: what an intervention is compared on); ``InputError`` beside the fields."""
+        return self.query_one("#lens-message", FieldMessage).checked(
+            lambda: self._common(model, text)
+        )
+
+    def _common(self, model: ModelView, text: Prompt) -> dict[str, Any]:
+        topk = self.query_one("#lens-topk", Field).value or "5"
+        params: dict[str, Any] = {
+            "text": text,
+            "top_k": checks.whole(topk, "top-k", low=1, high=MOST_TOP_K),
+        }
+        target = self.query_one("#lens-target", Field).value
+        if target.strip():
+            params["target"] = checks.single_token(model, target, "target")
+        return params
 
     def restore(self, step: Step) -> None:
         target = step.params.get("target")
@@ -108,6 +129,7 @@ class LensPane(Pane):
             display_token(target) if isinstance(target, str) else ""
         )
         self.query_one("#lens-topk", Field).value = str(step.params.get("top_k", 5))
+        self.query_one("#lens-tuned", Field).value = str(step.params.get("lens", ""))
 
     def show_step(self, step: Step, state: WorkbenchState) -> None:
         self.show(step.summary, step.result)
@@ -134,6 +156,8 @@ class LensPane(Pane):
         caption = (
             f"{len(summary['layers'])} layers x {len(tokens)} positions; Enter on a cell: top-k"
         )
+        if "lens_digest" in summary:
+            caption = f"tuned lens ({summary['lens_digest'][:8]}): {caption}"
         if summary.get("target_probs"):
             caption += f"; target p at last layer {summary['target_probs'][-1]:.3f}"
         self.query_one("#lens-caption", Static).update(Text(caption))
