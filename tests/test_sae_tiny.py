@@ -119,6 +119,24 @@ def test_load_checks_the_width_of_the_component(relu_sae, tiny_llama, tmp_path):
         stats(relu_sae, mx.zeros((4, 32)))
 
 
+def test_a_failed_save_leaves_the_saved_sae_whole(relu_sae, tmp_path, monkeypatch):
+    folder = relu_sae.save(tmp_path / "sae")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def broken(path, arrays):
+        with open(path, "wb") as handle:
+            handle.write(b"half a file")  # as a full disk would leave it
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(mx, "save_safetensors", broken)
+    with pytest.raises(OSError, match="No space"):
+        relu_sae.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temporary left
+    monkeypatch.undo()
+    x = mx.random.normal((2, 3, 64), key=mx.random.key(7))
+    assert mx.array_equal(SAE.load(folder)(x), relu_sae(x)).item()
+
+
 def test_training_on_cached_activations_equals_streaming(tiny_llama):
     rows = token_rows(20, 6)
     config = SAEConfig(expansion_factor=2, k=4, epochs=2, batch_size=16, buffer_size=40, seed=7)

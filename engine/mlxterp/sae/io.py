@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import mlx.core as mx
 
 from ..errors import InputError, ModuleNameError
+from ..files import atomic_write
 from .config import SAEConfig
 from .model import SAE
 
@@ -65,12 +66,15 @@ def _build(meta: dict[str, Any], weights: dict[str, mx.array], where: str) -> SA
 
 
 def save_sae(sae: SAE, folder: str | Path) -> Path:
-    """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (created if needed)."""
+    """Write ``sae.safetensors`` and ``sae.json`` into ``folder`` (created if needed), each
+    through a temporary file and a rename: a save that fails leaves what was there whole."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "sae.safetensors"), {k: getattr(sae, k) for k in WEIGHTS})
+    weights = {k: getattr(sae, k) for k in WEIGHTS}
     text = json.dumps(_meta(sae), indent=2) + "\n"
-    (folder / "sae.json").write_text(text, encoding="utf-8")
+    mx.eval(weights)
+    atomic_write(folder / "sae.safetensors", lambda tmp: mx.save_safetensors(str(tmp), weights))
+    atomic_write(folder / "sae.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return folder
 
 
