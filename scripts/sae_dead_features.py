@@ -11,8 +11,12 @@ The GGUF is dequantized at load by default (``InterpretableModel(..., dequantize
 the same activations to 1e-4, forwards ~12x faster on CPU, where MLX's quantized kernels
 are slow); ``--no-dequantize`` keeps the 4-bit layers.
 
-Texts are the demo model's synthetic corpus (scripts/train_demo_model.py's ``corpus``):
-``--lines`` for training (seed 123), ``--held-out`` lines of another seed (999) to measure.
+Texts for the demo model are its synthetic corpus (scripts/train_demo_model.py's
+``corpus``): ``--lines`` for training (seed 123), ``--held-out`` lines of another seed (999)
+to measure.  For SmolLM2 they are real English prose that ships with every Python: the
+docstrings of the standard library to train on, the language reference's help topics
+(``pydoc_data.topics``) held out, cut into 128-token texts (``--lines`` and ``--held-out``
+of them).
 A * marks the defaults of ``SAEConfig`` (resampling is off by default: when it should run
 depends on how many steps the data gives).
 """
@@ -67,6 +71,45 @@ def demo_corpus(n: int, seed: int) -> list[str]:
     return lines
 
 
+def python_docs(
+    tokenizer: Any, n_train: int, n_held: int, length: int = 128
+) -> tuple[list[list[int]], list[list[int]]]:
+    """``(train, held_out)`` token-id texts of ``length`` tokens: the standard library's
+    docstrings (over 200 characters; tests and GUI packages left out) to train on, the
+    language reference's help topics to measure (different documents)."""
+    import ast
+    import pydoc_data.topics
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "lib2to3", "site-packages", "tkinter", "turtledemo"}
+    docs: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 200:
+                    docs.append(doc)
+
+    def cut(texts: list[str], n: int) -> list[list[int]]:
+        ids: list[int] = []
+        for text in texts:
+            ids.extend(tokenizer.encode(text + "\n\n"))
+            if len(ids) >= n * length:
+                break
+        return [
+            ids[i : i + length] for i in range(0, min(len(ids), n * length) - length + 1, length)
+        ]
+
+    return cut(docs, n_train), cut(list(pydoc_data.topics.topics.values()), n_held)
+
+
 def smollm2_path() -> str:
     for folder in map(Path, sys.path):
         if (folder / SMOLLM2).is_file():
@@ -83,8 +126,12 @@ def main() -> None:
         default=True,
         help="replace quantized layers by plain ones at load (default; faster on CPU)",
     )
-    parser.add_argument("--lines", type=int, default=800, help="training lines")
-    parser.add_argument("--held-out", type=int, default=300, help="held-out lines")
+    parser.add_argument(
+        "--lines", type=int, help="training texts (default: demo 800 lines, SmolLM2 1600 x 128)"
+    )
+    parser.add_argument(
+        "--held-out", type=int, help="held-out texts (default: demo 300, SmolLM2 100 x 128)"
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--expansion", type=int, default=8)
     parser.add_argument("--k", type=int, default=16)
@@ -104,13 +151,21 @@ def main() -> None:
     model = InterpretableModel(smollm2_path() if args.gguf else "demo", dequantize=args.dequantize)
     layer = model.num_layers // 2
     component = model.layer_name(layer)
-    train, held_out = demo_corpus(args.lines, 123), demo_corpus(args.held_out, 999)
+    if args.gguf:
+        lines, held_lines = args.lines or 1600, args.held_out or 100
+        train, held_out = python_docs(model.tokenizer, lines, held_lines)
+        text = "Python's docstrings (held out: its help topics), 128-token texts"
+    else:
+        lines, held_lines = args.lines or 800, args.held_out or 300
+        train, held_out = demo_corpus(lines, 123), demo_corpus(held_lines, 999)
+        text = "the demo corpus, lines"
     # the model runs once: every SAE trains on the same cached batches (as train_sae would
     # stream them, 16 texts a batch) and is measured on the same held-out activations
     start = time.perf_counter()
     skip = args.skip_tokens
-    cached = list(stream_activations(model, train, component, 16, True, skip))
-    held = mx.concatenate(list(stream_activations(model, held_out, component, 16, True, skip)))
+    batch = 8 if args.gguf else 16
+    cached = list(stream_activations(model, train, component, batch, True, skip))
+    held = mx.concatenate(list(stream_activations(model, held_out, component, batch, True, skip)))
     forward = time.perf_counter() - start
     base = SAEConfig(
         expansion_factor=args.expansion,
@@ -125,8 +180,9 @@ def main() -> None:
     if args.gguf:
         name = f"SmolLM2-135M (GGUF{', dequantized' if args.dequantize else ''})"
     print(
-        f"{name}, layer {layer} output; {args.lines} training lines x {args.epochs} epochs, "
-        f"{len(held_out)} held out ({held.shape[0]} tokens, forwards {forward:.0f} s); "
+        f"{name}, layer {layer} output; {text}: {len(train)} to train on "
+        f"({sum(a.shape[0] for a in cached)} tokens) x {args.epochs} epochs, "
+        f"{len(held_out)} held out ({held.shape[0]} tokens), forwards {forward:.0f} s; "
         f"expansion {args.expansion}, k {args.k}, "
         f"dead_feature_window {args.window}, resampling every {RESAMPLING['resample_every']} "
         f"steps, first {skip} tokens of each text left out, seed {args.seed}\n"

@@ -228,3 +228,21 @@ def test_leading_tokens_can_be_left_out(tiny_llama):
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(InputError, match=message):
         SAEConfig(**bad)
+
+
+def test_the_real_text_of_the_dead_feature_script_is_python_prose_in_two_sources(demo):
+    """scripts/sae_dead_features.py --gguf trains on the standard library's docstrings and
+    measures on the language reference's help topics: fixed-length texts, no text in both."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts/sae_dead_features.py"
+    spec = importlib.util.spec_from_file_location("sae_dead_features", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    train, held = script.python_docs(demo.tokenizer, 40, 10, length=32)
+    assert len(train) == 40 and len(held) == 10
+    assert all(len(text) == 32 for text in train + held)
+    assert not {tuple(t) for t in train} & {tuple(t) for t in held}
+    assert script.python_docs(demo.tokenizer, 40, 10, length=32) == (train, held)  # fixed
