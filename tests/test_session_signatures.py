@@ -66,6 +66,7 @@ NOT_RECORDED = {
     "figsize",
     "cmap",
     "max_display_tokens",
+    "output",  # run's: a trace step reads the logits, so it never turns them off
 }
 
 FRANCE, GERMANY = "The capital of France is", "The capital of Germany is"

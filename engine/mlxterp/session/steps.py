@@ -66,6 +66,9 @@ REQUIRED = object()
 SUPPLIED = frozenset({"model", "interventions", "vector", "on_token"})
 # Arguments that only draw (a plot in the terminal): nothing a summary could keep.
 PRESENTATION = frozenset({"plot", "figsize", "cmap", "max_display_tokens"})
+# Arguments a step always leaves at their default: a trace step reads the logits, which
+# ``output=False`` would skip.
+FIXED = frozenset({"output"})
 # The library's argument name -> the step's (what files have always called them).
 STEP_NAMES = {"inputs": "text", "clean_text": "clean", "corrupted_text": "corrupted"}
 TOML_INT = 2**63 - 1  # TOML integers are signed 64-bit
@@ -256,12 +259,12 @@ CHECKS: dict[str, Check] = {
 @functools.cache
 def library_params(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...]:
     """The arguments of ``fn`` a step of it records: all but the first (the model, or
-    ``self`` of a model method), the ``SUPPLIED`` ones and the ``PRESENTATION`` ones."""
+    ``self`` of a model method), the ``SUPPLIED``, ``PRESENTATION`` and ``FIXED`` ones."""
     taken = list(inspect.signature(fn).parameters.values())[1:]
     return tuple(
         p
         for p in taken
-        if p.name not in SUPPLIED | PRESENTATION
+        if p.name not in SUPPLIED | PRESENTATION | FIXED
         and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     )
 
