@@ -70,16 +70,54 @@ def test_round_trip_through_saelens_files_keeps_the_encodings(kind, demo, tmp_pa
     assert SAE.load(folder, demo).config == sae.config  # SAE.load opens SAELens folders too
 
 
+def test_a_batchtopk_sae_is_written_as_jumprelu_with_its_inference_threshold(demo, tmp_path):
+    sae = random_sae("batchtopk")
+    sae.threshold = 0.05
+    folder = save_saelens(sae, tmp_path / "jump")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and "k" not in cfg
+    assert (cfg["activation_fn_str"], cfg["activation_fn_kwargs"]) == ("relu", {})
+    weights = {
+        k: np.asarray(v) for k, v in mx.load(str(folder / "sae_weights.safetensors")).items()
+    }
+    assert np.array_equal(weights["threshold"], np.full(256, 0.05, dtype=np.float32))
+    x = activations(demo)
+    got = sae.encode(x)
+    assert 0 < mx.mean(mx.sum(got > 0, axis=-1)).item() < sae.d_sae  # not a fixed k
+    reference = saelens_encode(cfg, weights, np.asarray(x, dtype=np.float64))
+    assert np.allclose(np.asarray(got), reference, rtol=1e-4, atol=1e-4)
+    back = load_saelens(folder, demo)
+    assert back.config == sae.config and back.threshold == pytest.approx(0.05)
+    assert mx.allclose(back.encode(x), got, rtol=1e-5, atol=1e-5).item()
+
+
+def test_per_feature_jumprelu_thresholds_are_refused_and_one_threshold_is_read(demo, tmp_path):
+    cfg = {**V6_TOPK, "architecture": "jumprelu"}  # SAELens 6's JumpReLU config has neither
+    del cfg["k"], cfg["rescale_acts_by_decoder_norm"]
+    uneven = {**foreign_weights(128, 3), "threshold": np.linspace(0, 1, 128, dtype=np.float32)}
+    with pytest.raises(InputError, match="thresholds differ from feature to feature"):
+        load_saelens(write_saelens(tmp_path / "uneven", cfg, uneven))
+    even = {**uneven, "threshold": np.full(128, 0.2, dtype=np.float32)}
+    sae = load_saelens(write_saelens(tmp_path / "even", cfg, even))
+    assert sae.config.kind == "batchtopk" and sae.threshold == pytest.approx(0.2)
+    x = np.random.default_rng(1).normal(size=(6, D_IN))
+    got = np.asarray(sae.encode(mx.array(x.astype(np.float32))))
+    assert np.allclose(got, saelens_encode(cfg, even, x), rtol=1e-4, atol=1e-4)
+
+
 def saelens_encode(cfg, w, x):
     """SAELens's encoder, read from its source (sae_lens/saes/standard_sae.py and
     topk_sae.py): subtract b_dec if apply_b_dec_to_input, W_enc and b_enc, scale by the
-    decoder norms if rescale_acts_by_decoder_norm, then ReLU, or top-k of the
-    pre-activations with the kept values ReLU'd."""
+    decoder norms if rescale_acts_by_decoder_norm, then ReLU, top-k of the
+    pre-activations with the kept values ReLU'd, or (jumprelu_sae.py) ReLU where the
+    pre-activation passes the feature's threshold."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     sae_in = x - w["b_dec"] * cfg.get("apply_b_dec_to_input", True)
     pre = sae_in @ w["W_enc"] + w["b_enc"]
     if cfg.get("rescale_acts_by_decoder_norm"):
         pre = pre * np.linalg.norm(w["W_dec"], axis=-1)
+    if cfg.get("architecture") == "jumprelu":
+        return np.maximum(pre, 0) * (pre > w["threshold"])
     if cfg.get("architecture", "standard") == "standard" and cfg.get("activation_fn_str") != "topk":
         return np.maximum(pre, 0)
     k = cfg.get("k") or cfg["activation_fn_kwargs"]["k"]
@@ -202,7 +240,7 @@ def test_bfloat16_weights_are_read_in_float32(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"architecture": "jumprelu"}, "architecture 'jumprelu'"),
+        ({"architecture": "jumprelu"}, r"needs a threshold weight of \(128,\)"),
         ({"architecture": "gated"}, "architecture 'gated'"),
         ({"normalize_activations": "constant_norm_rescale"}, "rescales each token"),
         ({"normalize_activations": "layer_norm"}, "rescales each token"),

@@ -61,13 +61,31 @@ def test_trains_on_token_ids_of_a_model_without_tokenizer(relu_sae, tiny_llama):
     assert 0 < trained["l0"] < relu_sae.d_sae / 2
 
 
-@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
-def test_topk_kinds_keep_k_features_per_token_at_inference(tiny_llama, kind):
-    config = SAEConfig(kind=kind, expansion_factor=2, k=5, epochs=1, batch_size=32, seed=2)
+def test_topk_keeps_k_features_per_token_at_inference(tiny_llama):
+    config = SAEConfig(kind="topk", expansion_factor=2, k=5, epochs=1, batch_size=32, seed=2)
     sae = train_sae(tiny_llama, token_rows(12, 1), "layers.0", config=config, progress=False)
     feats = sae.encode(mx.random.normal((3, 7, 64), key=mx.random.key(4)) * 5)
     assert feats.shape == (3, 7, 128)
     assert mx.all(mx.sum(feats > 0, axis=-1) == 5).item()
+
+
+def test_batchtopk_encodes_with_the_threshold_it_learned(tiny_llama, tmp_path):
+    """As Bussmann et al. encode: a feature is on where its pre-activation passes the mean
+    smallest activation training kept, so tokens hold k features on average, not each."""
+    rows = token_rows(40, 1)
+    config = SAEConfig(kind="batchtopk", expansion_factor=2, k=5, epochs=2, batch_size=32, seed=2)
+    sae = train_sae(tiny_llama, rows, "layers.0", config=config, progress=False)
+    assert sae.threshold > 0
+    x = tiny_llama.run(rows, capture=["layers.0"]).activations["layers.0"]
+    pre = sae.pre_activations(x)
+    feats = sae.encode(x)
+    assert mx.array_equal(feats > 0, pre > sae.threshold).item()
+    per_token = mx.sum(feats > 0, axis=-1).reshape(-1)
+    assert 2.5 < mx.mean(per_token).item() < 10  # about k = 5 ...
+    assert mx.max(per_token).item() != mx.min(per_token).item()  # ... not exactly k each
+    again = SAE.load(sae.save(tmp_path / "b"))
+    assert again.threshold == sae.threshold
+    assert mx.array_equal(again.encode(x), feats).item()
 
 
 def test_analysis_with_token_ids_and_any_batch_size(relu_sae, tiny_llama):

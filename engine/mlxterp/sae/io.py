@@ -2,7 +2,8 @@
 or one table of both (:func:`describe_sae`, what a session step keeps).
 
 The JSON records the model reference, canonical component name, layer, widths, input
-scale, configuration (kind included) and training statistics.  Loading against a model
+scale, inference threshold (batch top-k), configuration (kind included) and training
+statistics.  Loading against a model
 refuses an SAE whose component is missing there or has another width.
 """
 
@@ -37,6 +38,7 @@ def _meta(sae: SAE) -> dict[str, Any]:
         "d_model": sae.d_model,
         "d_sae": sae.d_sae,
         "scale": sae.scale,
+        "threshold": sae.threshold,
         "config": asdict(sae.config),
         "training_stats": sae.training_stats,
     }
@@ -54,6 +56,7 @@ def _build(meta: dict[str, Any], weights: dict[str, mx.array], where: str) -> SA
             meta.get("d_sae"),
         )
         sae.scale = float(meta["scale"])
+        sae.threshold = float(meta.get("threshold", 0.0))
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{where} holds no readable SAE: {err!r}") from None
     for name in WEIGHTS:

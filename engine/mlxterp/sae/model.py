@@ -21,7 +21,9 @@ class SAE(nn.Module):
 
     ``encode`` / ``decode`` / ``__call__`` take arrays of any leading shape ``(..., d)``.
     ``component`` (canonical module name), ``layer`` and ``model_ref`` record where it was
-    trained; ``scale`` is the input normalisation; ``training_stats`` what training saw.
+    trained; ``scale`` is the input normalisation; ``training_stats`` what training saw;
+    ``threshold`` (``batchtopk`` only, set by training) the pre-activation a feature must
+    pass at inference, as Bussmann et al. (2024) encode (0: each token's top ``k``).
     ``d_sae`` (features) is ``d_model x config.expansion_factor`` unless given (an SAE read
     from elsewhere may have any width).
     """
@@ -43,6 +45,7 @@ class SAE(nn.Module):
         self.layer = layer
         self.model_ref = model_ref
         self.scale = 1.0
+        self.threshold = 0.0
         self.set_training_stats({})
         w_dec = mx.random.normal((self.d_sae, self.d_model), key=mx.random.key(self.config.seed))
         self.W_dec = w_dec / mx.linalg.norm(w_dec, axis=-1, keepdims=True)
@@ -63,6 +66,8 @@ class SAE(nn.Module):
         acts: mx.array = nn.relu(pre)
         if self.config.kind == "relu":
             return acts
+        if self.config.kind == "batchtopk" and not batch_topk and self.threshold > 0:
+            return mx.where(pre > self.threshold, acts, 0.0)
         k = min(self.config.k, self.d_sae)
         if batch_topk and self.config.kind == "batchtopk":
             flat = acts.reshape(-1)

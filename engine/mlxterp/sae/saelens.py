@@ -12,11 +12,13 @@ beside it (``hook_name``, ``hook_layer``, ``activation_fn_str``, ``activation_fn
 Writing folds mlxterp's input scale into the weights, as SAELens does when training ends
 (its ``fold_activation_norm_scaling_factor``), so the file says
 ``normalize_activations = "none"`` and SAELens reads the same features.  Reading accepts
-SAELens 6 and pre-6 configs of the ``standard`` (ReLU) and ``topk`` architectures,
-``apply_b_dec_to_input`` either way and ``rescale_acts_by_decoder_norm`` (both folded into
-the encoder), in any float dtype; what mlxterp cannot compute the same way (JumpReLU,
-gated, per-token normalisation, ``hook_z`` reshaping, a fine-tuning scaling factor) is
-refused with the reason.
+SAELens 6 and pre-6 configs of the ``standard`` (ReLU) and ``topk`` architectures, and
+``jumprelu`` with one threshold for every feature (what a BatchTopK SAE is at inference,
+and how one is written), ``apply_b_dec_to_input`` either way and
+``rescale_acts_by_decoder_norm`` (both folded into the encoder), in any float dtype; what
+mlxterp cannot compute the same way (per-feature JumpReLU thresholds, gated, per-token
+normalisation, ``hook_z`` reshaping, a fine-tuning scaling factor) is refused with the
+reason.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def component_of_hook(name: str) -> str:
 def save_saelens(sae: SAE, folder: str | Path, context_size: int = 128) -> Path:
     """Write ``sae`` into ``folder`` (created if needed) as SAELens writes an SAE:
     ``sae_weights.safetensors`` (float32, the input scale folded in) and ``cfg.json``.
-    A ``batchtopk`` SAE is written as ``topk`` (what it computes at inference).
+    A ``batchtopk`` SAE is written as SAELens writes one, ``jumprelu`` with its inference
+    threshold for every feature (``topk`` if it has none).
     ``context_size`` records the prompt length it is meant for.  mlxterp's own settings
     ride along in ``metadata.mlxterp``, so :func:`load_saelens` gives them back."""
     folder = Path(folder)
@@ -87,6 +90,7 @@ def save_saelens(sae: SAE, folder: str | Path, context_size: int = 128) -> Path:
         "b_dec": sae.b_dec / s,
     }
     topk = sae.config.kind != "relu"
+    jump = sae.config.kind == "batchtopk" and sae.threshold > 0  # written as JumpReLU
     hook = hook_name(sae.component)
     layer = sae.layer if sae.layer is not None else -1
     activation = {"k": sae.config.k} if topk else {}
@@ -107,7 +111,7 @@ def save_saelens(sae: SAE, folder: str | Path, context_size: int = 128) -> Path:
         },
     }
     cfg: dict[str, Any] = {
-        "architecture": "topk" if topk else "standard",
+        "architecture": "jumprelu" if jump else "topk" if topk else "standard",
         "d_in": sae.d_model,
         "d_sae": sae.d_sae,
         "dtype": "float32",
@@ -115,15 +119,15 @@ def save_saelens(sae: SAE, folder: str | Path, context_size: int = 128) -> Path:
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        **({"k": sae.config.k, "rescale_acts_by_decoder_norm": False} if topk else {}),
+        **({"k": sae.config.k, "rescale_acts_by_decoder_norm": False} if topk and not jump else {}),
         "metadata": metadata,
         # pre-6 keys (SAELens 6 ignores them)
         "model_name": sae.model_ref,
         "hook_name": hook,
         "hook_layer": layer,
         "hook_head_index": None,
-        "activation_fn_str": "topk" if topk else "relu",
-        "activation_fn_kwargs": activation,
+        "activation_fn_str": "topk" if topk and not jump else "relu",
+        "activation_fn_kwargs": {} if jump else activation,
         "finetuning_scaling_factor": False,
         "context_size": context_size,
         "prepend_bos": True,
@@ -134,6 +138,8 @@ def save_saelens(sae: SAE, folder: str | Path, context_size: int = 128) -> Path:
         "seqpos_slice": [None],
         "neuronpedia_id": None,
     }
+    if jump:
+        weights["threshold"] = mx.full((sae.d_sae,), sae.threshold)
     mx.eval(weights)
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: mx.save_safetensors(str(tmp), weights))
     text = json.dumps(cfg, indent=2) + "\n"
@@ -168,10 +174,12 @@ def _settings(cfg: dict[str, Any], where: str) -> tuple[str, int | None, bool, b
     k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
     if arch == "standard" and fn == "topk" and k is not None:  # pre-6 top-k
         arch = "topk"
-    if arch not in ("standard", "topk") or (arch == "standard" and fn not in ("relu", None)):
+    if arch not in ("standard", "topk", "jumprelu") or (
+        arch == "standard" and fn not in ("relu", None)
+    ):
         raise InputError(
             f"{where}: SAELens architecture {arch!r} (activation {fn!r}) is not one mlxterp "
-            "computes; it reads 'standard' (ReLU) and 'topk'"
+            "computes; it reads 'standard' (ReLU), 'topk' and 'jumprelu' with one threshold"
         )
     norm = cfg.get("normalize_activations", "none")
     if norm in (None, False, True):  # pre-6 flag: True meant the scale folded in at the end
@@ -188,7 +196,7 @@ def _settings(cfg: dict[str, Any], where: str) -> tuple[str, int | None, bool, b
     if arch == "topk" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise InputError(f"{where}: a topk SAE needs a positive integer k; got {k!r}")
     return (
-        "topk" if arch == "topk" else "relu",
+        {"topk": "topk", "jumprelu": "batchtopk"}.get(arch, "relu"),
         k if arch == "topk" else None,
         bool(cfg.get("apply_b_dec_to_input", True)),
         bool(cfg.get("rescale_acts_by_decoder_norm", False)) and arch == "topk",
@@ -226,6 +234,17 @@ def load_saelens(
     scaling = weights.get("scaling_factor")
     if scaling is not None and not mx.allclose(scaling, mx.ones_like(scaling)).item():
         raise InputError(f"{where}: a fine-tuning scaling_factor is not supported")
+    threshold = 0.0
+    if kind == "batchtopk":  # jumprelu: one threshold for every feature
+        found = weights.get("threshold")
+        if found is None or tuple(found.shape) != (d_sae,):
+            raise InputError(f"{where}: a jumprelu SAE needs a threshold weight of ({d_sae},)")
+        threshold = cast(float, found[0].item())
+        if not mx.all(found == found[0]).item():
+            raise InputError(
+                f"{where}: its JumpReLU thresholds differ from feature to feature; mlxterp "
+                "computes one threshold for all (what a BatchTopK SAE writes)"
+            )
     w_enc, b_enc, w_dec, b_dec = (weights[n].astype(mx.float32) for n in shapes)
     if rescale:  # hidden_pre * |W_dec| before top-k, acts / |W_dec| before decoding
         norms = mx.linalg.norm(w_dec, axis=-1)
@@ -235,7 +254,7 @@ def load_saelens(
     known = {f.name for f in fields(SAEConfig)}
     base = {key: v for key, v in (ours.get("config") or {}).items() if key in known}
     settings = {**base, "expansion_factor": max(d_sae // d_in, 1)}  # d_sae is given below
-    if not (kind == "topk" and base.get("kind") == "batchtopk"):  # batchtopk is written as topk
+    if not (kind == "topk" and base.get("kind") == "batchtopk"):  # batchtopk without threshold
         settings["kind"] = kind
     if k is not None:
         settings["k"] = k
@@ -254,6 +273,7 @@ def load_saelens(
         sae.scale = float(scale)  # unfold what save_saelens folded in
         w_enc, w_dec, b_dec = w_enc / sae.scale, w_dec * sae.scale, b_dec * sae.scale
     sae.update({"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec})
+    sae.threshold = threshold
     sae.set_training_stats(ours.get("training_stats") or {})
     if model is not None:
         check_against(sae, model)

@@ -158,9 +158,13 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
     scale_pending = config.normalize_activations
     key = mx.random.key(config.seed + 1)
     resampling = config.kind == "relu" and config.resample_every > 0
+    # batchtopk: a running mean of each batch's smallest kept activation, the threshold
+    # the SAE encodes with at inference (Bussmann et al. 2024)
+    smallest_kept = mx.array(0.0)
+    threshold_decay = 0.99
 
     def train_on(buffer: list[mx.array]) -> None:
-        nonlocal since_fired, loss, key
+        nonlocal since_fired, loss, key, smallest_kept
         data = mx.concatenate(buffer)
         if counts["steps"] == 0 and config.b_dec_init == "geometric_median":
             sae.b_dec = geometric_median(data * sae.scale)
@@ -173,6 +177,15 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
             optimizer.update(sae, project_decoder_grad(sae, grads))
             sae.normalize_decoder()
             since_fired = mx.where(mx.any(feats > 0, axis=0), 0.0, since_fired + x.shape[0])
+            if config.kind == "batchtopk":
+                low = mx.min(mx.where(feats > 0, feats, mx.inf))
+                low = mx.where(mx.isfinite(low), low, smallest_kept)
+                first = counts["steps"] == 0
+                smallest_kept = (
+                    low
+                    if first
+                    else (threshold_decay * smallest_kept + (1 - threshold_decay) * low)
+                )
             counts["steps"] += 1
             every = config.resample_every
             if (
@@ -186,7 +199,7 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
                 counts["resampled"] += cast(int, mx.sum(resampled).item())
                 since_fired = mx.where(resampled, 0.0, since_fired)
             # mlx: Module.parameters is unannotated
-            mx.eval(sae.parameters(), optimizer.state, since_fired, loss)  # type: ignore[no-untyped-call]
+            mx.eval(sae.parameters(), optimizer.state, since_fired, loss, smallest_kept)  # type: ignore[no-untyped-call]
         counts["tokens"] += data.shape[0]
 
     for _ in range(config.epochs):
@@ -203,6 +216,8 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
                 buffer, held = [], 0
         if buffer:
             train_on(buffer)
+    if config.kind == "batchtopk":
+        sae.threshold = cast(float, smallest_kept.item())
     sae.set_training_stats(
         {
             **counts,
