@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
-from mlxterp.session import Session
 from mlxterp_tui.app import WorkbenchApp
 
-from .pilot_helpers import settle
+from .pilot_helpers import reopened, settle
 
 pytestmark = pytest.mark.anyio
 PROMPT = "The capital of France is"
@@ -69,11 +68,7 @@ async def test_gradient_estimate_fills_a_layer_by_position_table_and_reopens(man
         await pilot.pause()
         assert "Estimated logit_diff change" in caption(app, "#chart-caption")
         app.session.save(tmp_path / "estimate.toml")
-    again = WorkbenchApp(
-        "demo", session=Session.load(tmp_path / "estimate.toml", manager=manager), manager=manager
-    )
-    async with again.run_test(size=(80, 24)) as pilot:
-        await settle(again, pilot)
+    async with reopened(tmp_path / "estimate.toml", manager) as again:
         assert cells(again) == shown
         assert again.query_one("#patch-method", Select).value == "attribution_patching"
         assert again.query_one("#patch-answer", Input).value == "␣Paris,␣Berlin"
@@ -110,11 +105,7 @@ async def test_causal_tracing_marks_the_subject_and_finds_the_fact_there(manager
         assert "p(Paris) restoring" in caption(app, "#chart-caption")
         app.session.save(tmp_path / "tracing.toml")
         shown = cells(app)
-    again = WorkbenchApp(
-        "demo", session=Session.load(tmp_path / "tracing.toml", manager=manager), manager=manager
-    )
-    async with again.run_test(size=(80, 24)) as pilot:
-        await settle(again, pilot)
+    async with reopened(tmp_path / "tracing.toml", manager) as again:
         assert cells(again) == shown
         assert again.query_one("#patch-method", Select).value == "causal_tracing"
         assert again.query_one("#patch-corrupted", Input).value == "France"

@@ -7,11 +7,10 @@ import mlx.core as mx
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from mlxterp.session import Session
 from mlxterp.tuned_lens import TunedLens
 from mlxterp_tui.app import WorkbenchApp
 
-from .pilot_helpers import settle
+from .pilot_helpers import reopened, settle
 
 pytestmark = pytest.mark.anyio
 PROMPT = "The capital of France is"
@@ -52,11 +51,7 @@ async def test_a_tuned_lens_file_runs_the_tuned_lens_and_reopens(manager, lens_f
         caption = str(app.query_one("#lens-caption", Static).render())
         assert caption.startswith(f"tuned lens ({step.summary['lens_digest'][:8]})")
         app.session.save(tmp_path / "tuned.toml")
-    again = WorkbenchApp(
-        "demo", session=Session.load(tmp_path / "tuned.toml", manager=manager), manager=manager
-    )
-    async with again.run_test(size=(80, 24)) as pilot:
-        await settle(again, pilot)
+    async with reopened(tmp_path / "tuned.toml", manager) as again:
         assert cells(again) == tuned
         assert again.query_one("#lens-tuned", Input).value == lens_file
 
