@@ -98,6 +98,20 @@ def _loss(sae: SAE, x: mx.array, dead: mx.array) -> tuple[mx.array, mx.array]:
     return loss + cfg.aux_coefficient * mx.where(mx.any(dead), aux, 0.0), feats
 
 
+def batch_threshold(sae: SAE, data: mx.array) -> float:
+    """BatchTopK's inference threshold (Bussmann et al. 2024): the mean, over ``data``'s
+    training batches, of the smallest activation the batch's top ``k x batch`` kept, read
+    with the final weights."""
+    size = sae.config.batch_size
+    lows = []
+    for start in range(0, data.shape[0] - size + 1, size) or [0]:
+        feats = sae.activate(sae.pre_activations(data[start : start + size]), batch_topk=True)
+        lows.append(mx.min(mx.where(feats > 0, feats, mx.inf)))
+    found = mx.stack(lows)
+    kept = mx.isfinite(found)
+    return cast(float, (mx.sum(mx.where(kept, found, 0.0)) / mx.maximum(mx.sum(kept), 1)).item())
+
+
 def train_sae(
     model: InterpretableModel,
     texts: Sequence[Any],
@@ -158,13 +172,10 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
     scale_pending = config.normalize_activations
     key = mx.random.key(config.seed + 1)
     resampling = config.kind == "relu" and config.resample_every > 0
-    # batchtopk: a running mean of each batch's smallest kept activation, the threshold
-    # the SAE encodes with at inference (Bussmann et al. 2024)
-    smallest_kept = mx.array(0.0)
-    threshold_decay = 0.99
+    last: list[mx.array] = []  # the last two buffers (batchtopk's threshold reads them)
 
     def train_on(buffer: list[mx.array]) -> None:
-        nonlocal since_fired, loss, key, smallest_kept
+        nonlocal since_fired, loss, key
         data = mx.concatenate(buffer)
         if counts["steps"] == 0 and config.b_dec_init == "geometric_median":
             sae.b_dec = geometric_median(data * sae.scale)
@@ -177,15 +188,6 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
             optimizer.update(sae, project_decoder_grad(sae, grads))
             sae.normalize_decoder()
             since_fired = mx.where(mx.any(feats > 0, axis=0), 0.0, since_fired + x.shape[0])
-            if config.kind == "batchtopk":
-                low = mx.min(mx.where(feats > 0, feats, mx.inf))
-                low = mx.where(mx.isfinite(low), low, smallest_kept)
-                first = counts["steps"] == 0
-                smallest_kept = (
-                    low
-                    if first
-                    else (threshold_decay * smallest_kept + (1 - threshold_decay) * low)
-                )
             counts["steps"] += 1
             every = config.resample_every
             if (
@@ -199,8 +201,9 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
                 counts["resampled"] += cast(int, mx.sum(resampled).item())
                 since_fired = mx.where(resampled, 0.0, since_fired)
             # mlx: Module.parameters is unannotated
-            mx.eval(sae.parameters(), optimizer.state, since_fired, loss, smallest_kept)  # type: ignore[no-untyped-call]
+            mx.eval(sae.parameters(), optimizer.state, since_fired, loss)  # type: ignore[no-untyped-call]
         counts["tokens"] += data.shape[0]
+        last[:] = [*last[-1:], data]
 
     for _ in range(config.epochs):
         buffer, held = [], 0
@@ -216,8 +219,8 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
                 buffer, held = [], 0
         if buffer:
             train_on(buffer)
-    if config.kind == "batchtopk":
-        sae.threshold = cast(float, smallest_kept.item())
+    if config.kind == "batchtopk" and last:
+        sae.threshold = batch_threshold(sae, mx.concatenate(last)[-config.buffer_size :])
     sae.set_training_stats(
         {
             **counts,
