@@ -1,6 +1,7 @@
 """Small widgets every pane uses: fields that keep what was typed, buttons that answer every
 key a user tries, a line beside a field that says what is wrong with it, the prompt (undo,
-redo, history), and the signed bar that table cells draw."""
+redo, history), and what table cells draw: signed bars, cells coloured by value and the
+colour scale beside them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.widgets import Button, Input, Static
 
-from mlxterp.session import InputError
+from mlxterp.session import InputError, color_at
 
 T = TypeVar("T")
 
@@ -28,6 +29,20 @@ def signed_bar(value: float, peak: float) -> Text:
     if value < 0:
         return Text.assemble(" " * (BAR - n), ("█" * n, "red"), "│" + " " * BAR)
     return Text.assemble(" " * BAR + "│", ("█" * n, "blue"))
+
+
+def heat_text(label: str, fraction: float, cmap: str = "viridis") -> Text:
+    """``label`` on the colour of ``fraction`` (0..1) on ``cmap``, in black or white,
+    whichever reads on it."""
+    r, g, b = color_at(cmap, fraction)
+    fg = "black" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "white"
+    return Text(label, style=f"{fg} on rgb({r},{g},{b})")
+
+
+def colour_scale(low: float, high: float, width: int = 24, cmap: str = "viridis") -> Text:
+    """The colour ramp from ``low`` to ``high``, ``width`` cells wide, with both ends written."""
+    cells = [heat_text(" ", i / max(width - 1, 1), cmap) for i in range(width)]
+    return Text.assemble(f"{low:.3g} ", *cells, f" {high:.3g}")
 
 
 class KeyButton(Button):

@@ -1,5 +1,7 @@
-"""plotext charts: target probability per layer, patching recovery, residual norms, and the
-attention of one head."""
+"""Charts: target probability per layer, patching recovery and residual norms drawn by
+plotext; grids (attention of one head, patching by position, gradient estimates, causal
+tracing) as a table of coloured cells with labelled rows and columns, a colour scale and
+the exact value under the cursor."""
 
 from __future__ import annotations
 
@@ -10,17 +12,26 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from mlxterp.session import InputError, Step, bar_chart, line_chart, matrix_chart, to_text
+from mlxterp.session import (
+    InputError,
+    Step,
+    bar_chart,
+    display_token,
+    line_chart,
+    matrix_chart,
+    to_text,
+)
 
 from .. import checks
 from ..state import ModelView, WorkbenchState
-from ..widgets import Field, FieldMessage, KeyButton
+from ..widgets import Field, FieldMessage, KeyButton, colour_scale, heat_text
 from . import Pane
 
 EXPORT_SIZE = (100, 30)  # columns x lines of an exported chart
+GRID_CELL = 7  # characters of a grid cell
 
 
 class ChartsPane(Pane):
@@ -46,6 +57,7 @@ class ChartsPane(Pane):
 
     _step: Step | None = None  # the step being shown
     _drawn: tuple[Step | None, Callable[..., Any]] | None = None  # the chart shown, and how
+    _grid: tuple[list[list[float]], list[str], list[str], tuple[str, str]] | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="attn-options"):
@@ -59,6 +71,12 @@ class ChartsPane(Pane):
             id="chart-caption",
         )
         yield PlotextPlot(id="chart")
+        grid: DataTable[Text] = DataTable(id="chart-grid", cursor_type="cell")
+        grid.display = False
+        yield grid
+        scale = Static("", id="chart-scale")
+        scale.display = False
+        yield scale
 
     def attention_layer(self, model: ModelView) -> int:
         """The layer typed above the chart, checked against the model."""
@@ -94,6 +112,7 @@ class ChartsPane(Pane):
                     summary["layers"],
                     summary.get("tokens") or summary["positions"],
                     ("position", "layer"),
+                    summary["positions"],
                 )
             else:
                 self.bars(
@@ -111,6 +130,7 @@ class ChartsPane(Pane):
                 summary["layers"],
                 summary["tokens"],
                 ("position", "layer"),
+                summary["positions"],
             )
         elif step.kind == "causal_tracing":
             self.grid(
@@ -120,6 +140,7 @@ class ChartsPane(Pane):
                 summary["layers"],
                 summary["tokens"],
                 ("position", "layer"),
+                summary["positions"],
             )
         elif step.kind == "trace" and summary.get("layer_norms"):
             norms = summary["layer_norms"]
@@ -131,11 +152,12 @@ class ChartsPane(Pane):
                 "norm",
             )
         elif step.kind == "attention":
-            self.attention(step)
+            self.attention(step, state)
 
-    def attention(self, step: Step) -> None:
+    def attention(self, step: Step, state: WorkbenchState | None = None) -> None:
         """Chart the head typed above of an attention step (a reopened one has no weights:
-        its summary is written out instead)."""
+        its summary is written out instead), its rows and columns labelled by the prompt's
+        tokens where the loaded model gives them."""
         layer = _attention_layer(step)
         message = self.query_one("#attn-message", FieldMessage)
         if not isinstance(step.result, dict) or layer not in step.result:
@@ -159,11 +181,12 @@ class ChartsPane(Pane):
             return
         message.say(None)
         pattern = weights[head].tolist()
+        tokens = _prompt_tokens(state, step, len(pattern))
         self.grid(
             f"Attention, layer {layer} head {head} (rows: queries, columns: keys)",
             pattern,
-            list(range(len(pattern))),
-            list(range(len(pattern[0]))),
+            tokens or list(range(len(pattern))),
+            tokens or list(range(len(pattern[0]))),
             ("key", "query"),
         )
 
@@ -192,6 +215,7 @@ class ChartsPane(Pane):
         """Show ``draw`` (an engine chart with its data bound; it takes ``plt`` and
         ``width``) under ``caption``, and keep it for :meth:`chart_text`."""
         plot = self._fresh(caption)
+        self._show_grid(False)
         draw(plt=plot.plt, width=self._width(plot))
         plot.refresh()
         self._drawn = (self._step, draw)
@@ -206,13 +230,88 @@ class ChartsPane(Pane):
         self._draw(caption, partial(bar_chart, xs, ys, xlabel=xlabel, ylabel=ylabel))
 
     def grid(
-        self, caption: str, matrix: list[list[Any]], rows: list, columns: list, axes: tuple
+        self,
+        caption: str,
+        matrix: list[list[Any]],
+        rows: list,
+        columns: list,
+        axes: tuple,
+        positions: list[int] | None = None,
     ) -> None:
-        """A heatmap of ``matrix``, its rows and columns labelled (integers or tokens) and
-        its axes named ``(columns, rows)``."""
-        self._draw(
-            caption, partial(matrix_chart, matrix, rows, columns, xlabel=axes[0], ylabel=axes[1])
+        """``matrix`` as a table of cells coloured by value (viridis, from its smallest to
+        its largest value), rows and columns labelled by position and token (or integer)
+        and named ``axes`` ``(columns, rows)``; a colour scale and the exact value of the
+        cell under the cursor below it.  ``positions`` are the columns' token positions
+        (default 0, 1, 2 ...).  Exported as plotext's heatmap."""
+        self._fresh(caption)
+        self._drawn = (
+            self._step,
+            partial(matrix_chart, matrix, rows, columns, xlabel=axes[0], ylabel=axes[1]),
         )
+        values = [[float(v) for v in row] for row in matrix]
+        row_labels = [_label(i, r) for i, r in enumerate(rows)]
+        where = positions if positions is not None else list(range(len(columns)))
+        column_labels = [_label(p, c) for p, c in zip(where, columns, strict=True)]
+        self._grid = (values, row_labels, column_labels, (str(axes[0]), str(axes[1])))
+        flat = [v for row in values for v in row] or [0.0]
+        low, high = min(flat), max(flat)
+        span = (high - low) or 1.0
+        table: DataTable[Text] = self.query_one("#chart-grid", DataTable)
+        table.clear(columns=True)
+        table.add_column(Text(f"{axes[1]}\\{axes[0]}"), width=10)
+        for label in column_labels:
+            table.add_column(Text(label[:GRID_CELL]), width=GRID_CELL)
+        for label, row in zip(row_labels, values, strict=True):
+            cells = [
+                heat_text(f"{v:.3g}"[:GRID_CELL].rjust(GRID_CELL), (v - low) / span) for v in row
+            ]
+            table.add_row(Text(label[:10]), *cells)
+        self._show_grid(True)
+        table.move_cursor(row=0, column=1)  # on the first value, not the row labels
+        self._read_out(0, 1)
+
+    def _show_grid(self, shown: bool) -> None:
+        self.query_one("#chart", PlotextPlot).display = not shown
+        self.query_one("#chart-grid", DataTable).display = shown
+        self.query_one("#chart-scale", Static).display = shown
+        if not shown:
+            self._grid = None
+
+    def _read_out(self, row: int, column: int) -> None:
+        """The colour scale, and the exact value of the grid's cell at ``(row, column)``
+        (column 0 is the row labels)."""
+        if self._grid is None:
+            return
+        values, rows, columns, axes = self._grid
+        flat = [v for r in values for v in r] or [0.0]
+        scale = colour_scale(min(flat), max(flat))
+        if 0 <= row < len(values) and 1 <= column <= len(columns):
+            scale.append(
+                f"   {axes[1]} {rows[row]} x {axes[0]} {columns[column - 1]}: "
+                f"{values[row][column - 1]:.6g}"
+            )
+        self.query_one("#chart-scale", Static).update(scale)
+
+    def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
+        if event.data_table.id == "chart-grid":
+            self._read_out(event.coordinate.row, event.coordinate.column)
+
+
+def _label(index: int, label: Any) -> str:
+    """A grid row's or column's label: its index, and its token when it has one."""
+    if isinstance(label, int):
+        return str(label)
+    return f"{index} {display_token(str(label))}"
+
+
+def _prompt_tokens(state: WorkbenchState | None, step: Step, n: int) -> list[str] | None:
+    """The tokens of ``step``'s prompt as the loaded model splits it, if there are ``n``."""
+    text = step.params.get("text")
+    model = state.model if state is not None else None
+    if model is None or not isinstance(text, str):
+        return None
+    ids = model.encode(text)
+    return [model.token_to_str(i) for i in ids] if len(ids) == n else None
 
 
 def _attention_layer(step: Step) -> int:

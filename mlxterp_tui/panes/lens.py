@@ -13,11 +13,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from mlxterp.session import InputError, Step, color_at, display_token
+from mlxterp.session import InputError, Step, display_token
 
 from .. import checks
 from ..state import ModelView, Prompt, WorkbenchState
-from ..widgets import Field, FieldMessage
+from ..widgets import Field, FieldMessage, heat_text
 from . import Pane
 
 CELL_WIDTH = 8
@@ -26,9 +26,7 @@ MOST_TOP_K = 1024
 
 def prob_cell(token: str, prob: float) -> Text:
     """The token on a background coloured by ``prob`` (viridis), readable foreground."""
-    r, g, b = color_at("viridis", prob)
-    fg = "black" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "white"
-    return Text(display_token(token, CELL_WIDTH), style=f"{fg} on rgb({r},{g},{b})")
+    return heat_text(display_token(token, CELL_WIDTH), prob)
 
 
 class TopKScreen(ModalScreen[None]):

@@ -113,11 +113,15 @@ async def test_patching_charts_have_integer_layers_and_token_columns(manager):
         await settle(app, pilot)
         await pilot.press("3")
         await pilot.pause()
-        lines = chart_lines(app)
-        tokens = app.session.steps[-1].summary["tokens"]
-        assert x_ticks(lines) == [t.replace(" ", "␣") for t in tokens]
-        rows = y_ticks(lines)
-        assert evenly_spaced_integers(rows) and rows[0] == "0", rows  # layer 0 on top
+        # by position it is a grid: a column per position headed by its index and token
+        # as shown, a row per layer from 0 at the top
+        summary = app.session.steps[-1].summary
+        grid = app.query_one("#chart-grid", DataTable)
+        labels = [str(c.label) for c in grid.columns.values()][1:]
+        shown = zip(summary["positions"], summary["tokens"], strict=True)
+        assert labels == [f"{p} {t.replace(' ', '␣')}"[:7] for p, t in shown]
+        rows = [str(grid.get_row_at(r)[0]) for r in range(grid.row_count)]
+        assert rows == [str(layer) for layer in summary["layers"]] and rows[0] == "0"
 
 
 async def test_patching_answers_are_typed_and_restored_as_shown(manager):
