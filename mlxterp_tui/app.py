@@ -579,7 +579,23 @@ class WorkbenchApp(App[None]):
         module = self.query_one(ModelPane).selected_module() or ""
         self.push_screen(InterventionScreen(self._resolve, module), self._added)
 
+    def _described(self, form: InterventionForm | None) -> InterventionForm | None:
+        """``form`` with its description complete: an ``add_vector`` from two prompts gets
+        its vector, read from the model now (None, with a notification, when it cannot)."""
+        if form is None or form.contrast is None:
+            return form
+        if self.state.busy is not None:
+            self.notify("wait for the running step (or Esc) first", severity="warning")
+            return None
+        try:
+            vector = self.session.contrast_vector(self.mgr, form.module, *form.contrast)
+        except MlxterpError as err:
+            self.notify(error_text(err), severity="error", title="intervention refused")
+            return None
+        return InterventionForm(form.module, {**vector, **form.description})
+
     def _added(self, form: InterventionForm | None) -> None:
+        form = self._described(form)
         if form is None:
             return
         existing = {e.module: e for e in self.session.intervention_entries()}.get(form.module)
@@ -612,7 +628,8 @@ class WorkbenchApp(App[None]):
         if index is None or self._model_or_warn() is None:
             return
         old = self.session.intervention_entries()[index]
-        if old.description.get("kind") not in checks.INTERVENTION_PARAMS:
+        from_prompts = "source" in old.description and old.description.get("kind") == "add_vector"
+        if old.description.get("kind") not in checks.INTERVENTION_PARAMS and not from_prompts:
             self.notify(
                 f"a {old.description.get('kind')} intervention cannot be edited in the form: "
                 "remove it and add a new one",
@@ -621,6 +638,7 @@ class WorkbenchApp(App[None]):
             return
 
         def edited(form: InterventionForm | None) -> None:
+            form = self._described(form)
             if form is None:
                 return
             if form.module != old.module and not self._change_interventions(

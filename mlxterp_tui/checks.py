@@ -127,6 +127,19 @@ def intervention_params(kind: str, text: str) -> dict[str, Any]:
     return params
 
 
+CONTRAST_HINT = "I love this song | I hate this song | 4"
+
+
+def contrast(text: str) -> tuple[str, str, float]:
+    """``"positive | negative | factor"`` (factor optional, 1) → the two prompts and the
+    factor of an ``add_vector`` from their difference."""
+    parts = [p.strip() for p in text.split("|")]
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InputError(f"add_vector: write two prompts and a factor, split by |: {CONTRAST_HINT}")
+    factor = number(parts[2], "factor") if len(parts) == 3 else 1.0
+    return parts[0], parts[1], factor
+
+
 def positions(text: str) -> list[int] | None:
     """``"-1"`` or ``"0, 2"`` → token positions; empty → every position."""
     if not text.strip():

@@ -28,7 +28,9 @@ from ..state import WorkbenchState
 from ..widgets import Field, FieldMessage, KeyButton
 from . import Pane
 
-FORM_KINDS = tuple(checks.INTERVENTION_HINTS)
+# the number kinds, and add_vector from the difference of two prompts
+FORM_KINDS = (*checks.INTERVENTION_HINTS, "add_vector")
+HINTS = {**checks.INTERVENTION_HINTS, "add_vector": checks.CONTRAST_HINT}
 
 
 def shown_value(value: Any) -> str:
@@ -50,6 +52,9 @@ def description_text(desc: dict[str, Any]) -> tuple[str, str, str]:
         )
     else:
         shown = ", ".join(f"{k}={shown_value(v)}" for k, v in params.items() if v is not None)
+    source = desc.get("source")
+    if isinstance(source, dict) and {"positive", "negative"} <= set(source):
+        shown = f"{source['positive']} | {source['negative']} | {source.get('factor', 1):g}"
     where = desc.get("positions")
     positions = ",".join(map(str, where)) if isinstance(where, list) else str(where or "")
     return str(desc.get("kind")), shown, positions
@@ -57,10 +62,14 @@ def description_text(desc: dict[str, Any]) -> tuple[str, str, str]:
 
 @dataclass
 class InterventionForm:
-    """What the form returns: the module's canonical name and the intervention's description."""
+    """What the form returns: the module's canonical name and the intervention's
+    description, or for an ``add_vector`` from two prompts ``contrast`` (positive,
+    negative, factor) and the description's positions, the vector to be read from the
+    model."""
 
     module: str
     description: dict[str, Any]
+    contrast: tuple[str, str, float] | None = None
 
 
 class InterventionScreen(ModalScreen[InterventionForm | None]):
@@ -96,7 +105,7 @@ class InterventionScreen(ModalScreen[InterventionForm | None]):
                 id="iv-kind",
             )
             yield Field(
-                params if self._entry else checks.INTERVENTION_HINTS["scale"],
+                params if self._entry else HINTS["scale"],
                 placeholder="parameters",
                 id="iv-params",
             )
@@ -110,9 +119,7 @@ class InterventionScreen(ModalScreen[InterventionForm | None]):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if self._entry is None:
-            self.query_one("#iv-params", Field).value = checks.INTERVENTION_HINTS.get(
-                str(event.value), ""
-            )
+            self.query_one("#iv-params", Field).value = HINTS.get(str(event.value), "")
 
     def _submit(self) -> None:
         message = self.query_one("#iv-error", FieldMessage)
@@ -121,11 +128,16 @@ class InterventionScreen(ModalScreen[InterventionForm | None]):
             if not module:
                 raise InputError("name a module, e.g. layers.0.mlp")
             canonical = self._resolve(module)
-            desc = checks.intervention_description(
-                str(self.query_one("#iv-kind", Select).value),
-                self.query_one("#iv-params", Field).value,
-                self.query_one("#iv-positions", Field).value,
-            )
+            kind = str(self.query_one("#iv-kind", Select).value)
+            params = self.query_one("#iv-params", Field).value
+            where = self.query_one("#iv-positions", Field).value
+            if kind == "add_vector":
+                prompts = checks.contrast(params)
+                found = checks.positions(where)
+                desc = {} if found is None else {"positions": found}
+                self.dismiss(InterventionForm(canonical, desc, prompts))
+                return
+            desc = checks.intervention_description(kind, params, where)
             intervention_from_description(desc)  # the engine's own checks
         except MlxterpError as err:
             message.say(str(err))

@@ -19,7 +19,7 @@ from typing import Any
 import mlx.core as mx
 
 from .. import __version__, gguf
-from ..errors import ModelLoadError, NotSerializableError, SessionError
+from ..errors import InputError, ModelLoadError, NotSerializableError, SessionError
 from ..inputs import is_chat
 from ..interventions import describe
 from ..loading import locate_model
@@ -333,6 +333,50 @@ class Session:
     def clear_interventions(self) -> Step:
         """Remove every intervention."""
         return self.run(self._manager(), "interventions", action="clear")
+
+    def contrast_vector(
+        self,
+        manager: SessionManager,
+        module: str,
+        positive: str,
+        negative: str,
+        factor: float = 1.0,
+    ) -> dict[str, Any]:
+        """The description of an ``add_vector`` intervention on ``module`` adding ``factor``
+        x (the module's output at the last token of ``positive`` minus that at the last
+        token of ``negative``), read on this session's model: a steering vector from a
+        difference of two prompts.  Its ``source`` records the prompts and the factor (what
+        a reader of the file sees; the vector is what replays).  ``InputError`` for an empty
+        prompt, a module that does not output (batch, seq, hidden) or a non-finite factor."""
+        if not all(isinstance(p, str) and p.strip() for p in (positive, negative)):
+            raise InputError("a contrast vector needs two non-empty prompts")
+        if (
+            not isinstance(factor, (int, float))
+            or isinstance(factor, bool)
+            or not (abs(factor) < float("inf"))
+        ):
+            raise InputError(f"factor must be a finite number; got {factor!r}")
+        model = manager.model(self.model_ref)
+
+        def read() -> mx.array:
+            name = model.resolve(module)
+            trace = model.run([positive, negative], capture=[name], output=False)
+            act = trace.activations[name]
+            if act.ndim != 3:
+                raise InputError(
+                    f"{name} outputs shape {tuple(act.shape)}; a vector to add needs "
+                    "(batch, seq, hidden)"
+                )
+            last = trace.last_token(act).astype(mx.float32)
+            vector = (last[0] - last[1]) * factor
+            mx.eval(vector)  # it crosses to the caller's thread evaluated
+            return vector
+
+        return {
+            "kind": "add_vector",
+            "params": {"vector": on_mlx_thread(read)},
+            "source": {"positive": positive, "negative": negative, "factor": float(factor)},
+        }
 
     def _manager(self) -> SessionManager:
         if self.manager is None:
