@@ -31,7 +31,7 @@ from .cli import replay_main
 from .export import export_step
 from .replay import ReplayReport, StepReport, replay
 from .session import Session, SessionManager, Step
-from .steps import KINDS
+from .steps import KINDS, Comparison, Difference, compare_steps
 from .storage import FORMAT
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
     "FORMAT",
     "INTERVENTION_KINDS",
     "KINDS",
+    "Comparison",
+    "Difference",
     "FoundModel",
     "InputError",
     "InterventionEntry",
@@ -54,6 +56,7 @@ __all__ = [
     "bar_chart",
     "blas_main",
     "color_at",
+    "compare_steps",
     "display_token",
     "doctor_main",
     "export_step",

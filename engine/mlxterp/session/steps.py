@@ -877,6 +877,17 @@ def compare(
     return out
 
 
+def compare_steps(first: Any, second: Any, tolerance: float = 1e-3) -> Comparison:
+    """Where two recorded steps differ: their kinds, parameters and results (``summary``),
+    numbers within ``tolerance`` as replay compares them; each ``Difference`` holds the
+    first step's value as ``recorded`` and the second's as ``replayed``."""
+    return compare(
+        {"kind": first.kind, "params": first.params, "summary": first.summary},
+        {"kind": second.kind, "params": second.params, "summary": second.summary},
+        tolerance,
+    )
+
+
 def describe_params(params: Params) -> Params:
     """Parameters with interventions and SAEs as descriptions (what is saved)."""
     return {
