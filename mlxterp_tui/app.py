@@ -581,18 +581,22 @@ class WorkbenchApp(App[None]):
 
     def _described(self, form: InterventionForm | None) -> InterventionForm | None:
         """``form`` with its description complete: an ``add_vector`` from two prompts gets
-        its vector, read from the model now (None, with a notification, when it cannot)."""
-        if form is None or form.contrast is None:
+        its vector, a ``replace_with`` another prompt's activation, read from the model
+        now (None, with a notification, when it cannot)."""
+        if form is None or form.prompts is None:
             return form
         if self.state.busy is not None:
             self.notify("wait for the running step (or Esc) first", severity="warning")
             return None
+        kind = (
+            self.session.activation_of if len(form.prompts) == 1 else self.session.contrast_vector
+        )
         try:
-            vector = self.session.contrast_vector(self.mgr, form.module, *form.contrast)
+            read = kind(self.mgr, form.module, *form.prompts)
         except MlxterpError as err:
             self.notify(error_text(err), severity="error", title="intervention refused")
             return None
-        return InterventionForm(form.module, {**vector, **form.description})
+        return InterventionForm(form.module, {**read, **form.description})
 
     def _added(self, form: InterventionForm | None) -> None:
         form = self._described(form)
@@ -628,7 +632,7 @@ class WorkbenchApp(App[None]):
         if index is None or self._model_or_warn() is None:
             return
         old = self.session.intervention_entries()[index]
-        from_prompts = "source" in old.description and old.description.get("kind") == "add_vector"
+        from_prompts = "source" in old.description
         if old.description.get("kind") not in checks.INTERVENTION_PARAMS and not from_prompts:
             self.notify(
                 f"a {old.description.get('kind')} intervention cannot be edited in the form: "

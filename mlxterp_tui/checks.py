@@ -140,6 +140,18 @@ def contrast(text: str) -> tuple[str, str, float]:
     return parts[0], parts[1], factor
 
 
+OTHER_PROMPT_HINT = "The capital of Germany is"
+
+
+def other_prompt(text: str) -> tuple[str]:
+    """The prompt whose activation a ``replace_with`` puts in (the whole text)."""
+    if not text.strip():
+        raise InputError(
+            f"replace_with: write the prompt to take the activation from: {OTHER_PROMPT_HINT}"
+        )
+    return (text,)
+
+
 def positions(text: str) -> list[int] | None:
     """``"-1"`` or ``"0, 2"`` → token positions; empty → every position."""
     if not text.strip():

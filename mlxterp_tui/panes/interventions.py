@@ -28,9 +28,17 @@ from ..state import WorkbenchState
 from ..widgets import Field, FieldMessage, KeyButton
 from . import Pane
 
-# the number kinds, and add_vector from the difference of two prompts
-FORM_KINDS = (*checks.INTERVENTION_HINTS, "add_vector")
-HINTS = {**checks.INTERVENTION_HINTS, "add_vector": checks.CONTRAST_HINT}
+# kinds read from the model: their parameters text -> the prompts to read
+READ_KINDS: dict[str, Callable[[str], tuple[Any, ...]]] = {
+    "add_vector": checks.contrast,  # the difference of two prompts
+    "replace_with": checks.other_prompt,  # another prompt's activation
+}
+FORM_KINDS = (*checks.INTERVENTION_HINTS, *READ_KINDS)
+HINTS = {
+    **checks.INTERVENTION_HINTS,
+    "add_vector": checks.CONTRAST_HINT,
+    "replace_with": checks.OTHER_PROMPT_HINT,
+}
 
 
 def shown_value(value: Any) -> str:
@@ -55,6 +63,8 @@ def description_text(desc: dict[str, Any]) -> tuple[str, str, str]:
     source = desc.get("source")
     if isinstance(source, dict) and {"positive", "negative"} <= set(source):
         shown = f"{source['positive']} | {source['negative']} | {source.get('factor', 1):g}"
+    elif isinstance(source, dict) and isinstance(source.get("prompt"), str):
+        shown = source["prompt"]
     where = desc.get("positions")
     positions = ",".join(map(str, where)) if isinstance(where, list) else str(where or "")
     return str(desc.get("kind")), shown, positions
@@ -63,13 +73,13 @@ def description_text(desc: dict[str, Any]) -> tuple[str, str, str]:
 @dataclass
 class InterventionForm:
     """What the form returns: the module's canonical name and the intervention's
-    description, or for an ``add_vector`` from two prompts ``contrast`` (positive,
-    negative, factor) and the description's positions, the vector to be read from the
-    model."""
+    description; for a kind read from the model, the description's kind and positions and
+    ``prompts``: ``(positive, negative, factor)`` of an ``add_vector`` from the difference
+    of two prompts, or ``(prompt,)`` of a ``replace_with`` another prompt's activation."""
 
     module: str
     description: dict[str, Any]
-    contrast: tuple[str, str, float] | None = None
+    prompts: tuple[Any, ...] | None = None
 
 
 class InterventionScreen(ModalScreen[InterventionForm | None]):
@@ -131,10 +141,12 @@ class InterventionScreen(ModalScreen[InterventionForm | None]):
             kind = str(self.query_one("#iv-kind", Select).value)
             params = self.query_one("#iv-params", Field).value
             where = self.query_one("#iv-positions", Field).value
-            if kind == "add_vector":
-                prompts = checks.contrast(params)
+            if kind in READ_KINDS:
+                prompts = READ_KINDS[kind](params)
                 found = checks.positions(where)
-                desc = {} if found is None else {"positions": found}
+                desc: dict[str, Any] = {"kind": kind}
+                if found is not None:
+                    desc["positions"] = found
                 self.dismiss(InterventionForm(canonical, desc, prompts))
                 return
             desc = checks.intervention_description(kind, params, where)

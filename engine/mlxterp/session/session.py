@@ -348,35 +348,68 @@ class Session:
         difference of two prompts.  Its ``source`` records the prompts and the factor (what
         a reader of the file sees; the vector is what replays).  ``InputError`` for an empty
         prompt, a module that does not output (batch, seq, hidden) or a non-finite factor."""
-        if not all(isinstance(p, str) and p.strip() for p in (positive, negative)):
-            raise InputError("a contrast vector needs two non-empty prompts")
         if (
             not isinstance(factor, (int, float))
             or isinstance(factor, bool)
             or not (abs(factor) < float("inf"))
         ):
             raise InputError(f"factor must be a finite number; got {factor!r}")
+
+        def vector(act: mx.array, lengths: list[int]) -> mx.array:
+            last = act[mx.arange(2), mx.array([n - 1 for n in lengths])]
+            return (last[0] - last[1]) * factor
+
+        return {
+            "kind": "add_vector",
+            "params": {"vector": self._read(manager, module, [positive, negative], vector)},
+            "source": {"positive": positive, "negative": negative, "factor": float(factor)},
+        }
+
+    def activation_of(self, manager: SessionManager, module: str, prompt: str) -> dict[str, Any]:
+        """The description of a ``replace_with`` intervention on ``module`` putting in its
+        output on ``prompt`` (read on this session's model), the shared last tokens aligned
+        (``align="right"``): activation patching from another prompt, by hand.  Its
+        ``source`` records the prompt; the activation (in the sidecar) is what replays."""
+
+        def whole(act: mx.array, lengths: list[int]) -> mx.array:
+            return act[:, : lengths[0]]
+
+        value = self._read(manager, module, [prompt], whole)
+        return {
+            "kind": "replace_with",
+            "params": {"value": value, "align": "right"},
+            "source": {"prompt": prompt},
+        }
+
+    def _read(
+        self,
+        manager: SessionManager,
+        module: str,
+        prompts: list[str],
+        make: Callable[[mx.array, list[int]], mx.array],
+    ) -> mx.array:
+        """``make(output of module on prompts as float32, their lengths)`` on the MLX
+        thread, evaluated; ``InputError`` for an empty prompt or an output that is not
+        ``(batch, seq, hidden)``."""
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise InputError("reading an activation needs non-empty prompts")
         model = manager.model(self.model_ref)
 
         def read() -> mx.array:
             name = model.resolve(module)
-            trace = model.run([positive, negative], capture=[name], output=False)
+            trace = model.run(prompts, capture=[name], output=False)
             act = trace.activations[name]
             if act.ndim != 3:
                 raise InputError(
-                    f"{name} outputs shape {tuple(act.shape)}; a vector to add needs "
-                    "(batch, seq, hidden)"
+                    f"{name} outputs shape {tuple(act.shape)}; an activation to add or put "
+                    "in needs (batch, seq, hidden)"
                 )
-            last = trace.last_token(act).astype(mx.float32)
-            vector = (last[0] - last[1]) * factor
-            mx.eval(vector)  # it crosses to the caller's thread evaluated
-            return vector
+            lengths = trace.lengths or [act.shape[1]] * act.shape[0]
+            made = make(act.astype(mx.float32), lengths)
+            mx.eval(made)  # it crosses to the caller's thread evaluated
+            return made
 
-        return {
-            "kind": "add_vector",
-            "params": {"vector": on_mlx_thread(read)},
-            "source": {"positive": positive, "negative": negative, "factor": float(factor)},
-        }
+        return on_mlx_thread(read)
 
     def _manager(self) -> SessionManager:
         if self.manager is None:
