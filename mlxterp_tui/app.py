@@ -27,6 +27,7 @@ from mlxterp.session import (
     Session,
     SessionManager,
     Step,
+    TrainingProgress,
     export_step,
     is_chat,
     replay,
@@ -44,6 +45,7 @@ from .messages import (
     StepComputed,
     TokensReady,
     TokenStreamed,
+    TrainingProgressed,
     WorkFailed,
     error_text,
 )
@@ -73,6 +75,7 @@ from .state import (
     user_message,
 )
 
+PROGRESS_EVERY = 0.2  # seconds between training progress updates
 # steps whose ``text`` is the prompt
 TEXT_KINDS = ("logit_lens", "tuned_lens", "trace", "attention")
 PANE_ACTIONS = {  # Enter in a field runs the action of its innermost row or pane listed here
@@ -176,8 +179,10 @@ class WorkbenchApp(App[None]):
     @work(thread=True, exclusive=True, group="compute", exit_on_error=False)
     def _compute(self, run_id: int, kind: str, params: dict[str, Any]) -> None:
         """Compute one step (nothing is recorded here); the result comes as ``StepComputed``.
-        A step that streams (``generate``) posts each token as ``TokenStreamed`` and stops
-        making tokens as soon as its run is cancelled."""
+        A step that streams (``generate``) posts each token as ``TokenStreamed``, one that
+        trains (``train_sae``) its progress as ``TrainingProgressed``; either stops as soon
+        as its run is cancelled."""
+        told = [0.0]  # when progress was last posted
 
         def heard(token_id: int) -> bool:
             if run_id != self.state.run_id:
@@ -185,9 +190,23 @@ class WorkbenchApp(App[None]):
             self.post_message(TokenStreamed(run_id, token_id))
             return True
 
-        streams = {"on_token": heard} if KINDS[kind].streams else {}
+        def trained(progress: TrainingProgress) -> bool:
+            if run_id != self.state.run_id:
+                return False  # cancelled: stop training, nothing will be recorded
+            now = time.monotonic()
+            if now - told[0] >= PROGRESS_EVERY or progress.fraction >= 1.0:
+                told[0] = now
+                self.post_message(TrainingProgressed(run_id, progress))
+            return True
+
+        step_kind = KINDS[kind]
+        listeners: dict[str, Any] = {}
+        if step_kind.listens("on_token"):
+            listeners["on_token"] = heard
+        if step_kind.listens("on_progress"):
+            listeners["on_progress"] = trained
         try:
-            step = self.state.session.compute(self.mgr, kind, **streams, **params)
+            step = self.state.session.compute(self.mgr, kind, **listeners, **params)
         except MlxterpError as err:
             self.post_message(WorkFailed(run_id, kind, error_text(err)))
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from mlxterp.session import ReplayReport, Session, Step
+from mlxterp.session import ReplayReport, Session, Step, TrainingProgress
 
 from .state import ModelView
 
@@ -53,6 +53,14 @@ class TokenStreamed(Message):
         self.run_id, self.token_id = run_id, token_id
 
 
+class TrainingProgressed(Message):
+    """A train_sae step is ``progress`` along (posted a few times a second at most)."""
+
+    def __init__(self, run_id: int, progress: TrainingProgress) -> None:
+        super().__init__()
+        self.run_id, self.progress = run_id, progress
+
+
 class ReplayDone(Message):
     """A replay finished with its report."""
 
@@ -87,6 +95,7 @@ __all__ = [
     "SessionOpened",
     "StepComputed",
     "TokensReady",
+    "TrainingProgressed",
     "WorkFailed",
     "error_text",
 ]

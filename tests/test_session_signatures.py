@@ -31,7 +31,8 @@ from mlxterp import (
 )
 from mlxterp import attention as attention
 from mlxterp.errors import SessionError
-from mlxterp.sae import SAE, SAEConfig, edits
+from mlxterp.sae import SAE, SAEConfig, dashboard, edits
+from mlxterp.sae import train as sae_train
 from mlxterp.session import KINDS, Session, replay
 from mlxterp.session.steps import REQUIRED, step_name
 
@@ -54,6 +55,9 @@ LIBRARY = {
     "head_attribution": [head_patching.head_attribution],
     "direct_logit_attribution": [dla.direct_logit_attribution],
     "feature_edit": [edits.run_feature_edit],
+    "train_sae": [sae_train.train_sae],
+    "sae_features": [dashboard.prompt_features],
+    "feature_dashboard": [dashboard.feature_dashboard],  # its own `text`: feature_on_prompt
 }
 # Arguments no step records, and why:
 NOT_RECORDED = {
@@ -61,6 +65,8 @@ NOT_RECORDED = {
     "interventions",  # the session's own (intervention steps record them)
     "vector",  # steer's vector: the steering step computes it from positive/negative
     "on_token",  # generate's stream of tokens: Session.compute(on_token=) passes it
+    "on_progress",  # train_sae's progress: Session.compute(on_progress=) passes it
+    "progress",  # train_sae's progress bar on stderr
     # purely presentational (a terminal plot; nothing a summary keeps):
     "plot",
     "figsize",
@@ -112,6 +118,8 @@ SAMPLES = {  # a valid value that is not the default, by step parameter name
     "feature": 3,
     "mode": "clamp",
     "value": 12.0,
+    "texts": [FRANCE, GERMANY, SONG] * 4,
+    "config": {"expansion_factor": 2, "k": 4, "batch_size": 16, "epochs": 2},
 }
 PER_KIND = {  # where a kind needs another value
     ("attention", "text"): "river king apple garden letter river king apple",
@@ -182,6 +190,8 @@ def _same(a, b) -> bool:
         return bool(mx.array_equal(mx.array(a), mx.array(b)).item())
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, SAEConfig) and isinstance(b, dict):  # train_sae's config table
+        return all(getattr(a, k) == v for k, v in b.items())
     if isinstance(a, dict) and isinstance(b, dict):  # an SAE's description (arrays inside)
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b

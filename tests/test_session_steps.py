@@ -120,7 +120,7 @@ def test_a_generate_step_streams_its_tokens(session, manager):
     prompt = "river king apple garden letter river king"
     step = session.compute(manager, "generate", prompt=prompt, max_tokens=3, on_token=heard.append)
     assert heard == step.summary["token_ids"] and "on_token" not in step.params
-    with pytest.raises(SessionError, match="only generate steps stream"):
+    with pytest.raises(SessionError, match="only generate steps take on_token"):
         session.compute(manager, "trace", text=prompt, on_token=heard.append)
 
 

@@ -30,7 +30,14 @@ from .io import check_against, load_sae, save_sae
 from .measure import evaluate, stats
 from .model import SAE
 from .saelens import load_saelens, save_saelens
-from .train import resolve_component, stream_activations, train_sae, train_sae_on_activations
+from .train import (
+    ProgressListener,
+    TrainingProgress,
+    resolve_component,
+    stream_activations,
+    train_sae,
+    train_sae_on_activations,
+)
 
 __all__ = [
     "KINDS",
@@ -40,9 +47,11 @@ __all__ = [
     "FeatureDashboard",
     "FeatureEditResult",
     "Histogram",
+    "ProgressListener",
     "PromptActivation",
     "PromptFeatures",
     "SAEConfig",
+    "TrainingProgress",
     "check_against",
     "evaluate",
     "feature_dashboard",

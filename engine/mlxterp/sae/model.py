@@ -49,7 +49,7 @@ class SAE(nn.Module):
         self.set_training_stats({})
         w_dec = mx.random.normal((self.d_sae, self.d_model), key=mx.random.key(self.config.seed))
         self.W_dec = w_dec / mx.linalg.norm(w_dec, axis=-1, keepdims=True)
-        self.W_enc = self.W_dec.T
+        self.W_enc = mx.contiguous(self.W_dec.T)  # as a saved one loads: the same sums
         self.b_enc = mx.zeros((self.d_sae,))
         self.b_dec = mx.zeros((self.d_model,))
 

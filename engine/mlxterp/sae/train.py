@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
@@ -25,6 +27,34 @@ from .revive import auxk_loss, geometric_median, project_decoder_grad, resample_
 
 if TYPE_CHECKING:
     from ..model import InterpretableModel
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training is, passed to ``on_progress`` after every optimizer step."""
+
+    epoch: int  # from 0
+    epochs: int
+    texts_read: int  # of this epoch's texts (read ahead of training by up to one buffer)
+    texts: int  # per epoch (0 when training on given activations)
+    tokens: int  # activation vectors trained on so far, all epochs
+    steps: int
+    loss: float
+    seconds: float  # since training began
+
+    @property
+    def fraction(self) -> float:
+        """How much of the whole run is read, 0..1."""
+        per_epoch = self.texts_read / self.texts if self.texts else 0.0
+        return min(1.0, (self.epoch + per_epoch) / self.epochs)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressListener = Callable[[TrainingProgress], bool]
+"""Hears each :class:`TrainingProgress`; a ``False`` stops training after that step."""
 
 
 def resolve_component(
@@ -119,11 +149,15 @@ def train_sae(
     layer: int | None = None,
     config: SAEConfig | None = None,
     progress: bool = True,
+    on_progress: ProgressListener | None = None,
 ) -> SAE:
     """Train an SAE on one component's activations over ``texts`` (streamed, see module doc).
 
     ``component`` is any module name (``"layers.2"``, ``"model.model.layers.2.attn"``), or
     with ``layer=`` a part of that layer.  The same ``config.seed`` gives the same weights.
+    ``on_progress`` hears a :class:`TrainingProgress` after every optimizer step; when it
+    returns ``False`` training stops there (the SAE so far comes back, its
+    ``training_stats["stopped"]`` set).
     """
     config = config if config is not None else SAEConfig()
     name = resolve_component(model, component, layer)
@@ -134,12 +168,16 @@ def train_sae(
         model.layer_index_of(name),
         model.name or "custom",
     )
-    return _fit(
-        sae,
-        lambda: stream_activations(
-            model, texts, name, config.text_batch_size, progress, config.skip_tokens
-        ),
-    )
+    read = [0]  # texts of this epoch read so far
+
+    def batches() -> Iterator[mx.array]:
+        read[0] = 0
+        size = config.text_batch_size
+        for acts in stream_activations(model, texts, name, size, progress, config.skip_tokens):
+            read[0] = min(len(texts), read[0] + size)
+            yield acts
+
+    return _fit(sae, batches, on_progress, lambda: (read[0], len(texts)))
 
 
 def train_sae_on_activations(
@@ -160,9 +198,20 @@ def train_sae_on_activations(
     return _fit(sae, lambda: (a.astype(mx.float32) for a in activations))
 
 
-def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
-    """Train ``sae`` on ``batches()`` (called once per epoch) as the module doc says."""
+class _Stopped(Exception):
+    """The progress listener asked training to stop."""
+
+
+def _fit(
+    sae: SAE,
+    batches: Callable[[], Iterable[mx.array]],
+    on_progress: ProgressListener | None = None,
+    texts_read: Callable[[], tuple[int, int]] = lambda: (0, 0),
+) -> SAE:
+    """Train ``sae`` on ``batches()`` (called once per epoch) as the module doc says,
+    telling ``on_progress`` (with ``texts_read()``: this epoch's texts read, of how many)."""
     config = sae.config
+    started = time.perf_counter()
     rng = random.Random(config.seed)
     optimizer = optim.Adam(learning_rate=config.learning_rate)
     step = nn.value_and_grad(sae, _loss)
@@ -174,7 +223,7 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
     resampling = config.kind == "relu" and config.resample_every > 0
     last: list[mx.array] = []  # the last two buffers (batchtopk's threshold reads them)
 
-    def train_on(buffer: list[mx.array]) -> None:
+    def train_on(buffer: list[mx.array], epoch: int) -> None:
         nonlocal since_fired, loss, key
         data = mx.concatenate(buffer)
         if counts["steps"] == 0 and config.b_dec_init == "geometric_median":
@@ -202,23 +251,42 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
                 since_fired = mx.where(resampled, 0.0, since_fired)
             # mlx: Module.parameters is unannotated
             mx.eval(sae.parameters(), optimizer.state, since_fired, loss)  # type: ignore[no-untyped-call]
-        counts["tokens"] += data.shape[0]
+            counts["tokens"] += x.shape[0]
+            if on_progress is not None:
+                read, texts = texts_read()
+                heard = TrainingProgress(
+                    epoch,
+                    config.epochs,
+                    read,
+                    texts,
+                    counts["tokens"],
+                    counts["steps"],
+                    cast(float, loss.item()),
+                    time.perf_counter() - started,
+                )
+                if on_progress(heard) is False:
+                    last[:] = [*last[-1:], data]
+                    raise _Stopped
         last[:] = [*last[-1:], data]
 
-    for _ in range(config.epochs):
-        buffer, held = [], 0
-        for acts in batches():
-            if scale_pending:  # from the first batch: inputs to mean norm sqrt(d_model)
-                norm = cast(float, mx.mean(mx.linalg.norm(acts, axis=-1)).item())
-                sae.scale = sae.d_model**0.5 / max(norm, 1e-12)
-                scale_pending = False
-            buffer.append(acts)
-            held += acts.shape[0]
-            if held >= config.buffer_size:
-                train_on(buffer)
-                buffer, held = [], 0
-        if buffer:
-            train_on(buffer)
+    stopped = False
+    try:
+        for epoch in range(config.epochs):
+            buffer, held = [], 0
+            for acts in batches():
+                if scale_pending:  # from the first batch: inputs to mean norm sqrt(d_model)
+                    norm = cast(float, mx.mean(mx.linalg.norm(acts, axis=-1)).item())
+                    sae.scale = sae.d_model**0.5 / max(norm, 1e-12)
+                    scale_pending = False
+                buffer.append(acts)
+                held += acts.shape[0]
+                if held >= config.buffer_size:
+                    train_on(buffer, epoch)
+                    buffer, held = [], 0
+            if buffer:
+                train_on(buffer, epoch)
+    except _Stopped:
+        stopped = True
     if config.kind == "batchtopk" and last:
         sae.threshold = batch_threshold(sae, mx.concatenate(last)[-config.buffer_size :])
     sae.set_training_stats(
@@ -226,6 +294,7 @@ def _fit(sae: SAE, batches: Callable[[], Iterable[mx.array]]) -> SAE:
             **counts,
             "final_loss": cast(float, loss.item()),
             "dead_fraction": cast(float, mx.mean(since_fired > config.dead_feature_window).item()),
+            **({"stopped": True} if stopped else {}),
         }
     )
     return sae

@@ -19,6 +19,8 @@ from ..plotting import (  # the workbench draws as the plots do
     matrix_chart,
     to_text,
 )
+from ..sae import SAE, TrainingProgress  # the workbench trains and browses SAEs
+from ..sae.io import sae_from_description
 from ..token_display import display_token, token_from_display  # tokens shown alike
 from .active import (
     ACTIONS,
@@ -39,6 +41,7 @@ __all__ = [
     "FORMAT",
     "INTERVENTION_KINDS",
     "KINDS",
+    "SAE",
     "Comparison",
     "Difference",
     "FoundModel",
@@ -53,6 +56,7 @@ __all__ = [
     "SessionManager",
     "Step",
     "StepReport",
+    "TrainingProgress",
     "bar_chart",
     "blas_main",
     "color_at",
@@ -67,6 +71,7 @@ __all__ = [
     "model_choices",
     "replay",
     "replay_main",
+    "sae_from_description",
     "to_text",
     "token_from_display",
 ]

@@ -24,6 +24,7 @@ from ..inputs import is_chat
 from ..interventions import describe
 from ..loading import locate_model
 from ..model import InterpretableModel
+from ..sae.train import ProgressListener
 from ..steering import TokenListener
 from ..token_display import display_token
 from . import storage
@@ -185,19 +186,22 @@ class Session:
         kind_name: str,
         *,
         on_token: TokenListener | None = None,
+        on_progress: ProgressListener | None = None,
         **params: Any,
     ) -> Step:
         """Run a step on the session's model and return it, unrecorded: nothing in the
         session changes (safe from a worker thread; steps run one at a time).  Its params
         keep canonical module names, and its arrays come back evaluated.  ``on_token``
-        (kinds that stream: ``generate``) streams each new token id; a ``False`` from it stops
-        generation early, and a step stopped so should not be recorded: its text is shorter
-        than its ``max_tokens`` say, so it would not replay."""
+        (kinds that stream: ``generate``) streams each new token id; ``on_progress`` (kinds
+        that train: ``train_sae``) hears each optimizer step.  A ``False`` from either stops
+        the run early, and a step stopped so should not be recorded: it would not replay."""
         step_kind = kind(kind_name)
-        if on_token is not None and not step_kind.streams:
-            streaming = " and ".join(name for name, k in KINDS.items() if k.streams)
-            raise SessionError(f"only {streaming} steps stream tokens, not {kind_name!r}")
-        supplied = {} if on_token is None else {"on_token": on_token}
+        given = {"on_token": on_token, "on_progress": on_progress}
+        supplied = {name: heard for name, heard in given.items() if heard is not None}
+        for name in supplied:
+            if not step_kind.listens(name):
+                taking = " and ".join(n for n, k in KINDS.items() if k.listens(name))
+                raise SessionError(f"only {taking} steps take {name}, not {kind_name!r}")
         full = step_kind.complete(params)
         ref = self.model_ref
         model = manager.model(ref)
@@ -420,6 +424,7 @@ class Session:
     def to_document(self) -> tuple[dict[str, Any], dict[str, mx.array]]:
         """The TOML-ready document and the arrays for its sidecar."""
         arrays: dict[str, mx.array] = {}
+        stored: dict[tuple[str, tuple[int, ...], bytes], str] = {}  # each array once
         steps = []
         for step in self.steps:
             prefix = f"steps.{step.index}"
@@ -427,8 +432,12 @@ class Session:
                 {
                     "kind": step.kind,
                     "created": step.created,
-                    "params": storage.encode_arrays(step.params, f"{prefix}.params", arrays),
-                    "summary": storage.encode_arrays(step.summary, f"{prefix}.summary", arrays),
+                    "params": storage.encode_arrays(
+                        step.params, f"{prefix}.params", arrays, stored
+                    ),
+                    "summary": storage.encode_arrays(
+                        step.summary, f"{prefix}.summary", arrays, stored
+                    ),
                 }
             )
         model: dict[str, str | int] = {"ref": self.model_ref}

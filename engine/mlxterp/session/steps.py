@@ -48,7 +48,8 @@ from ..errors import SessionError
 from ..inputs import is_chat
 from ..interventions import Intervention
 from ..model import InterpretableModel
-from ..sae import SAE, edits
+from ..sae import SAE, SAEConfig, dashboard, edits, measure
+from ..sae import train as sae_train
 from ..sae.io import describe_sae, sae_from_description
 from .active import ACTIONS, InterventionFn, InterventionList
 
@@ -63,9 +64,12 @@ REQUIRED = object()
 
 # Arguments of the wrapped functions that are no step parameter: the model and the
 # interventions are the session's, a steering vector is what the step computes first.
-SUPPLIED = frozenset({"model", "interventions", "vector", "on_token"})
-# Arguments that only draw (a plot in the terminal): nothing a summary could keep.
-PRESENTATION = frozenset({"plot", "figsize", "cmap", "max_display_tokens"})
+SUPPLIED = frozenset({"model", "interventions", "vector", "on_token", "on_progress"})
+# Arguments that only draw (a plot or a progress bar in the terminal): nothing a summary
+# could keep.
+PRESENTATION = frozenset({"plot", "figsize", "cmap", "max_display_tokens", "progress"})
+SAE_CONFIG_FIELDS = frozenset(SAEConfig.__dataclass_fields__)
+MEASURED_TEXTS = 64  # a train_sae step measures its SAE on this many of its texts
 # Arguments a step always leaves at their default: a trace step reads the logits, which
 # ``output=False`` would skip.
 FIXED = frozenset({"output"})
@@ -169,6 +173,14 @@ LAYERS = Check(
     lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0 for x in v),
 )
 TOKEN = Check("a token string or id", lambda v: isinstance(v, str) or _is_int(v))
+TRAINING_TEXTS = Check(
+    "a non-empty list of texts (strings, or token-id lists)",
+    lambda v: _is_list(v, lambda x: isinstance(x, str) or _is_list(x, _is_int)),
+)
+SAE_SETTINGS = Check(
+    "a table of mlxterp.sae.SAEConfig settings (expansion_factor, kind, k, epochs, ...)",
+    lambda v: isinstance(v, dict) and set(v) <= SAE_CONFIG_FIELDS and _is_plain(v),
+)
 SAE_CHECK = Check(
     "an SAE (mlxterp.sae.SAE) or its description table (mlxterp.sae.io.describe_sae)",
     lambda v: isinstance(v, SAE) or (isinstance(v, dict) and "weights" in v and _is_plain(v)),
@@ -248,6 +260,8 @@ CHECKS: dict[str, Check] = {
     "mode": TEXT,
     "feature": Check("a feature index (an integer >= 0)", lambda v: _is_int(v) and v >= 0),
     "sae": SAE_CHECK,
+    "texts": TRAINING_TEXTS,
+    "config": SAE_SETTINGS,
     "temperature": Check("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
     "seed": Check(f"an integer from 0 to {TOML_INT}", lambda v: _is_int(v) and 0 <= v <= TOML_INT),
     "position": Check(
@@ -344,10 +358,14 @@ class StepKind:
                 )
         return {k: v for k, v in full.items() if v is not None}
 
+    def listens(self, listener: str) -> bool:
+        """Whether its runner takes ``listener`` (``on_token``, ``on_progress``)."""
+        return self.run is not None and listener in inspect.signature(self.run).parameters
+
     @property
     def streams(self) -> bool:
         """Whether its runs can stream tokens (its runner takes ``on_token``)."""
-        return self.run is not None and "on_token" in inspect.signature(self.run).parameters
+        return self.listens("on_token")
 
     def execute(
         self, model: InterpretableModel, params: Params, state: InterventionList, **supplied: Any
@@ -578,13 +596,76 @@ def _run_path_patching_sweep(
     return result, _summaries(result, 5)
 
 
+def _sae(p: Params) -> SAE:
+    """The step's SAE: it travels in the params as its description (weights in the
+    sidecar)."""
+    return p["sae"] if isinstance(p["sae"], SAE) else sae_from_description(p["sae"])
+
+
 def _run_feature_edit(
     model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
 ) -> tuple[Any, Summary]:
-    """The SAE travels in the params as its description (weights in the sidecar)."""
-    sae = p["sae"] if isinstance(p["sae"], SAE) else sae_from_description(p["sae"])
-    result = _call(edits.run_feature_edit, model, {**p, "sae": sae})
+    result = _call(edits.run_feature_edit, model, {**p, "sae": _sae(p)})
     return result, _summaries(result, 5)
+
+
+def _run_train_sae(
+    model: InterpretableModel,
+    p: Params,
+    active: dict[str, InterventionFn],
+    on_progress: sae_train.ProgressListener | None = None,
+) -> tuple[Any, Summary]:
+    """The trained SAE (kept whole in the summary, weights in the sidecar), what training
+    saw, and its measures on the first ``MEASURED_TEXTS`` of its texts.  A run its
+    listener stopped has ``training.stopped`` and should not be recorded."""
+    try:
+        config = SAEConfig(**p.get("config", {}))
+    except TypeError as err:  # a setting SAE_SETTINGS let through with a wrong shape
+        raise SessionError(f"step 'train_sae': config: {err}") from None
+    texts = p["texts"]
+    sae = sae_train.train_sae(
+        model,
+        texts=texts,
+        component=p.get("component"),
+        layer=p.get("layer"),
+        config=config,
+        progress=False,
+        on_progress=on_progress,
+    )
+    measured = measure.evaluate(sae, model, texts[:MEASURED_TEXTS])
+    return sae, {
+        "sae": describe_sae(sae),
+        "component": sae.component,
+        "d_sae": sae.d_sae,
+        "training": _rounded(sae.training_stats),
+        "measured": {**_rounded(measured), "texts": min(len(texts), MEASURED_TEXTS)},
+    }
+
+
+def _run_sae_features(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    result = dashboard.prompt_features(_sae(p), model, text=p["text"], k=p["k"])
+    return result, _summaries(result, 5)
+
+
+def _run_feature_dashboard(
+    model: InterpretableModel, p: Params, active: dict[str, InterventionFn]
+) -> tuple[Any, Summary]:
+    """The feature's dashboard over ``texts``; with ``text``, its activation there too
+    (the result is ``(dashboard, on_prompt or None)``)."""
+    sae = _sae(p)
+    options = ("k", "window", "bins", "batch_size", "top_logits")
+    found = dashboard.feature_dashboard(
+        sae, model, texts=p["texts"], feature=p["feature"], **{k: p[k] for k in options}
+    )
+    on_prompt = (
+        dashboard.feature_on_prompt(sae, model, p["text"], p["feature"]) if "text" in p else None
+    )
+    summary = _summaries(found, 5)
+    if on_prompt is not None:
+        summary["on_prompt"] = _rounded(on_prompt.to_summary(), 5)
+    return (found, on_prompt), summary
 
 
 def run_interventions(
@@ -738,6 +819,29 @@ KINDS: dict[str, StepKind] = {
             _run_feature_edit,
             False,
             "ablate, scale, clamp or steer one SAE feature: next tokens and continuation",
+        ),
+        StepKind.wrapping(
+            "train_sae",
+            (sae_train.train_sae,),
+            _run_train_sae,
+            False,
+            "a sparse autoencoder trained on one module's activations over texts",
+        ),
+        StepKind.wrapping(
+            "sae_features",
+            (dashboard.prompt_features,),
+            _run_sae_features,
+            False,
+            "the strongest SAE features at each position of a prompt",
+            own={"sae": SAE_CHECK.param(REQUIRED)},
+        ),
+        StepKind.wrapping(
+            "feature_dashboard",
+            (dashboard.feature_dashboard,),
+            _run_feature_dashboard,
+            False,
+            "one SAE feature: top contexts over texts, histogram, logits it moves, a prompt",
+            own={"sae": SAE_CHECK.param(REQUIRED), "text": PROMPT.param(None)},
         ),
         StepKind(
             "interventions",

@@ -43,21 +43,43 @@ LOCK_NAME = ".mlxterp.lock"
 LOCK_TIMEOUT = 30.0  # seconds a save waits for another save in the same folder
 
 
-def encode_arrays(value: Any, prefix: str, arrays: dict[str, mx.array]) -> Any:
+def encode_arrays(
+    value: Any,
+    prefix: str,
+    arrays: dict[str, mx.array],
+    by_content: dict[tuple[str, tuple[int, ...], bytes], str] | None = None,
+) -> Any:
     """``value`` with every ``mx.array`` replaced by ``{"array": key}`` (collected in
-    ``arrays``) and every ``None`` left out (TOML has no null)."""
+    ``arrays``) and every ``None`` left out (TOML has no null).  With ``by_content`` (kept
+    across calls), an array equal to one already collected names that one's key instead:
+    an SAE that several steps of a session use is stored once."""
     if isinstance(value, mx.array):
+        content = _content(value) if by_content is not None else None
+        if content is not None and by_content is not None:
+            if content in by_content:
+                return {"array": by_content[content]}
+            by_content[content] = prefix
         arrays[prefix] = value
         return {"array": prefix}
     if isinstance(value, dict):
         return {
-            k: encode_arrays(v, f"{prefix}.{k}", arrays) for k, v in value.items() if v is not None
+            k: encode_arrays(v, f"{prefix}.{k}", arrays, by_content)
+            for k, v in value.items()
+            if v is not None
         }
     if isinstance(value, (list, tuple)):
-        return [encode_arrays(v, f"{prefix}.{i}", arrays) for i, v in enumerate(value)]
+        return [encode_arrays(v, f"{prefix}.{i}", arrays, by_content) for i, v in enumerate(value)]
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return value
+
+
+def _content(array: mx.array) -> tuple[str, tuple[int, ...], bytes] | None:
+    """An evaluated array's dtype, shape and bytes (None for a dtype a sidecar refuses)."""
+    if array.dtype not in _DTYPES:
+        return None
+    # mx.array supports the buffer protocol; its stubs do not declare __buffer__
+    return _DTYPES[array.dtype], tuple(array.shape), memoryview(array).tobytes()  # type: ignore[arg-type]
 
 
 def _is_array_ref(value: Any) -> bool:
@@ -132,14 +154,13 @@ def _tensors(arrays: dict[str, mx.array]) -> list[Tensor]:
     is no MLX work (see :mod:`.locking`)."""
     out = []
     for key in sorted(arrays):
-        array = arrays[key]
-        if array.dtype not in _DTYPES:
+        content = _content(arrays[key])
+        if content is None:
             raise SessionError(
-                f"the array {key!r} has dtype {array.dtype}, which a sidecar cannot hold"
+                f"the array {key!r} has dtype {arrays[key].dtype}, which a sidecar cannot hold"
             )
-        # mx.array supports the buffer protocol; its stubs do not declare __buffer__
-        data = memoryview(array).tobytes()  # type: ignore[arg-type]
-        out.append((key, _DTYPES[array.dtype], list(array.shape), data))
+        dtype, shape, data = content
+        out.append((key, dtype, list(shape), data))
     return out
 
 
