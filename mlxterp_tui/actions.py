@@ -20,10 +20,11 @@ PANES = (  # (pane id, tab label, what it is for)
     ("lens", "2 Lens", "Lens"),
     ("charts", "3 Chart", "Chart"),
     ("patching", "4 Patch", "Patching"),
-    ("interventions", "5 Interv.", "Interventions"),
+    ("interventions", "5 Interv", "Interventions"),
     ("steering", "6 Steer", "Steering"),
-    ("history", "7 History", "History"),
+    ("history", "7 Hist", "History"),
     ("heads", "8 Heads", "Heads"),
+    ("sae", "9 SAE", "SAE"),
 )
 
 
@@ -68,6 +69,20 @@ ACTIONS: tuple[Action, ...] = (
         "f7",
         "run_heads",
         "Run the head analysis (detectors, head or path patching, attribution)",
+        priority=True,
+    ),
+    Action(
+        "train_sae",
+        "f8",
+        "train_sae",
+        "Train an SAE on a layer (progress shown; Esc stops)",
+        priority=True,
+    ),
+    Action(
+        "browse_sae",
+        "f10",
+        "browse_sae",
+        "Browse the SAE: prompt features, a feature's dashboard, edit a feature",
         priority=True,
     ),
     Action(

@@ -36,6 +36,7 @@ from mlxterp.session import (
 from . import checks
 from .actions import PANES, bindings
 from .commands import WorkbenchCommands
+from .compare_screens import ReplayScreen
 from .keymap import KeymapError, load_keymap
 from .main_screen import HOME_PANE, PANE_TYPES, MainScreen
 from .messages import (
@@ -59,8 +60,9 @@ from .panes.lens import LensPane
 from .panes.model_tree import ModelPane
 from .panes.patching import PatchingPane
 from .panes.prompt import MAX_CHIPS, PromptBar
+from .panes.sae import SaePane
 from .panes.steering import SteeringPane
-from .screens import ChoiceScreen, HelpScreen, PathScreen, ReportScreen
+from .screens import ChoiceScreen, HelpScreen, PathScreen
 from .state import (
     ModelView,
     Prompt,
@@ -85,6 +87,8 @@ PANE_ACTIONS = {  # Enter in a field runs the action of its innermost row or pan
     "patching-pane": "run_patching",
     "steering-pane": "run_steering",
     "heads-pane": "run_heads",
+    "sae-train-row": "train_sae",
+    "sae-browse-row": "browse_sae",
 }
 
 
@@ -291,6 +295,11 @@ class WorkbenchApp(App[None]):
         if message.run_id == self.state.run_id and self.model is not None:
             self.query_one(SteeringPane).stream(self.model, message.token_id)
 
+    @on(TrainingProgressed)
+    def _training_progressed(self, message: TrainingProgressed) -> None:
+        if message.run_id == self.state.run_id:
+            self.query_one(SaePane).show_progress(message.progress)
+
     @on(StepComputed)
     async def _step_computed(self, message: StepComputed) -> None:
         if not self._current(message.run_id):
@@ -302,9 +311,7 @@ class WorkbenchApp(App[None]):
         if not self._current(message.run_id):
             return
         report = message.report
-        self.push_screen(
-            ReportScreen("Replay: OK" if report.ok else "Replay: MISMATCH", report.format_text())
-        )
+        self.push_screen(ReplayScreen(report, self.session.steps))
 
     @on(WorkFailed)
     def _work_failed(self, message: WorkFailed) -> None:
@@ -312,6 +319,8 @@ class WorkbenchApp(App[None]):
             return
         if message.what == "load":
             self.query_one(ModelPane).show_failure(message.text)
+        if message.what == "train_sae":
+            self.query_one(SaePane).stop_training()
         self.notify(message.text, severity="error", title=f"{message.what} failed", timeout=8)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -377,6 +386,7 @@ class WorkbenchApp(App[None]):
         if restore_forms and texts:  # the chat switch as the last prompt was sent
             self.query_one(PromptBar).chat = is_chat(texts[-1])
         for pane in self.main.panes():
+            pane.follow(steps, restore_forms)
             last = next((shown(s) for s in reversed(steps) if s.kind in pane.KINDS), None)
             if last is not None:
                 pane.show_step(last, self.state)
@@ -429,6 +439,7 @@ class WorkbenchApp(App[None]):
             return
         self.state.next_run()  # whatever the running worker posts is dropped
         self.workers.cancel_group(self, "compute")
+        self.query_one(SaePane).stop_training()
         self._busy(None)
         self.notify("cancelled: nothing was recorded", timeout=3)
 
@@ -526,6 +537,18 @@ class WorkbenchApp(App[None]):
             return "generate", form.generate_params(model)
 
         self._run_form("steering", read, before=form.start_stream)
+
+    def action_train_sae(self) -> None:
+        form = self.query_one(SaePane)
+
+        def read(model: ModelView) -> tuple[str, dict[str, Any]]:
+            return "train_sae", form.train_params(model)
+
+        self._run_form("sae", read, before=form.start_training)
+
+    def action_browse_sae(self) -> None:
+        form = self.query_one(SaePane)
+        self._run_form("sae", lambda _model: form.browse_params(self._prompt()))
 
     def action_run_attention(self) -> None:
         model = self._model_or_warn()

@@ -21,6 +21,7 @@ from .panes.lens import LensPane
 from .panes.model_tree import ModelPane
 from .panes.patching import PatchingPane
 from .panes.prompt import PromptBar
+from .panes.sae import SaePane
 from .panes.steering import SteeringPane
 from .state import WorkbenchState
 
@@ -33,6 +34,7 @@ PANE_TYPES: dict[str, type[Pane]] = {
     "steering": SteeringPane,
     "history": HistoryPane,
     "heads": HeadsPane,
+    "sae": SaePane,
 }
 HOME_PANE = {  # the pane that shows a step kind's result first
     "logit_lens": "lens",
@@ -44,6 +46,7 @@ HOME_PANE = {  # the pane that shows a step kind's result first
     "attention": "charts",
     "interventions": "interventions",
     **{kind: "heads" for kind in HeadsPane.KINDS},
+    **{kind: "sae" for kind in SaePane.KINDS},
 }
 
 

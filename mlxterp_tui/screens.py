@@ -1,6 +1,6 @@
-"""Modal screens: help (the panes and every key), a path prompt (open / save as), a text
-report, a question with a few answers (replace or compose, save before quitting...), and
-the comparison of two steps."""
+"""Modal screens: help (the panes and every key), a path prompt (open / save as) and a
+question with a few answers (replace or compose, save before quitting...).  Side-by-side
+views are in :mod:`.compare_screens`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, Static
-
-from mlxterp.session import Step, compare_steps
+from textual.widgets import Input, Static
 
 from .widgets import Field, FieldMessage, KeyButton
 
@@ -91,25 +89,6 @@ class PathScreen(ModalScreen[str | None]):
         self.dismiss(path)
 
 
-class ReportScreen(ModalScreen[None]):
-    """A scrollable text report (replay results)."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,q,enter", "dismiss", "Close", id="report_close")
-    ]
-
-    def __init__(self, title: str, text: str) -> None:
-        super().__init__()
-        self._title, self._text = title, text
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="report-box", classes="modal-box"):
-            yield Static(self._title, classes="modal-title", markup=False)
-            with VerticalScroll():
-                yield Static(self._text, id="report-text", markup=False)
-            yield Static("Esc closes", classes="modal-hint")
-
-
 class ChoiceScreen(ModalScreen[str | None]):
     """A question and a button per answer; returns the chosen answer's id (Esc: ``None``)."""
 
@@ -137,44 +116,3 @@ class ChoiceScreen(ModalScreen[str | None]):
     def on_button_pressed(self, event: KeyButton.Pressed) -> None:
         event.stop()
         self.dismiss((event.button.id or "").removeprefix("choice-"))
-
-
-class CompareScreen(ModalScreen[None]):
-    """Two recorded steps side by side where they differ: kind, parameters and results,
-    numbers within replay's tolerance; every difference a row (where, first, second)."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,q,c", "dismiss", "Close", id="compare_close")
-    ]
-
-    def __init__(self, first: Step, second: Step) -> None:
-        super().__init__()
-        self._first, self._second = first, second
-
-    def compose(self) -> ComposeResult:
-        a, b = self._first, self._second
-        found = compare_steps(a, b)
-        n = len(found.differences)
-        gap = f"; largest numeric gap {found.max_diff:.4g}" if found.max_diff else ""
-        title = f"Step {a.index} ({a.kind}) against step {b.index} ({b.kind})"
-        verdict = f"{n} difference{'s' * (n != 1)}{gap}" if n else f"no difference{gap}"
-        with Vertical(id="compare-box", classes="modal-box"):
-            yield Static(Text(title), classes="modal-title")
-            yield Static(Text(verdict), id="compare-caption")
-            table: DataTable[Text] = DataTable(id="compare-table", cursor_type="row")
-            table.add_column("where", width=28)
-            table.add_column(f"step {a.index}", width=22)
-            table.add_column(f"step {b.index}", width=22)
-            for d in found.differences:
-                table.add_row(
-                    Text(d.path or "(top)"),
-                    Text(_short(d.recorded), style="red"),
-                    Text(_short(d.replayed), style="green"),
-                )
-            yield table
-            yield Static("Esc closes", classes="modal-hint")
-
-
-def _short(value: object) -> str:
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 60 else text[:59] + "…"

@@ -11,9 +11,10 @@ vocabulary and repeated, with the loss on the second copy only (the part a copie
 predict), so the induction it learns is general, not tied to the corpus words; a short
 warm-up on such runs alone comes first, since induction heads did not form when text and
 runs started together.  It trains a byte-level BPE tokenizer, then the model, writes an
-mlx-lm folder (``config.json``, ``model.safetensors``, tokenizer files) and prints the
-behaviour report that ``docs/demo-model.md`` quotes.  Needs only mlx, mlx-lm, tokenizers
-and transformers.
+mlx-lm folder (``config.json``, ``model.safetensors``, tokenizer files, and ``texts.txt``:
+800 corpus lines of another seed, the workbench's default SAE texts; ``--texts-only`` writes
+only those) and prints the behaviour report that ``docs/demo-model.md`` quotes.  Needs only
+mlx, mlx-lm, tokenizers and transformers.
 """
 
 from __future__ import annotations
@@ -397,6 +398,16 @@ def save(model, config: dict, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+TEXTS_LINES, TEXTS_SEED = 800, 2024  # texts.txt: not the training seed
+
+
+def write_texts(out: Path) -> None:
+    """``texts.txt`` beside the model: lines of its corpus the workbench trains an SAE on
+    and browses features over when given no texts file."""
+    lines = corpus(TEXTS_LINES, TEXTS_SEED)
+    (out / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -409,7 +420,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lines", type=int, default=60000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--progress", type=int, default=0, help="save and report every N steps")
+    parser.add_argument("--texts-only", action="store_true", help="write texts.txt only")
     args = parser.parse_args(argv)
+    if args.texts_only:
+        write_texts(Path(args.out))
+        return 0
 
     start = time.time()
     random.seed(SEED)
@@ -417,6 +432,7 @@ def main(argv=None) -> int:
     mx.random.seed(SEED)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_texts(out)
     lines = corpus(args.lines, SEED)
     tok = train_tokenizer(lines, out)
     stream = token_stream(lines, tok)

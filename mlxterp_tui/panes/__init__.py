@@ -26,3 +26,7 @@ class Pane(Vertical):
 
     def restore(self, step: Step) -> None:
         """Fill the pane's form from ``step``'s parameters (a reopened session)."""
+
+    def follow(self, steps: list[Step], restore_forms: bool) -> None:
+        """See every step of a session being shown, before its last step of ``KINDS`` is
+        (for what a pane keeps from step to step; ``restore_forms``: a reopened session)."""

@@ -12,7 +12,7 @@ from textual.widgets import Label, ListItem, ListView, Static
 
 from mlxterp.session import Step
 
-from ..screens import CompareScreen
+from ..compare_screens import steps_side_by_side
 from . import Pane
 
 
@@ -69,4 +69,4 @@ class HistoryPane(Pane):
             return
         first, self._marked = self._marked, None
         self._say(f"{len(self._steps)} steps — Enter shows a step's result; c on two compares")
-        self.app.push_screen(CompareScreen(first, step))
+        self.app.push_screen(steps_side_by_side(first, step))

@@ -12,9 +12,10 @@ from mlxterp.session import Session
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.cli import main
 from mlxterp_tui.commands import WorkbenchCommands
+from mlxterp_tui.compare_screens import ReplayScreen
 from mlxterp_tui.panes.interventions import InterventionScreen
 from mlxterp_tui.panes.lens import TopKScreen
-from mlxterp_tui.screens import HelpScreen, PathScreen, ReportScreen
+from mlxterp_tui.screens import HelpScreen, PathScreen
 
 from .pilot_helpers import settle
 
@@ -202,8 +203,8 @@ async def test_save_reopen_replay(model_dir, manager, tmp_path):
         )
         await pilot.press("f5")
         await settle(app, pilot)
-        assert isinstance(app.screen, ReportScreen)
-        report = str(app.screen.query_one("#report-text", Static).render())
+        assert isinstance(app.screen, ReplayScreen)
+        report = str(app.screen.query_one("#report-caption", Static).render())
         assert "1 of 1 steps match" in report
 
 

@@ -12,6 +12,7 @@ pytest.importorskip("textual")
 from textual.widgets import DataTable, Input, ListView, Static
 
 from mlxterp.session import Session
+from mlxterp_tui.actions import PANES
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.commands import WorkbenchCommands
 from mlxterp_tui.panes.interventions import InterventionScreen
@@ -355,13 +356,13 @@ async def test_panes_switch_from_inside_fields_and_escape_leaves_a_field(model_d
         await settle(app, pilot)
         prompt = app.query_one("#prompt", Input)
         assert app.focused is prompt
-        order = ["model", "lens", "charts", "patching", "interventions", "steering", "history"]
-        order.append("heads")
+        order = [pane for pane, _label, _name in PANES]
+        assert order[:4] == ["model", "lens", "charts", "patching"]
         for pane in [*order[1:], order[0]]:  # f3 walks the panes from inside the prompt
             await pilot.press("f3")
             assert app.query_one("#panes").active == pane and app.focused is prompt
         await pilot.press("f2")
-        assert app.query_one("#panes").active == "heads"
+        assert app.query_one("#panes").active == order[-1]
         await pilot.press("f3", "f3", "f3", "f3")
         field = app.query_one("#patch-clean", Input)
         field.focus()

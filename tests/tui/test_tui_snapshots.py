@@ -126,6 +126,37 @@ async def heads(pilot):
     await focus(pilot, "#heads-table")
 
 
+async def sae(pilot):
+    """An SAE trained on the demo texts, then the prompt's strongest features."""
+    app = pilot.app
+    await focus(pilot, "#lens-table")
+    await pilot.press("9")
+    for name, value in (("layer", "1"), ("expansion", "2"), ("k", "4")):
+        app.query_one(f"#sae-{name}", Input).value = value
+    await pilot.press("f8")
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.press("f10")
+    await app.workers.wait_for_complete()
+    await focus(pilot, "#sae-table")
+
+
+async def sae_dashboard(pilot):
+    await sae(pilot)
+    await pilot.press("end", "right", "right", "enter", "f10")
+
+
+async def replay_side_by_side(pilot):
+    """F5 on the lens run, Enter on its step: recorded and replayed side by side."""
+    await focus(pilot, "#lens-table")
+    await pilot.press("f5")
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    pilot.app.screen.query_one("#report-table").focus()  # the report is a modal screen
+    await pilot.pause()
+    await pilot.press("enter")
+
+
 async def help_screen(pilot):
     await focus(pilot, "#lens-table")
     await pilot.press("f1")
@@ -142,6 +173,9 @@ SCREENS = {
     "interventions": interventions,
     "history": history,
     "heads": heads,
+    "sae": sae,
+    "sae_dashboard": sae_dashboard,
+    "replay": replay_side_by_side,
     "help": help_screen,
 }
 

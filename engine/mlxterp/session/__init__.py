@@ -7,6 +7,7 @@ this package is everything the workbench imports from the engine.
 """
 
 from ..blas import main as blas_main
+from ..datasets import demo_texts, read_texts  # texts an SAE trains and is browsed on
 from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..inputs import is_chat  # a recorded prompt may be a chat
@@ -61,6 +62,7 @@ __all__ = [
     "blas_main",
     "color_at",
     "compare_steps",
+    "demo_texts",
     "display_token",
     "doctor_main",
     "export_step",
@@ -69,6 +71,7 @@ __all__ = [
     "line_chart",
     "matrix_chart",
     "model_choices",
+    "read_texts",
     "replay",
     "replay_main",
     "sae_from_description",

@@ -6,23 +6,28 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..errors import MlxterpError, SessionError
 from .active import InterventionList
 from .locking import on_mlx_thread
 from .session import Session, SessionManager, fingerprint, parameter_count
-from .steps import compare, kind
+from .steps import Difference, compare, kind
 
 
 @dataclass
 class StepReport:
-    """One replayed step: whether it matched, the first difference, the largest number gap."""
+    """One replayed step: whether it matched, the first difference, the largest number gap;
+    every difference and the replayed summary (None when the step could not run), for a
+    side-by-side view of recorded and replayed."""
 
     index: int
     kind: str
     ok: bool
     message: str
     max_diff: float = 0.0
+    differences: list[Difference] = field(default_factory=list)
+    replayed: dict[str, Any] | None = None
 
 
 @dataclass
@@ -101,6 +106,14 @@ def replay(
         else:
             message = f"matches (max numeric difference {result.max_diff:.2g})"
         report.steps.append(
-            StepReport(step.index, step.kind, not result.differences, message, result.max_diff)
+            StepReport(
+                step.index,
+                step.kind,
+                not result.differences,
+                message,
+                result.max_diff,
+                result.differences,
+                summary,
+            )
         )
     return report
