@@ -1,5 +1,6 @@
-"""``mlxterp``: open the workbench (``--model``, ``open FILE``), replay a session headless, or
-describe what a model loads as (``doctor MODEL``)."""
+"""``mlxterp``: open the workbench (``--model``, ``open FILE``), replay a session headless,
+run a dataset job (``job FILE``, under ``mlx.launch`` too), or describe what a model loads
+as (``doctor MODEL``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model: demo)
        mlxterp open FILE.toml               open a saved session
        mlxterp replay FILE [options]        replay a session headless (exit 1 on mismatch)
+       mlxterp job FILE [--resume]          run a dataset job (N ranks: mlx.launch -n N --)
        mlxterp blas [--install | --remove]  which BLAS MLX uses (Linux); the OpenBLAS hook
        mlxterp doctor MODEL [options]       what a model loads as: source, config, parity"""
 
@@ -27,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     opener = sub.add_parser("open", help="open a saved session file")
     opener.add_argument("file", help="session file (.toml)")
     sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE", add_help=False)
+    sub.add_parser("job", help="run a dataset job: mlxterp job FILE [--resume]", add_help=False)
     sub.add_parser("blas", help="which BLAS MLX uses: mlxterp blas [--install]", add_help=False)
     sub.add_parser("doctor", help="what a model loads as: mlxterp doctor MODEL", add_help=False)
     return parser
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from mlxterp.session import replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["job"]:
+        from mlxterp.session import job_main
+
+        return job_main(argv[1:])
     if argv[:1] == ["blas"]:
         from mlxterp.session import blas_main
 

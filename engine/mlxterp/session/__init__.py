@@ -11,6 +11,7 @@ from ..datasets import demo_texts, read_texts  # texts an SAE trains and is brow
 from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..inputs import is_chat  # a recorded prompt may be a chat
+from ..jobs.cli import job_main  # `mlxterp job`
 from ..loading import model_choices  # the models a session can be switched to
 from ..model_sources import FoundModel
 from ..plotting import (  # the workbench draws as the plots do
@@ -68,6 +69,7 @@ __all__ = [
     "export_step",
     "intervention_from_description",
     "is_chat",
+    "job_main",
     "line_chart",
     "matrix_chart",
     "model_choices",

@@ -1,0 +1,294 @@
+"""Running a job: on one process, or unchanged on N under ``mlx.launch``.
+
+The records are cut into shards (``per_shard`` each).  Shards already complete in the
+output folder are skipped (``resume``); the rest are dealt out in rounds, shard
+``todo[round * N + rank]`` to each rank.  A rank writes a ``collect`` shard itself; the rows
+of the other analyses are gathered to rank 0, which writes them.  After every round the
+ranks add up the tokens read (rank 0's progress bar shows tokens/s) — the exchange that
+also finds a rank that stopped.  At the end rank 0 writes ``manifest.json`` (collect) or
+``results.safetensors`` and ``summary.json``.  Every file is written atomically, so a job
+stopped at any point leaves whole shards and ``--resume`` continues from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import InputError
+from ..files import atomic_write
+from ..model import InterpretableModel
+from .analyses import ANALYSES, Analysis, Arrays
+from .spec import Job, load_job
+from .world import World, join, stop_on_signals
+
+JOB_FILE = "job.json"  # what the output folder was made by (a resume must match it)
+
+
+@dataclass
+class Outcome:
+    """What a finished job did on this rank."""
+
+    output: Path
+    shards: int  # in all
+    computed: int  # by this rank in this run
+    skipped: int  # complete before it started
+    tokens: int  # read by every rank in this run
+    seconds: float
+
+
+def run_job(
+    path: str | Path, resume: bool = False, progress: bool = True, signals: bool = True
+) -> Outcome:
+    """Run the job of the file at ``path`` on this process's share (see module doc)."""
+    if signals:
+        stop_on_signals()
+    job = load_job(path, set(ANALYSES))
+    analysis = ANALYSES[job.analysis]
+    world = join(job.timeout)
+    model = InterpretableModel(job.model)
+    params = analysis.prepare(model, job.records, job.params)
+    started = time.perf_counter()
+    identity = _identity(job, model, params)
+    job.output.mkdir(parents=True, exist_ok=True)
+    _check_output(job.output, identity, resume)
+    world.all_sum(mx.array(0), "starting")  # every rank checked its output folder
+    if world.leader:
+        _write_json(job.output / JOB_FILE, identity)
+    shards = job.shards
+    local = [
+        _complete(job.output, analysis, i, shards[i], params, model) for i in range(len(shards))
+    ]
+    done = cast(list[int], world.all_max(mx.array(local), "finding completed shards").tolist())
+    todo = [i for i, d in enumerate(done) if not d]
+    rounds = math.ceil(len(todo) / world.size)
+    computed = tokens = 0
+    bar = tqdm(
+        total=sum(shards[i][1] - shards[i][0] for i in todo),
+        disable=not (progress and world.leader),
+        file=sys.stderr,
+        unit="rec",
+        desc=job.analysis,
+    )
+    with bar:
+        for turn in range(rounds):
+            slot = turn * world.size + world.rank
+            mine = todo[slot] if slot < len(todo) else None
+            read = _compute_shard(job, analysis, model, params, world, mine)
+            computed += mine is not None
+            own = 0 if mine is None else shards[mine][1] - shards[mine][0]
+            counts = world.all_sum(mx.array([read, own]), "a round")
+            read_all, records_all = cast(list[int], counts.tolist())
+            tokens += read_all
+            bar.update(records_all)
+            elapsed = time.perf_counter() - started
+            bar.set_postfix_str(f"{tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+    world.all_sum(mx.array(0), "finishing")
+    if world.leader:
+        _finish(job, analysis, params, model)
+    return Outcome(
+        job.output,
+        len(shards),
+        computed,
+        len(shards) - len(todo),
+        tokens,
+        time.perf_counter() - started,
+    )
+
+
+def _compute_shard(
+    job: Job,
+    analysis: Analysis,
+    model: InterpretableModel,
+    params: dict[str, Any],
+    world: World,
+    shard: int | None,
+) -> int:
+    """Compute ``shard`` (None: nothing this round) and write it, or gather it to rank 0;
+    the tokens read."""
+    computed = None
+    if shard is not None:
+        start, end = job.shards[shard]
+        computed = analysis.compute(model, job.records[start:end], params)
+    if not analysis.gathers:
+        if computed is not None and shard is not None:
+            _save(job.output / shard_name(shard), computed.arrays, job.shards[shard])
+        return computed.tokens if computed is not None else 0
+    shapes = analysis.row_shapes(model, params)
+    rows = job.per_shard
+    padded: Arrays = {}
+    for key, shape in sorted(shapes.items()):
+        values = computed.arrays[key] if computed is not None else mx.zeros((0, *shape))
+        pad = mx.zeros((rows - values.shape[0], *shape), dtype=mx.float32)
+        padded[key] = mx.concatenate([values.astype(mx.float32), pad])
+    count = 0 if shard is None else job.shards[shard][1] - job.shards[shard][0]
+    header = mx.array([-1 if shard is None else shard, count])
+    headers = cast(list[list[int]], world.all_gather(header[None], "gathering rows").tolist())
+    gathered = {k: world.all_gather(v, "gathering rows") for k, v in padded.items()}
+    if world.leader:
+        for rank, (index, count) in enumerate(headers):
+            if index < 0:
+                continue
+            part = {k: v[rank * rows : rank * rows + count] for k, v in gathered.items()}
+            _save(job.output / part_name(index), part, job.shards[index])
+    return computed.tokens if computed is not None else 0
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.safetensors"
+
+
+def _save(path: Path, arrays: Arrays, records: tuple[int, int]) -> None:
+    metadata = {"records": f"{records[0]}-{records[1]}"}
+    atomic_write(path, lambda tmp: mx.save_safetensors(str(tmp), arrays, metadata=metadata))
+
+
+def _load(path: Path) -> tuple[Arrays, dict[str, str]] | None:
+    """A shard file's arrays and metadata; None if it is missing or cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        arrays, metadata = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, ValueError, OSError):
+        return None
+    return cast(Arrays, arrays), cast(dict[str, str], metadata)
+
+
+def _complete(
+    folder: Path,
+    analysis: Analysis,
+    index: int,
+    records: tuple[int, int],
+    params: dict[str, Any],
+    model: InterpretableModel,
+) -> int:
+    """1 when shard ``index`` is in ``folder`` whole, for these records, else 0."""
+    name = part_name(index) if analysis.gathers else shard_name(index)
+    found = _load(folder / name)
+    if found is None:
+        return 0
+    arrays, metadata = found
+    if metadata.get("records") != f"{records[0]}-{records[1]}":
+        return 0
+    n = records[1] - records[0]
+    if analysis.gathers:
+        keys = analysis.row_shapes(model, params)
+        return int(set(arrays) == set(keys) and all(a.shape[0] == n for a in arrays.values()))
+    lengths = arrays.get("lengths")
+    return int(
+        lengths is not None
+        and lengths.shape == (n,)
+        and all(c in arrays and arrays[c].shape[0] == _total(lengths) for c in params["components"])
+    )
+
+
+def _identity(job: Job, model: InterpretableModel, params: dict[str, Any]) -> dict[str, Any]:
+    """What makes an output folder this job's: analysis, model, parameters, records."""
+    records = hashlib.sha256(json.dumps(job.records, sort_keys=True).encode()).hexdigest()
+    return {
+        "analysis": job.analysis,
+        "model": job.model,
+        "layers": model.num_layers,
+        "params": params,
+        "records": len(job.records),
+        "records_sha256": records,
+        "per_shard": job.per_shard,
+    }
+
+
+def _check_output(folder: Path, identity: dict[str, Any], resume: bool) -> None:
+    """Refuse a folder holding another job's output, or this job's without ``resume``."""
+    recorded = folder / JOB_FILE
+    if not recorded.exists():
+        leftovers = sorted(p.name for p in folder.glob("*.safetensors"))
+        if leftovers:
+            raise InputError(
+                f"{folder} holds {leftovers[0]} but no {JOB_FILE}: give another output folder"
+            )
+        return
+    try:
+        mine = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {recorded}: {err}") from None
+    if mine != json.loads(json.dumps(identity)):
+        raise InputError(
+            f"{folder} holds the output of another job (its {JOB_FILE} differs): give another "
+            "output folder"
+        )
+    if not resume:
+        raise InputError(f"{folder} already holds this job's output: --resume continues it")
+
+
+def _finish(
+    job: Job, analysis: Analysis, params: dict[str, Any], model: InterpretableModel
+) -> None:
+    """Rank 0, every shard done: the manifest (collect) or the results and their summary."""
+    shards = job.shards
+    if not analysis.gathers:
+        entries: list[dict[str, Any]] = []
+        total, widths = 0, {}
+        for i, (start, end) in enumerate(shards):
+            found = _load(job.output / shard_name(i))
+            if found is None:  # written by a rank on another host
+                entries.append({"file": shard_name(i), "records": [start, end]})
+                continue
+            arrays = found[0]
+            tokens = _total(arrays["lengths"])
+            widths = {c: int(arrays[c].shape[-1]) for c in params["components"]}
+            entries.append({"file": shard_name(i), "records": [start, end], "tokens": tokens})
+            total += tokens
+        manifest = {
+            "analysis": job.analysis,
+            "model": job.model,
+            "components": widths,
+            "records": len(job.records),
+            "tokens": total,
+            "dtype": "float32",
+            "shards": entries,
+        }
+        _write_json(job.output / "manifest.json", manifest)
+        return
+    parts = [_load(job.output / part_name(i)) for i in range(len(shards))]
+    keys = sorted(analysis.row_shapes(model, params))
+    merged = {k: mx.concatenate([p[0][k] for p in parts if p is not None]) for k in keys}
+    atomic_write(
+        job.output / "results.safetensors",
+        lambda tmp: mx.save_safetensors(str(tmp), merged),
+    )
+    summary = {
+        "analysis": job.analysis,
+        "model": job.model,
+        "params": params,
+        "records": len(job.records),
+        "mean": {k: _nan_free(mx.mean(v, axis=0)) for k, v in merged.items()},
+    }
+    _write_json(job.output / "summary.json", summary)
+
+
+def _total(lengths: mx.array) -> int:
+    return cast(int, lengths.sum().item())
+
+
+def _nan_free(values: mx.array) -> Any:
+    """Means as plain numbers (6 digits; NaN as null), a number or a list of them."""
+    flat = [None if math.isnan(v) else round(float(v), 6) for v in np.asarray(values).ravel()]
+    return flat[0] if values.ndim == 0 else flat
+
+
+def _write_json(path: Path, value: Any) -> None:
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
