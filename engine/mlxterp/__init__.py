@@ -54,6 +54,7 @@ from .names import MODEL_OUTPUT  # noqa: E402
 from .patching import activation_patching, patching_sweep  # noqa: E402
 from .path_patching import PathPatchingResult, PathPatchingSweep, path_patching_sweep  # noqa: E402
 from .proxies import LayerListProxy, ModuleProxy, OutputProxy  # noqa: E402
+from .sharding import load_sharded  # noqa: E402
 from .steering import generate, steer, steering_vector  # noqa: E402
 from .tracing import ActivationMap, Trace  # noqa: E402
 from .tuned_lens import (  # noqa: E402
@@ -121,6 +122,7 @@ __all__ = [
     "head_attribution",
     "interventions",
     "lens_kl",
+    "load_sharded",
     "load_tuned_lens",
     "logit_lens",
     "patching_sweep",

@@ -13,6 +13,12 @@ They work in ``capture=`` (they are captured only when named: ``capture=None`` k
 real module, not the per-head views) and in ``interventions=``: an intervention changes
 that head's share only, and the attention output moves by exactly the difference.  The
 per-head values are computed in float32 from a hook on the output projection's input.
+
+A model sharded for tensor parallelism (mlx-lm's ``model.shard(group)``) holds a slice of
+the heads on each rank (rank ``r`` the ``r``-th contiguous slice) and an output projection
+that sums over ranks.  Its per-head values are gathered from every rank, so head names,
+captures and interventions mean what they mean unsharded: every rank sees every head, and
+an intervention moves the (summed) attention output by the same amount on every rank.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.nn.layers.distributed import QuantizedShardedToAllLinear, ShardedToAllLinear
 
 from .errors import InterventionError
 from .hooks import InputSite, Site, primary_array
@@ -35,6 +42,9 @@ if TYPE_CHECKING:
 PROJECTION_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out")
 HEAD_COUNT_ATTRS = ("n_heads", "num_heads", "num_attention_heads", "n_head")
 HEADS = "heads"
+QUANTIZED = (nn.QuantizedLinear, QuantizedShardedToAllLinear)
+PROJECTIONS = (nn.Linear, ShardedToAllLinear, *QUANTIZED)
+SHARDED = (ShardedToAllLinear, QuantizedShardedToAllLinear)  # input split over ranks
 
 Visit = Callable[[str, mx.array], mx.array]
 """Called with a head name and its value; returns what the model should see instead."""
@@ -46,8 +56,9 @@ class HeadLayout:
 
     attn: str  # canonical name of the attention module
     proj: str  # canonical name of its output projection
-    n_heads: int
+    n_heads: int  # all heads (on every rank together, when sharded)
     head_dim: int
+    shards: int = 1  # ranks the heads are split over (tensor parallelism)
 
     @property
     def name(self) -> str:
@@ -67,14 +78,15 @@ class HeadLayout:
 def projection_in_dims(proj: nn.Module) -> int:
     """Input size of a (possibly quantized) linear layer."""
     weight: mx.array = proj["weight"]
-    if isinstance(proj, nn.QuantizedLinear):
+    if isinstance(proj, QUANTIZED):
         return int(weight.shape[1]) * 32 // int(proj.bits)
     return int(weight.shape[1])
 
 
 def projection_weight(proj: nn.Module) -> mx.array:
-    """The weight ``(out, in)`` of a (possibly quantized) linear layer, as float32."""
-    if isinstance(proj, nn.QuantizedLinear):
+    """The weight ``(out, in)`` of a (possibly quantized) linear layer, as float32 (a
+    sharded one's slice)."""
+    if isinstance(proj, QUANTIZED):
         weight = mx.dequantize(
             proj["weight"],
             proj["scales"],
@@ -95,36 +107,42 @@ def projection_bias(proj: nn.Module) -> mx.array | None:
 
 def find_layouts(attention: Mapping[str, nn.Module]) -> dict[str, HeadLayout]:
     """Head layouts of the attention modules (canonical name -> module) that have one: a
-    direct (possibly quantized) linear child under a usual output-projection name, and a
-    head count attribute dividing its input size.  The others are left out."""
+    direct (possibly quantized, possibly sharded) linear child under a usual
+    output-projection name, and a head count attribute dividing its input size.  The
+    others are left out."""
     layouts: dict[str, HeadLayout] = {}
     for name, module in attention.items():
         proj_name = next(
-            (
-                p
-                for p in PROJECTION_NAMES
-                if isinstance(module.get(p), (nn.Linear, nn.QuantizedLinear))
-            ),
-            None,
+            (p for p in PROJECTION_NAMES if isinstance(module.get(p), PROJECTIONS)), None
         )
         counts = [getattr(module, a, None) for a in HEAD_COUNT_ATTRS]
         count = next((c for c in counts if isinstance(c, int) and not isinstance(c, bool)), 0)
         if proj_name is None or count < 1:
             continue
-        in_dims = projection_in_dims(module[proj_name])
+        proj = module[proj_name]
+        in_dims = projection_in_dims(proj)  # a sharded projection's: this rank's heads
         if in_dims % count:
             continue
-        layouts[name] = HeadLayout(name, f"{name}.{proj_name}", count, in_dims // count)
+        shards = proj.group.size() if isinstance(proj, SHARDED) else 1
+        layouts[name] = HeadLayout(
+            name, f"{name}.{proj_name}", count * shards, in_dims // count, shards
+        )
     return layouts
 
 
 def split_heads(layout: HeadLayout, proj: nn.Module, x: mx.array) -> mx.array:
     """Each head's share of ``proj(x)`` without the bias: ``(..., n_heads, out)`` float32,
-    from the projection's input ``x`` of shape ``(..., n_heads * head_dim)``."""
+    from the projection's input ``x`` of shape ``(..., heads here * head_dim)`` (a sharded
+    projection's heads gathered from every rank, in head order)."""
+    here = layout.n_heads // layout.shards
     weight = projection_weight(proj)
-    weight = weight.reshape(weight.shape[0], layout.n_heads, layout.head_dim)
-    per_head = x.astype(mx.float32).reshape(*x.shape[:-1], layout.n_heads, layout.head_dim)
-    return mx.einsum("...hd,ohd->...ho", per_head, weight)
+    weight = weight.reshape(weight.shape[0], here, layout.head_dim)
+    per_head = x.astype(mx.float32).reshape(*x.shape[:-1], here, layout.head_dim)
+    heads = mx.einsum("...hd,ohd->...ho", per_head, weight)
+    if layout.shards == 1:
+        return heads
+    gathered = mx.distributed.all_gather(heads[None], group=proj.group)  # (ranks, ..., here, o)
+    return mx.concatenate([gathered[r] for r in range(layout.shards)], axis=-2)
 
 
 def head_site(

@@ -135,10 +135,11 @@ def load(name: str) -> tuple[Any, Any]:
     return loaded.module, loaded.tokenizer
 
 
-def load_model(name: str) -> LoadedModel:
+def load_model(name: str, lazy: bool = False) -> LoadedModel:
     """Load ``name`` through ``mlx_lm.load`` (GGUF files through ``mlxterp.gguf``), its config
     normalized by ``mlxterp.model_config`` (a ``ConfigWarning`` names any numerics-changing
-    key the architecture ignores); ``ModelLoadError`` with the reason."""
+    key the architecture ignores); ``ModelLoadError`` with the reason.  ``lazy``: a
+    folder's weights are read only when first evaluated (so sharding reads a slice)."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError('a model name or folder is needed ("demo" is the embedded model)')
     ref, source = locate_model(name)
@@ -165,6 +166,7 @@ def load_model(name: str) -> LoadedModel:
             str(folder),
             tokenizer_config={"trust_remote_code": False},
             model_config=normalization.overrides,  # the files on disk stay as they are
+            lazy=lazy,
             trust_remote_code=False,
         )
     except Exception as err:  # mlx_lm raises many kinds; say which model and why
