@@ -286,3 +286,65 @@ def test_a_lost_rank_stops_the_other_and_resume_completes(tmp_path, how):
     shutil.copy(tmp_path / "all.txt", whole)
     run_job(big_collect(whole), progress=False, signals=False)
     assert same_outputs(out, whole / "out-collect")
+
+
+# ---------------------------------------------------------------------------- SAE training
+def sae_job(folder: Path, kind: str, epochs: int = 2) -> Path:
+    (folder / "t.txt").write_text("\n".join(demo_texts()[:96]) + "\n", encoding="utf-8")
+    path = folder / f"sae-{kind}.toml"
+    path.write_text(
+        f'[job]\nanalysis = "train_sae"\nmodel = "demo"\noutput = "out-sae"\ntimeout = 20\n'
+        '[dataset]\npath = "t.txt"\n[params]\ncomponent = "layers.8"\ntexts_per_step = 12\n'
+        f'checkpoint_every = 3\n[params.config]\nkind = "{kind}"\nexpansion_factor = 2\nk = 8\n'
+        f"epochs = {epochs}\ndead_feature_window = 100\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def weights(folder: Path) -> dict[str, mx.array]:
+    from mlxterp.sae import SAE
+
+    sae = SAE.load(folder / "sae")
+    return {k: getattr(sae, k) for k in ("W_enc", "W_dec", "b_enc", "b_dec")} | {
+        "scale": mx.array(sae.scale),
+        "threshold": mx.array(sae.threshold),
+    }
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "relu"])
+def test_sae_training_on_two_processes_equals_one(tmp_path, kind):
+    path = sae_job(tmp_path, kind)
+    alone = run_job(path, progress=False, signals=False)
+    assert alone.unit == "steps" and alone.shards == 16 and alone.tokens > 0
+    (tmp_path / "out-sae").rename(tmp_path / "alone")
+    done = launch(path)
+    assert done.returncode == 0, done.stderr
+    one, two = weights(tmp_path / "alone"), weights(tmp_path / "out-sae")
+    for name, value in one.items():
+        gap = mx.abs(value - two[name]).max().item()
+        assert gap <= 1e-5, (name, gap)
+    summary = json.loads((tmp_path / "out-sae" / "summary.json").read_text())
+    assert summary["training"]["steps"] == 16 and summary["measured"]["explained_variance"] > 0.5
+
+
+def test_a_stopped_sae_job_resumes_to_the_same_weights(tmp_path):
+    path = sae_job(tmp_path, "topk", epochs=6)
+    rank = subprocess.Popen(
+        [str(BIN / "mlxterp"), "job", str(path), "--quiet"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = tmp_path / "out-sae" / "checkpoint.safetensors"
+    assert wait_for(checkpoint.exists, 60)
+    rank.send_signal(signal.SIGTERM)
+    _, err = rank.communicate(timeout=60)
+    assert rank.returncode == 3 and "stopped by SIGTERM" in err
+    assert not (tmp_path / "out-sae" / "sae").exists()
+    resumed = run_job(path, resume=True, progress=False, signals=False)
+    assert resumed.skipped > 0 and resumed.skipped + resumed.computed == 48
+    (tmp_path / "out-sae").rename(tmp_path / "resumed")
+    run_job(path, progress=False, signals=False)
+    one, two = weights(tmp_path / "resumed"), weights(tmp_path / "out-sae")
+    assert all(mx.array_equal(v, two[k]).item() for k, v in one.items())

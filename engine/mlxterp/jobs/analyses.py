@@ -81,7 +81,7 @@ def _whole(params: dict[str, Any], key: str, default: int, low: int = 1) -> int:
     return value
 
 
-def _prompt(record: Any, n: int) -> Any:
+def prompt_of(record: Any, n: int) -> Any:
     """A text, or token ids (a list of ints), of record ``n``."""
     if (
         isinstance(record, list)
@@ -114,7 +114,7 @@ class Collect:
         if not isinstance(components, list) or not components:
             raise InputError('[params] components: the modules to collect, e.g. ["layers.8"]')
         for n, record in enumerate(records):
-            _prompt(record, n)
+            prompt_of(record, n)
         return {
             "components": [model.resolve(str(c)) for c in components],
             "batch_size": _whole(params, "batch_size", 8),
@@ -132,7 +132,7 @@ class Collect:
         parts: dict[str, list[mx.array]] = {c: [] for c in components}
         lengths: list[int] = []
         for start in range(0, len(records), size):
-            chunk = [_prompt(r, start + i) for i, r in enumerate(records[start : start + size])]
+            chunk = [prompt_of(r, start + i) for i, r in enumerate(records[start : start + size])]
             trace = model.run(chunk, capture=components, output=False)
             rows = trace.lengths or [trace.activations[components[0]].shape[1]] * len(chunk)
             for component in components:
@@ -264,7 +264,7 @@ class LensStatistics:
     ) -> dict[str, Any]:
         _only(params, set(), self.name)
         for n, record in enumerate(records):
-            _prompt(record, n)
+            prompt_of(record, n)
         return {}
 
     def row_shapes(
@@ -277,7 +277,7 @@ class LensStatistics:
     ) -> Computed:
         agreement, top_prob, tokens = [], [], 0
         for n, record in enumerate(records):
-            read = lens(model, _prompt(record, n), top_k=1)
+            read = lens(model, prompt_of(record, n), top_k=1)
             assert not isinstance(read, list)  # one prompt, one result
             final = [cell[0] for cell in read.top_ids[-1]]
             agreement.append(

@@ -38,7 +38,7 @@ def job_main(argv: list[str]) -> int:
         print(f"mlxterp job: {err}", file=sys.stderr, flush=True)
         return 2
     print(
-        f"mlxterp job: {outcome.shards} shards ({outcome.computed} computed by this rank, "
+        f"mlxterp job: {outcome.shards} {outcome.unit} ({outcome.computed} computed by this rank, "
         f"{outcome.skipped} already complete), {outcome.tokens:,} tokens in "
         f"{outcome.seconds:.1f} s -> {outcome.output}",
         flush=True,

@@ -7,7 +7,8 @@ of the other analyses are gathered to rank 0, which writes them.  After every ro
 ranks add up the tokens read (rank 0's progress bar shows tokens/s) — the exchange that
 also finds a rank that stopped.  At the end rank 0 writes ``manifest.json`` (collect) or
 ``results.safetensors`` and ``summary.json``.  Every file is written atomically, so a job
-stopped at any point leaves whole shards and ``--resume`` continues from them.
+stopped at any point leaves whole shards and ``--resume`` continues from them.  ``train_sae``
+runs its own loop of optimizer steps (:mod:`.sae_job`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..files import atomic_write
 from ..model import InterpretableModel
+from . import sae_job
 from .analyses import ANALYSES, Analysis, Arrays
 from .spec import Job, load_job
 from .world import World, join, stop_on_signals
@@ -40,11 +42,12 @@ class Outcome:
     """What a finished job did on this rank."""
 
     output: Path
-    shards: int  # in all
+    shards: int  # in all (train_sae: optimizer steps)
     computed: int  # by this rank in this run
     skipped: int  # complete before it started
     tokens: int  # read by every rank in this run
     seconds: float
+    unit: str = "shards"
 
 
 def run_job(
@@ -53,11 +56,14 @@ def run_job(
     """Run the job of the file at ``path`` on this process's share (see module doc)."""
     if signals:
         stop_on_signals()
-    job = load_job(path, set(ANALYSES))
-    analysis = ANALYSES[job.analysis]
+    job = load_job(path, {*ANALYSES, sae_job.NAME})
     world = join(job.timeout)
     model = InterpretableModel(job.model)
-    params = analysis.prepare(model, job.records, job.params)
+    analysis = ANALYSES.get(job.analysis)
+    if analysis is not None:
+        params = analysis.prepare(model, job.records, job.params)
+    else:
+        params = sae_job.prepare(model, job.records, job.params)
     started = time.perf_counter()
     identity = _identity(job, model, params)
     job.output.mkdir(parents=True, exist_ok=True)
@@ -65,6 +71,10 @@ def run_job(
     world.all_sum(mx.array(0), "starting")  # every rank checked its output folder
     if world.leader:
         _write_json(job.output / JOB_FILE, identity)
+    if analysis is None:  # train_sae: its own loop
+        steps, before, tokens = sae_job.run(job, model, params, world, resume, progress)
+        seconds = time.perf_counter() - started
+        return Outcome(job.output, steps + before, steps, before, tokens, seconds, "steps")
     shards = job.shards
     local = [
         _complete(job.output, analysis, i, shards[i], params, model) for i in range(len(shards))

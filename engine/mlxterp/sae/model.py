@@ -61,8 +61,11 @@ class SAE(nn.Module):
         """Encoder pre-activations ``(..., d_sae)`` of model-scale inputs."""
         return (x * self.scale - self.b_dec) @ self.W_enc + self.b_enc
 
-    def activate(self, pre: mx.array, batch_topk: bool = False) -> mx.array:
-        """The sparse code from pre-activations (``batch_topk`` only while training)."""
+    def activate(
+        self, pre: mx.array, batch_topk: bool = False, batch_threshold: float | None = None
+    ) -> mx.array:
+        """The sparse code from pre-activations (``batch_topk`` only while training; its
+        ``batch_threshold``, when given, is the whole batch's: every rank's rows)."""
         acts: mx.array = nn.relu(pre)
         if self.config.kind == "relu":
             return acts
@@ -70,6 +73,8 @@ class SAE(nn.Module):
             return mx.where(pre > self.threshold, acts, 0.0)
         k = min(self.config.k, self.d_sae)
         if batch_topk and self.config.kind == "batchtopk":
+            if batch_threshold is not None:
+                return mx.where(acts >= batch_threshold, acts, 0.0)
             flat = acts.reshape(-1)
             threshold = mx.sort(flat)[flat.shape[0] - k * (flat.shape[0] // self.d_sae)]
             return mx.where(acts >= threshold, acts, 0.0)

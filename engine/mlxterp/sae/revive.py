@@ -43,18 +43,30 @@ def aux_k(sae: SAE) -> int:
     return min(sae.config.aux_k or max(sae.d_model // 2, 1), sae.d_sae)
 
 
-def auxk_loss(sae: SAE, pre: mx.array, dead: mx.array, residual: mx.array) -> mx.array:
+def auxk_loss(
+    sae: SAE,
+    pre: mx.array,
+    dead: mx.array,
+    residual: mx.array,
+    whole: tuple[float, float] | None = None,
+) -> mx.array:
     """Gao et al.'s auxiliary loss (see the module doc) for pre-activations ``pre``
     ``(n, d_sae)``, the ``dead`` mask ``(d_sae,)`` and the main reconstruction's
-    ``residual`` ``(n, d_model)`` (its gradient stopped), scaled inputs."""
+    ``residual`` ``(n, d_model)`` (its gradient stopped), scaled inputs.  ``whole``:
+    ``(rows, spread)`` of the whole batch when these rows are a rank's share of it (its
+    rows and the residual's summed squared distance to its mean), so that the ranks'
+    losses add up to the whole batch's."""
     k = aux_k(sae)
     dead_pre = mx.where(dead, nn.relu(pre), 0.0)
     kth = mx.stop_gradient(mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k : sae.d_sae - k + 1])
     feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
-    error = mx.mean(mx.sum((feats @ sae.W_dec - residual) ** 2, -1))
-    variance = mx.mean(mx.sum((residual - mx.mean(residual, axis=0)) ** 2, -1))
+    errors = mx.sum((feats @ sae.W_dec - residual) ** 2, -1)
     few = mx.minimum(mx.sum(dead) / k, 1.0)
-    return few * error / (variance + 1e-8)
+    if whole is not None:
+        rows, spread = whole
+        return few * (mx.sum(errors) / rows) / (spread / rows + 1e-8)
+    variance = mx.mean(mx.sum((residual - mx.mean(residual, axis=0)) ** 2, -1))
+    return few * mx.mean(errors) / (variance + 1e-8)
 
 
 def geometric_median(points: mx.array, iterations: int = 100, tolerance: float = 1e-6) -> mx.array:

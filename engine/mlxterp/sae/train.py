@@ -111,20 +111,46 @@ def stream_activations(
             bar.update(len(chunk))
 
 
-def _loss(sae: SAE, x: mx.array, dead: mx.array) -> tuple[mx.array, mx.array]:
-    """Normalised reconstruction error plus the kind's penalty; also the features."""
+@dataclass(frozen=True)
+class BatchNorms:
+    """What one optimizer step's loss divides by, over its whole batch: set when each
+    rank holds a share of the batch (data-parallel training), so that the ranks' losses
+    and gradients add up to the whole batch's.  ``threshold`` is batch top-k's (the
+    batch's ``k x rows``-th largest activation) and ``spread`` AuxK's (the residual's
+    summed squared distance to its mean); None where the kind has none."""
+
+    rows: float
+    energy: float  # the scaled inputs' summed squared norms
+    threshold: float | None = None
+    spread: float | None = None
+
+
+def _loss(
+    sae: SAE, x: mx.array, dead: mx.array, norms: BatchNorms | None = None
+) -> tuple[mx.array, mx.array]:
+    """Normalised reconstruction error plus the kind's penalty; also the features.  With
+    ``norms`` the batch is every rank's rows and ``x`` this rank's share (see
+    :class:`BatchNorms`); without, ``x`` is the whole batch."""
     cfg = sae.config
     target = x * sae.scale
     pre = sae.pre_activations(x)
-    feats = sae.activate(pre, batch_topk=True)
+    feats = sae.activate(pre, True, norms.threshold if norms is not None else None)
     recon = feats @ sae.W_dec + sae.b_dec
-    loss = mx.mean(mx.sum((recon - target) ** 2, -1)) / mx.mean(mx.sum(target**2, -1))
+    errors = mx.sum((recon - target) ** 2, -1)
+    if norms is None:
+        loss = mx.mean(errors) / mx.mean(mx.sum(target**2, -1))
+    else:
+        loss = mx.sum(errors) / norms.energy
     if cfg.kind == "relu":
         l1 = mx.sum(feats * mx.linalg.norm(sae.W_dec, axis=-1), -1)
-        return loss + cfg.l1_coefficient * mx.mean(l1), feats
+        penalty = mx.mean(l1) if norms is None else mx.sum(l1) / norms.rows
+        return loss + cfg.l1_coefficient * penalty, feats
     if cfg.aux_coefficient == 0:
         return loss, feats
-    aux = auxk_loss(sae, pre, dead, mx.stop_gradient(target - recon))
+    whole = None
+    if norms is not None:
+        whole = (norms.rows, norms.spread if norms.spread is not None else 0.0)
+    aux = auxk_loss(sae, pre, dead, mx.stop_gradient(target - recon), whole)
     return loss + cfg.aux_coefficient * mx.where(mx.any(dead), aux, 0.0), feats
 
 
