@@ -3,6 +3,9 @@
     python bench/run.py            # demo model + medium random llama, 1x32, 8x16 and 8x64
     python bench/run.py --quick    # fewer repeats, demo model, 1x32 and 8x16 only
 
+The job rows run each dataset job kind (``mlxterp job``) on 1 process and on 2 under
+``mlx.launch`` (ring backend, loopback) and give the throughput ratio.
+
 At batch 1 the single-prompt analyses are measured; at batch 8 the batched ones (a list of
 8 prompts, 8 (clean, corrupted) pairs) against the bare forward of the whole batch, with the
 per-pair loop that a batched patching sweep replaces.
@@ -15,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +46,7 @@ from mlxterp import interventions as iv  # noqa: E402
 from mlxterp.attribution import attribution_patching  # noqa: E402
 from mlxterp.causal_tracing import embedding_std, subject_range, trace_facts  # noqa: E402
 from mlxterp.checkpoints import build_checkpoint  # noqa: E402
+from mlxterp.datasets import demo_texts  # noqa: E402
 from mlxterp.demo_facts import CAPITALS  # noqa: E402
 from mlxterp.head_patching import head_attribution, head_patching  # noqa: E402
 from mlxterp.lens import lens  # noqa: E402
@@ -395,6 +402,86 @@ def dequantize_rows(repeats: int) -> Rows:
     ]
 
 
+JOB_SECONDS = re.compile(r"([\d,]+) tokens in ([\d.]+) s")
+
+
+def _job_files(folder: Path) -> dict[str, Path]:
+    """A job file per job kind over the demo model's texts and capitals."""
+    texts = demo_texts()
+    (folder / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    capitals = list(CAPITALS.items())
+    pairs = [
+        {"clean": f"The capital of {a} is", "corrupted": f"The capital of {b} is"}
+        for (a, _), (b, _) in zip(capitals, capitals[1:] + capitals[:1], strict=True)
+    ]
+    (folder / "pairs.jsonl").write_text("\n".join(map(json.dumps, pairs * 2)) + "\n")
+    kinds = {
+        "collect": ('path = "texts.txt"\nper_shard = 25', 'components = ["layers.8"]'),
+        "lens": ('path = "texts.txt"\nlimit = 200\nper_shard = 10', ""),
+        "activation_patching": ('path = "pairs.jsonl"\nper_shard = 4', 'component = "mlp"'),
+        "train_sae": (
+            'path = "texts.txt"',
+            'component = "layers.8"\ntexts_per_step = 32\ncheckpoint_every = 1000\n'
+            "[params.config]\nexpansion_factor = 4\nk = 16",
+        ),
+    }
+    files = {}
+    for kind, (dataset, params) in kinds.items():
+        files[kind] = folder / f"{kind}.toml"
+        files[kind].write_text(
+            f'[job]\nanalysis = "{kind}"\nmodel = "demo"\noutput = "out"\n'
+            f"[dataset]\n{dataset}\n[params]\n{params}\n",
+            encoding="utf-8",
+        )
+    return files
+
+
+def _job_rate(job: Path, ranks: int, threads: str | None) -> float:
+    """Tokens per second of one run of ``job`` on ``ranks`` processes (the job's own time,
+    model loading aside; the slowest rank's)."""
+    shutil.rmtree(job.parent / "out", ignore_errors=True)
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "mlxterp"), "job", str(job), "--quiet"]
+    if ranks > 1:
+        command = [
+            str(bin_dir / "mlx.launch"),
+            "-n",
+            str(ranks),
+            "--backend",
+            "ring",
+            "--",
+            *command,
+        ]
+    env = dict(os.environ)
+    if threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = threads
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=job.parent, check=True
+    )
+    found = [JOB_SECONDS.search(line) for line in done.stdout.splitlines()]
+    runs = [(int(m.group(1).replace(",", "")), float(m.group(2))) for m in found if m]
+    tokens, seconds = runs[0][0], max(s for _, s in runs)
+    return tokens / seconds
+
+
+def job_rows() -> Rows:
+    """Each job kind's throughput on 2 processes (ring backend, loopback) against 1."""
+    rows: Rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, job in _job_files(Path(tmp)).items():
+            alone = _job_rate(job, 1, None)
+            alone_one_thread = _job_rate(job, 1, "1")
+            pair = _job_rate(job, 2, "1")
+            rows.append(
+                (
+                    f"job {kind}: 2 processes / 1 (1 BLAS thread each; / 1 with all threads)",
+                    f"{pair / alone_one_thread:.2f}x; {pair / alone:.2f}x "
+                    f"({pair:,.0f} vs {alone_one_thread:,.0f} and {alone:,.0f} tok/s)",
+                )
+            )
+    return rows
+
+
 def startup_rows() -> list[tuple[str, str]]:
     from mlxterp_tui import startup_seconds
 
@@ -439,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         show(blas_rows())
         show(dequantize_rows(3))
     show(peak_memory_rows(InterpretableModel("demo")))
+    show(job_rows())
     show(startup_rows())
     return 0
 

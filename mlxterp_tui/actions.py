@@ -86,6 +86,13 @@ ACTIONS: tuple[Action, ...] = (
         priority=True,
     ),
     Action(
+        "jobs",
+        "f12",
+        "jobs",
+        "Run a dataset job (a job file; progress shown; Esc stops)",
+        priority=True,
+    ),
+    Action(
         "add_intervention", "i", "add_intervention", "Add an intervention (on the selected module)"
     ),
     Action("edit_intervention", "", "edit_intervention", "Edit the selected intervention"),

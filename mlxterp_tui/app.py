@@ -37,6 +37,7 @@ from . import checks
 from .actions import PANES, bindings
 from .commands import WorkbenchCommands
 from .compare_screens import ReplayScreen
+from .jobs_screen import JobsScreen
 from .keymap import KeymapError, load_keymap
 from .main_screen import HOME_PANE, PANE_TYPES, MainScreen
 from .messages import (
@@ -549,6 +550,9 @@ class WorkbenchApp(App[None]):
     def action_browse_sae(self) -> None:
         form = self.query_one(SaePane)
         self._run_form("sae", lambda _model: form.browse_params(self._prompt()))
+
+    def action_jobs(self) -> None:
+        self.push_screen(JobsScreen())
 
     def action_run_attention(self) -> None:
         model = self._model_or_warn()

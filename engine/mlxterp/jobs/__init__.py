@@ -3,8 +3,21 @@
 runs a job file; see docs/scale.md."""
 
 from .analyses import ANALYSES
-from .run import Outcome, run_job
+from .progress import JobListener, JobProgress
+from .run import Outcome, read_output, run_job
 from .spec import Job, load_job
 from .world import JobStopped, World, join
 
-__all__ = ["ANALYSES", "Job", "JobStopped", "Outcome", "World", "join", "load_job", "run_job"]
+__all__ = [
+    "ANALYSES",
+    "Job",
+    "JobListener",
+    "JobProgress",
+    "JobStopped",
+    "Outcome",
+    "World",
+    "join",
+    "load_job",
+    "read_output",
+    "run_job",
+]

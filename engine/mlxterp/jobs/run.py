@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,15 @@ from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import InputError
 from ..files import atomic_write
 from ..model import InterpretableModel
 from . import sae_job
 from .analyses import ANALYSES, Analysis, Arrays
+from .progress import JobListener, Reporter
 from .spec import Job, load_job
-from .world import World, join, stop_on_signals
+from .world import World, join, launched, stop_on_signals
 
 JOB_FILE = "job.json"  # what the output folder was made by (a resume must match it)
 
@@ -51,9 +50,18 @@ class Outcome:
 
 
 def run_job(
-    path: str | Path, resume: bool = False, progress: bool = True, signals: bool = True
+    path: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    signals: bool = True,
+    on_progress: JobListener | None = None,
 ) -> Outcome:
-    """Run the job of the file at ``path`` on this process's share (see module doc)."""
+    """Run the job of the file at ``path`` on this process's share (see module doc).
+    ``progress``: rank 0's bar on stderr; ``signals``: SIGTERM and Ctrl-C stop the process
+    (main thread only); ``on_progress`` (a job run alone, in-process) hears each shard or
+    step, and a ``False`` stops the job there with :class:`JobStopped`."""
+    if on_progress is not None and launched():
+        raise InputError("on_progress is for a job run alone, in-process")
     if signals:
         stop_on_signals()
     job = load_job(path, {*ANALYSES, sae_job.NAME})
@@ -72,7 +80,9 @@ def run_job(
     if world.leader:
         _write_json(job.output / JOB_FILE, identity)
     if analysis is None:  # train_sae: its own loop
-        steps, before, tokens = sae_job.run(job, model, params, world, resume, progress)
+        steps, before, tokens = sae_job.run(
+            job, model, params, world, resume, progress, on_progress
+        )
         seconds = time.perf_counter() - started
         return Outcome(job.output, steps + before, steps, before, tokens, seconds, "steps")
     shards = job.shards
@@ -83,14 +93,10 @@ def run_job(
     todo = [i for i, d in enumerate(done) if not d]
     rounds = math.ceil(len(todo) / world.size)
     computed = tokens = 0
-    bar = tqdm(
-        total=sum(shards[i][1] - shards[i][0] for i in todo),
-        disable=not (progress and world.leader),
-        file=sys.stderr,
-        unit="rec",
-        desc=job.analysis,
-    )
-    with bar:
+    total = sum(end - start for start, end in shards)
+    skipped = total - sum(shards[i][1] - shards[i][0] for i in todo)
+    show = progress and world.leader
+    with Reporter(job.analysis, total, skipped, "rec", show, on_progress) as reporter:
         for turn in range(rounds):
             slot = turn * world.size + world.rank
             mine = todo[slot] if slot < len(todo) else None
@@ -100,9 +106,7 @@ def run_job(
             counts = world.all_sum(mx.array([read, own]), "a round")
             read_all, records_all = cast(list[int], counts.tolist())
             tokens += read_all
-            bar.update(records_all)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix_str(f"{tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+            reporter.advance(records_all, tokens)
     world.all_sum(mx.array(0), "finishing")
     if world.leader:
         _finish(job, analysis, params, model)
@@ -302,3 +306,17 @@ def _nan_free(values: mx.array) -> Any:
 def _write_json(path: Path, value: Any) -> None:
     text = json.dumps(value, indent=2, sort_keys=True) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_output(folder: str | Path) -> dict[str, Any]:
+    """What a finished job wrote to ``folder`` for people to read: its ``summary.json``
+    (sweeps, train_sae) or ``manifest.json`` (collect); ``InputError`` if it has neither."""
+    where = Path(folder)
+    for name in ("summary.json", "manifest.json"):
+        if (where / name).is_file():
+            try:
+                found: dict[str, Any] = json.loads((where / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise InputError(f"cannot read {where / name}: {err}") from None
+            return found
+    raise InputError(f"{where} holds no finished job (no summary.json or manifest.json)")

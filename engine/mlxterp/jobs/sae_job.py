@@ -19,13 +19,10 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
-import time
 from pathlib import Path
 from typing import Any, cast
 
 import mlx.core as mx
-from tqdm import tqdm
 
 from ..errors import InputError
 from ..files import atomic_write
@@ -34,6 +31,7 @@ from ..sae import SAE, SAEConfig, evaluate
 from ..sae.io import component_width
 from ..sae.parallel import ParallelTrainer
 from .analyses import prompt_of
+from .progress import JobListener, Reporter
 from .spec import Job
 from .world import World
 
@@ -82,6 +80,7 @@ def run(
     world: World,
     resume: bool,
     progress: bool,
+    on_progress: JobListener | None = None,
 ) -> tuple[int, int, int]:
     """Train (see the module doc); ``(steps run now, steps done before, tokens)``."""
     config = SAEConfig(**params["config"])
@@ -99,16 +98,9 @@ def run(
     if resume:
         _resume(trainer, job.output, world)
     total = per_epoch * config.epochs
-    started, done_before = time.perf_counter(), trainer.steps
-    bar = tqdm(
-        total=total,
-        initial=done_before,
-        disable=not (progress and world.leader),
-        file=sys.stderr,
-        unit="step",
-        desc=NAME,
-    )
-    with bar:
+    done_before = trainer.steps
+    show = progress and world.leader
+    with Reporter(NAME, total, done_before, "step", show, on_progress) as reporter:
         for step in range(done_before, total):
             epoch, at = divmod(step, per_epoch)
             order = list(range(len(job.records)))
@@ -117,15 +109,11 @@ def run(
             trainer.step(
                 _activations(model, job, batch, component, config.skip_tokens, sae.d_model)
             )
-            bar.update(1)
-            bar.set_postfix_str(
-                f"{trainer.tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s",
-                refresh=False,
-            )
             if world.leader and (
                 trainer.steps % params["checkpoint_every"] == 0 or trainer.steps == total
             ):
                 _checkpoint(trainer, job.output)
+            reporter.advance(1, trainer.tokens, lambda: _checkpoint(trainer, job.output))
     world.all_sum(mx.array(0), "finishing")
     trainer.finish()
     if world.leader:

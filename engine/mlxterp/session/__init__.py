@@ -11,6 +11,7 @@ from ..datasets import demo_texts, read_texts  # texts an SAE trains and is brow
 from ..doctor import main as doctor_main  # `mlxterp doctor`
 from ..errors import InputError, InterventionError, MlxterpError, SessionError
 from ..inputs import is_chat  # a recorded prompt may be a chat
+from ..jobs import JobProgress, JobStopped, Outcome, read_output  # the workbench runs jobs
 from ..jobs.cli import job_main  # `mlxterp job`
 from ..loading import model_choices  # the models a session can be switched to
 from ..model_sources import FoundModel
@@ -33,6 +34,7 @@ from .active import (
 )
 from .cli import replay_main
 from .export import export_step
+from .jobs import run_job_alone
 from .replay import ReplayReport, StepReport, replay
 from .session import Session, SessionManager, Step
 from .steps import KINDS, Comparison, Difference, compare_steps
@@ -51,7 +53,10 @@ __all__ = [
     "InterventionEntry",
     "InterventionError",
     "InterventionKind",
+    "JobProgress",
+    "JobStopped",
     "MlxterpError",
+    "Outcome",
     "ReplayReport",
     "Session",
     "SessionError",
@@ -73,9 +78,11 @@ __all__ = [
     "line_chart",
     "matrix_chart",
     "model_choices",
+    "read_output",
     "read_texts",
     "replay",
     "replay_main",
+    "run_job_alone",
     "sae_from_description",
     "to_text",
     "token_from_display",
