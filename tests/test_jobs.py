@@ -67,6 +67,7 @@ JOBS = {  # analysis: (dataset line, records per shard, params)
         2,
         'component = "output"\nmetric = "logit_diff"\nlayers = [2, 6, 10]',
     ),
+    "attribution_patching": ('path = "pairs.jsonl"', 3, "layers = [0, 5, 15]"),
     "causal_tracing": ('path = "facts.jsonl"', 2, "window = 3"),
     "lens": ('path = "texts.txt"', 4, ""),
 }

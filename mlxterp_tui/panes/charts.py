@@ -32,6 +32,7 @@ from . import Pane
 
 EXPORT_SIZE = (100, 30)  # columns x lines of an exported chart
 GRID_CELL = 7  # characters of a grid cell
+ALL_HEADS = "all"  # typed for the head: every head of the layer, from the last query
 
 
 class ChartsPane(Pane):
@@ -52,7 +53,9 @@ class ChartsPane(Pane):
         "target), recovery per layer of a patching sweep (or its layer x position grid), the "
         "layer x position grid of a gradient estimate or of causal tracing, the "
         "residual norm per layer (after a trace, ctrl+t), or the attention of the layer and "
-        "head typed above the chart (f6 or the button: rows are queries, columns keys)."
+        "head typed above the chart (f6 or the button: rows are queries, columns keys); "
+        "'all' for the head shows every head of the layer from the last query (rows are "
+        "heads, columns keys)."
     )
 
     _step: Step | None = None  # the step being shown
@@ -62,7 +65,9 @@ class ChartsPane(Pane):
     def compose(self) -> ComposeResult:
         with Horizontal(id="attn-options"):
             yield Field("0", placeholder="layer", id="attn-layer", restrict=r"[0-9]*")
-            yield Field("0", placeholder="head", id="attn-head", restrict=r"[0-9]*")
+            yield Field(
+                "0", placeholder="head or all", id="attn-head", restrict=r"[0-9]*|a|al|all"
+            )
             yield KeyButton("Attention (f6)", id="attn-run", action="app.run_attention")
         yield FieldMessage(id="attn-message")
         yield Static(
@@ -84,7 +89,9 @@ class ChartsPane(Pane):
         def read() -> int:
             layer_text = self.query_one("#attn-layer", Field).value
             layer = checks.whole(layer_text, "layer", low=0, high=model.num_layers - 1)
-            checks.whole(self.query_one("#attn-head", Field).value, "head", low=0)
+            head_text = self.query_one("#attn-head", Field).value
+            if head_text != ALL_HEADS:
+                checks.whole(head_text, "head", low=0)
             return layer
 
         return self.query_one("#attn-message", FieldMessage).checked(read)
@@ -169,6 +176,19 @@ class ChartsPane(Pane):
             self.query_one("#chart", PlotextPlot).refresh()
             return
         weights = step.result[layer][0]  # (heads, q, k)
+        if self.query_one("#attn-head", Field).value == ALL_HEADS:
+            message.say(None)
+            last = weights[:, -1, :].tolist()  # (heads, k): every head from the last query
+            keys = _prompt_tokens(state, step, len(last[0]))
+            self.grid(
+                f"Attention, layer {layer}, every head from the last query (rows: heads, "
+                "columns: keys)",
+                last,
+                [f"H{h}" for h in range(len(last))],
+                keys or list(range(len(last[0]))),
+                ("key", "head"),
+            )
+            return
         try:
             head = checks.whole(
                 self.query_one("#attn-head", Field).value,

@@ -48,3 +48,35 @@ async def test_attention_is_a_labelled_grid_whose_cursor_reads_the_exact_weight(
         app.action_show_pane("charts")
         await pilot.pause()
         assert app.query_one("#chart").display and not grid.display
+
+
+async def test_all_heads_of_a_layer_from_the_last_query(manager):
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        app.query_one("#prompt", Input).value = PROMPT
+        app.query_one("#attn-layer", Input).value = "11"
+        head = app.query_one("#attn-head", Input)
+        head.value = ""
+        head.focus()
+        await pilot.press("a", "l", "l", "x", "enter")  # x is refused: heads are numbers or all
+        await settle(app, pilot)
+        assert head.value == "all"
+        step = app.session.steps[-1]
+        weights = step.result[11][0]  # (heads, queries, keys)
+        grid = app.query_one("#chart-grid", DataTable)
+        assert grid.row_count == weights.shape[0] == 4
+        assert [str(grid.get_row_at(r)[0]) for r in range(grid.row_count)] == [
+            "0 H0",
+            "1 H1",
+            "2 H2",
+            "3 H3",
+        ]
+        grid.focus()
+        await pilot.press("down", "down", "right", "right")  # head 2, key 2
+        await pilot.pause()
+        weight = float(weights[2][-1][2])
+        scale = str(app.query_one("#chart-scale", Static).render())
+        assert scale.endswith(f"head 2 H2 x key 2 ␣capital: {weight:.6g}")
+        caption = str(app.query_one("#chart-caption", Static).render())
+        assert caption.startswith("Attention, layer 11, every head from the last query")

@@ -3,9 +3,9 @@
 * ``collect`` — activations of ``components`` on every real token, written by the rank
   that computed them as one safetensors file per shard (``lengths`` says how many tokens
   each record gave), and a manifest at the end.
-* ``activation_patching``, ``causal_tracing``, ``lens`` — a row of numbers per record,
-  gathered to rank 0, which writes them per shard and, at the end, all of them in one file
-  with a summary (means over the records).
+* ``activation_patching``, ``attribution_patching``, ``causal_tracing``, ``lens`` — a row
+  of numbers per record, gathered to rank 0, which writes them per shard and, at the end,
+  all of them in one file with a summary (means over the records).
 
 An analysis checks its parameters and records before anything runs (``prepare``), says
 the shape of a record's row (``row_shapes``, gathered kinds) and computes a shard
@@ -20,6 +20,7 @@ from typing import Any, Protocol, cast
 
 import mlx.core as mx
 
+from ..attribution import AttributionResult, attribution_patching
 from ..causal_tracing import causal_trace
 from ..datasets import text_of
 from ..errors import InputError
@@ -145,6 +146,37 @@ class Collect:
         return Computed(arrays, sum(lengths))
 
 
+def _pairs(
+    model: InterpretableModel,
+    records: list[Any],
+    params: dict[str, Any],
+    analysis: str,
+    default_metric: str,
+    default_component: str,
+) -> dict[str, Any]:
+    """The checked parameters of a patching analysis over ``{clean, corrupted, answer?}``
+    records."""
+    _only(params, {"component", "metric", "layers"}, analysis)
+    metric = params.get("metric", default_metric)
+    if metric not in METRICS:
+        raise InputError(f"[params] metric must be one of {', '.join(METRICS)}")
+    for n, record in enumerate(records):
+        _field(record, "clean", n), _field(record, "corrupted", n)
+        if metric == "logit_diff" and "answer" not in record:
+            raise InputError(f"record {n} needs 'answer' ([right, wrong]) for logit_diff")
+    layers = params.get("layers", list(range(model.num_layers)))
+    if not isinstance(layers, list) or not all(
+        isinstance(i, int) and 0 <= i < model.num_layers for i in layers
+    ):
+        raise InputError(f"[params] layers: a list of layers 0..{model.num_layers - 1}")
+    component = str(params.get("component", default_component))
+    return {"component": component, "metric": metric, "layers": layers}
+
+
+def _pair_rows(model: InterpretableModel, params: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {"recovery": (len(params["layers"]),), "clean_value": (), "corrupted_value": ()}
+
+
 class ActivationPatching:
     """Recovery per layer of each clean/corrupted pair (``patching_sweep``)."""
 
@@ -154,30 +186,12 @@ class ActivationPatching:
     def prepare(
         self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
     ) -> dict[str, Any]:
-        _only(params, {"component", "metric", "layers"}, self.name)
-        metric = params.get("metric", "l2")
-        if metric not in METRICS:
-            raise InputError(f"[params] metric must be one of {', '.join(METRICS)}")
-        for n, record in enumerate(records):
-            _field(record, "clean", n), _field(record, "corrupted", n)
-            if metric == "logit_diff" and "answer" not in record:
-                raise InputError(f"record {n} needs 'answer' ([right, wrong]) for logit_diff")
-        layers = params.get("layers", list(range(model.num_layers)))
-        if not isinstance(layers, list) or not all(
-            isinstance(i, int) and 0 <= i < model.num_layers for i in layers
-        ):
-            raise InputError(f"[params] layers: a list of layers 0..{model.num_layers - 1}")
-        return {
-            "component": str(params.get("component", "mlp")),
-            "metric": metric,
-            "layers": layers,
-        }
+        return _pairs(model, records, params, self.name, "l2", "mlp")
 
     def row_shapes(
         self, model: InterpretableModel, params: dict[str, Any]
     ) -> dict[str, tuple[int, ...]]:
-        n = len(params["layers"])
-        return {"recovery": (n,), "clean_value": (), "corrupted_value": ()}
+        return _pair_rows(model, params)
 
     def compute(
         self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
@@ -201,6 +215,52 @@ class ActivationPatching:
             rows["clean_value"].append(result.clean_value)
             rows["corrupted_value"].append(result.corrupted_value)
             tokens += 2 * len(result.tokens)
+        return Computed({k: mx.array(v, dtype=mx.float32) for k, v in rows.items()}, tokens)
+
+
+class AttributionPatching:
+    """Each pair's gradient estimate of patching every layer at every position (summed
+    over positions), as percent of the clean-vs-corrupted gap (``attribution_patching``)."""
+
+    name = "attribution_patching"
+    gathers = True
+
+    def prepare(
+        self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
+    ) -> dict[str, Any]:
+        return _pairs(model, records, params, self.name, "logit_diff", "output")
+
+    def row_shapes(
+        self, model: InterpretableModel, params: dict[str, Any]
+    ) -> dict[str, tuple[int, ...]]:
+        return _pair_rows(model, params)
+
+    def compute(
+        self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
+    ) -> Computed:
+        rows: dict[str, list[Any]] = {"recovery": [], "clean_value": [], "corrupted_value": []}
+        tokens = 0
+        for record in records:
+            result = cast(
+                AttributionResult,
+                attribution_patching(
+                    model,
+                    record["clean"],
+                    record["corrupted"],
+                    component=params["component"],
+                    metric=params["metric"],
+                    answer=record.get("answer"),
+                    layers=params["layers"],
+                ),
+            )
+            gap = result.clean_value - result.corrupted_value
+            per_layer = result.per_layer
+            rows["recovery"].append(
+                [per_layer[layer] / gap * 100.0 if gap else 0.0 for layer in params["layers"]]
+            )
+            rows["clean_value"].append(result.clean_value)
+            rows["corrupted_value"].append(result.corrupted_value)
+            tokens += 3 * len(result.tokens)  # clean, corrupted, and the backward pass
         return Computed({k: mx.array(v, dtype=mx.float32) for k, v in rows.items()}, tokens)
 
 
@@ -297,5 +357,12 @@ def _mean(values: Sequence[float | bool]) -> float:
 
 
 ANALYSES: dict[str, Analysis] = {
-    a.name: a for a in (Collect(), ActivationPatching(), CausalTracing(), LensStatistics())
+    a.name: a
+    for a in (
+        Collect(),
+        ActivationPatching(),
+        AttributionPatching(),
+        CausalTracing(),
+        LensStatistics(),
+    )
 }

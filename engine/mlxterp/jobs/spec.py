@@ -2,7 +2,8 @@
 one model, written to one output folder::
 
     [job]
-    analysis = "collect"       # collect, activation_patching, causal_tracing, lens, train_sae
+    analysis = "collect"       # collect, activation_patching, attribution_patching,
+                               # causal_tracing, lens, train_sae
     model = "demo"             # a model reference, as a session names its model
     output = "acts"            # a folder, relative to this file
     timeout = 300              # seconds a rank waits for the others (optional)
