@@ -76,7 +76,7 @@ def run_job(
     identity = _identity(job, model, params)
     job.output.mkdir(parents=True, exist_ok=True)
     _check_output(job.output, identity, resume)
-    world.all_sum(mx.array(0), "starting")  # every rank checked its output folder
+    world.meet("starting")  # every rank loaded the model and checked its output folder
     if world.leader:
         _write_json(job.output / JOB_FILE, identity)
     if analysis is None:  # train_sae: its own loop

@@ -22,6 +22,7 @@ from ..errors import MlxterpError
 
 LAUNCH_VARIABLES = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")  # set by the launchers
 STOPPED = 3  # exit code of a rank stopped because another rank failed or a signal came
+STARTUP_GRACE = 600.0  # seconds the first exchange waits at least: ranks load models unevenly
 T = TypeVar("T")
 
 
@@ -52,6 +53,18 @@ class World:
             lambda: mx.distributed.all_sum(values, group=group, stream=mx.cpu), what
         )
 
+    def meet(self, what: str) -> None:
+        """Wait until every rank is here, allowing ``STARTUP_GRACE`` at least (the first
+        meeting: ranks load their models at different speeds)."""
+        if self.group is None:
+            return
+        group = self.group
+        self._bounded(
+            lambda: mx.distributed.all_sum(mx.array(0), group=group, stream=mx.cpu),
+            what,
+            max(self.timeout, STARTUP_GRACE),
+        )
+
     def all_max(self, values: mx.array, what: str) -> mx.array:
         """``values``' largest over every rank, element by element."""
         if self.group is None:
@@ -71,8 +84,10 @@ class World:
             lambda: mx.distributed.all_gather(values, group=group, stream=mx.cpu), what
         )
 
-    def _bounded(self, exchange: Callable[[], mx.array], what: str) -> mx.array:
-        with deadline(self.timeout, f"rank {self.rank}: {what}"):
+    def _bounded(
+        self, exchange: Callable[[], mx.array], what: str, seconds: float | None = None
+    ) -> mx.array:
+        with deadline(seconds or self.timeout, f"rank {self.rank}: {what}"):
             try:
                 result = exchange()
                 mx.eval(result)
