@@ -10,22 +10,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
+from launch_helpers import BIN, free_port
+from launch_helpers import launch as launched
 
 from mlxterp.datasets import demo_texts
 from mlxterp.demo_facts import CAPITALS
 from mlxterp.errors import InputError, MlxterpError
 from mlxterp.jobs import ANALYSES, load_job, run_job
-
-BIN = Path(sys.executable).parent
-LAUNCH_TIMEOUT = 180  # seconds a whole multi-process run may take before the test fails
 
 
 def write_job(folder: Path, analysis: str, dataset: str, per_shard: int, params: str = "") -> Path:
@@ -96,32 +93,9 @@ def same_outputs(a: Path, b: Path) -> bool:
     return json.loads((a / summary).read_text()) == json.loads((b / summary).read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launch(job: Path, n: int = 2, *extra: str) -> subprocess.CompletedProcess[str]:
+def launch(job: Path, n: int = 2) -> subprocess.CompletedProcess[str]:
     """``mlx.launch -n N -- mlxterp job FILE`` on loopback (ring backend)."""
-    command = [
-        str(BIN / "mlx.launch"),
-        "-n",
-        str(n),
-        "--backend",
-        "ring",
-        "--starting-port",
-        str(free_port()),
-        "--",
-        str(BIN / "mlxterp"),
-        "job",
-        str(job),
-        "--quiet",
-        *extra,
-    ]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=job.parent
-    )
+    return launched(n, [str(BIN / "mlxterp"), "job", str(job), "--quiet"], job.parent)
 
 
 # ---------------------------------------------------------------------------- job files
