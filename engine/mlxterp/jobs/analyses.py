@@ -173,25 +173,25 @@ def _pairs(
     return {"component": component, "metric": metric, "layers": layers}
 
 
-def _pair_rows(model: InterpretableModel, params: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    return {"recovery": (len(params["layers"]),), "clean_value": (), "corrupted_value": ()}
+class PairSweep:
+    """A patching analysis over ``{clean, corrupted, answer?}`` records: each pair's
+    recovery per layer (%) and the metric of its clean and corrupted runs; a subclass says
+    how one pair is measured."""
 
-
-class ActivationPatching:
-    """Recovery per layer of each clean/corrupted pair (``patching_sweep``)."""
-
-    name = "activation_patching"
+    name = ""
     gathers = True
+    metric = "l2"  # the default metric
+    component = "mlp"  # the default component
 
     def prepare(
         self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
     ) -> dict[str, Any]:
-        return _pairs(model, records, params, self.name, "l2", "mlp")
+        return _pairs(model, records, params, self.name, self.metric, self.component)
 
     def row_shapes(
         self, model: InterpretableModel, params: dict[str, Any]
     ) -> dict[str, tuple[int, ...]]:
-        return _pair_rows(model, params)
+        return {"recovery": (len(params["layers"]),), "clean_value": (), "corrupted_value": ()}
 
     def compute(
         self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
@@ -199,69 +199,73 @@ class ActivationPatching:
         rows: dict[str, list[Any]] = {"recovery": [], "clean_value": [], "corrupted_value": []}
         tokens = 0
         for record in records:
-            result = cast(
-                PatchingResult,
-                patching_sweep(
-                    model,
-                    record["clean"],
-                    record["corrupted"],
-                    component=params["component"],
-                    layers=params["layers"],
-                    metric=params["metric"],
-                    answer=record.get("answer"),
-                ),
-            )
-            rows["recovery"].append([result.recovery[layer] for layer in params["layers"]])
-            rows["clean_value"].append(result.clean_value)
-            rows["corrupted_value"].append(result.corrupted_value)
-            tokens += 2 * len(result.tokens)
+            recovery, clean, corrupted, read = self.measure(model, record, params)
+            rows["recovery"].append(recovery)
+            rows["clean_value"].append(clean)
+            rows["corrupted_value"].append(corrupted)
+            tokens += read
         return Computed({k: mx.array(v, dtype=mx.float32) for k, v in rows.items()}, tokens)
 
+    def measure(
+        self, model: InterpretableModel, record: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[list[float], float, float, int]:
+        """One pair: recovery per layer, clean and corrupted metric, tokens read."""
+        raise NotImplementedError
 
-class AttributionPatching:
+
+class ActivationPatching(PairSweep):
+    """Recovery per layer of each clean/corrupted pair (``patching_sweep``)."""
+
+    name = "activation_patching"
+
+    def measure(
+        self, model: InterpretableModel, record: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[list[float], float, float, int]:
+        result = cast(
+            PatchingResult,
+            patching_sweep(
+                model,
+                record["clean"],
+                record["corrupted"],
+                component=params["component"],
+                layers=params["layers"],
+                metric=params["metric"],
+                answer=record.get("answer"),
+            ),
+        )
+        recovery = [result.recovery[layer] for layer in params["layers"]]
+        return recovery, result.clean_value, result.corrupted_value, 2 * len(result.tokens)
+
+
+class AttributionPatching(PairSweep):
     """Each pair's gradient estimate of patching every layer at every position (summed
     over positions), as percent of the clean-vs-corrupted gap (``attribution_patching``)."""
 
     name = "attribution_patching"
-    gathers = True
+    metric = "logit_diff"
+    component = "output"
 
-    def prepare(
-        self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
-    ) -> dict[str, Any]:
-        return _pairs(model, records, params, self.name, "logit_diff", "output")
-
-    def row_shapes(
-        self, model: InterpretableModel, params: dict[str, Any]
-    ) -> dict[str, tuple[int, ...]]:
-        return _pair_rows(model, params)
-
-    def compute(
-        self, model: InterpretableModel, records: list[Any], params: dict[str, Any]
-    ) -> Computed:
-        rows: dict[str, list[Any]] = {"recovery": [], "clean_value": [], "corrupted_value": []}
-        tokens = 0
-        for record in records:
-            result = cast(
-                AttributionResult,
-                attribution_patching(
-                    model,
-                    record["clean"],
-                    record["corrupted"],
-                    component=params["component"],
-                    metric=params["metric"],
-                    answer=record.get("answer"),
-                    layers=params["layers"],
-                ),
-            )
-            gap = result.clean_value - result.corrupted_value
-            per_layer = result.per_layer
-            rows["recovery"].append(
-                [per_layer[layer] / gap * 100.0 if gap else 0.0 for layer in params["layers"]]
-            )
-            rows["clean_value"].append(result.clean_value)
-            rows["corrupted_value"].append(result.corrupted_value)
-            tokens += 3 * len(result.tokens)  # clean, corrupted, and the backward pass
-        return Computed({k: mx.array(v, dtype=mx.float32) for k, v in rows.items()}, tokens)
+    def measure(
+        self, model: InterpretableModel, record: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[list[float], float, float, int]:
+        result = cast(
+            AttributionResult,
+            attribution_patching(
+                model,
+                record["clean"],
+                record["corrupted"],
+                component=params["component"],
+                metric=params["metric"],
+                answer=record.get("answer"),
+                layers=params["layers"],
+            ),
+        )
+        gap = result.clean_value - result.corrupted_value
+        recovery = [
+            result.per_layer[layer] / gap * 100.0 if gap else 0.0 for layer in params["layers"]
+        ]
+        # the clean and corrupted forwards, and the backward pass
+        return recovery, result.clean_value, result.corrupted_value, 3 * len(result.tokens)
 
 
 class CausalTracing:

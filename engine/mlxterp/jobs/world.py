@@ -46,50 +46,36 @@ class World:
 
     def all_sum(self, values: mx.array, what: str) -> mx.array:
         """``values`` summed over every rank (itself when alone)."""
-        if self.group is None:
-            return values
-        group = self.group
-        return self._bounded(
-            lambda: mx.distributed.all_sum(values, group=group, stream=mx.cpu), what
-        )
-
-    def meet(self, what: str) -> None:
-        """Wait until every rank is here, allowing ``STARTUP_GRACE`` at least (the first
-        meeting: ranks load their models at different speeds)."""
-        if self.group is None:
-            return
-        group = self.group
-        self._bounded(
-            lambda: mx.distributed.all_sum(mx.array(0), group=group, stream=mx.cpu),
-            what,
-            max(self.timeout, STARTUP_GRACE),
-        )
+        return self._collective(mx.distributed.all_sum, values, what)
 
     def all_max(self, values: mx.array, what: str) -> mx.array:
         """``values``' largest over every rank, element by element."""
-        if self.group is None:
-            return values
-        group = self.group
-        return self._bounded(
-            lambda: mx.distributed.all_max(values, group=group, stream=mx.cpu), what
-        )
+        return self._collective(mx.distributed.all_max, values, what)
 
     def all_gather(self, values: mx.array, what: str) -> mx.array:
         """Every rank's ``values`` (one shape on all ranks) stacked along axis 0, in rank
         order."""
+        return self._collective(mx.distributed.all_gather, values, what)
+
+    def meet(self, what: str) -> None:
+        """Wait until every rank is here, allowing ``STARTUP_GRACE`` at least (the first
+        meeting: ranks load their models at different speeds)."""
+        wait = max(self.timeout, STARTUP_GRACE)
+        self._collective(mx.distributed.all_sum, mx.array(0), what, wait)
+
+    def _collective(
+        self,
+        operation: Callable[..., mx.array],
+        values: mx.array,
+        what: str,
+        seconds: float | None = None,
+    ) -> mx.array:
+        """``operation`` over the ranks, done within ``seconds`` (the job's timeout)."""
         if self.group is None:
             return values
-        group = self.group
-        return self._bounded(
-            lambda: mx.distributed.all_gather(values, group=group, stream=mx.cpu), what
-        )
-
-    def _bounded(
-        self, exchange: Callable[[], mx.array], what: str, seconds: float | None = None
-    ) -> mx.array:
         with deadline(seconds or self.timeout, f"rank {self.rank}: {what}"):
             try:
-                result = exchange()
+                result = operation(values, group=self.group, stream=mx.cpu)
                 mx.eval(result)
             except RuntimeError as err:  # the ring's "connection to a peer was lost"
                 raise JobStopped(
