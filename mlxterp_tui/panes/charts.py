@@ -65,9 +65,7 @@ class ChartsPane(Pane):
     def compose(self) -> ComposeResult:
         with Horizontal(id="attn-options"):
             yield Field("0", placeholder="layer", id="attn-layer", restrict=r"[0-9]*")
-            yield Field(
-                "0", placeholder="head or all", id="attn-head", restrict=r"[0-9]*|a|al|all"
-            )
+            yield Field("0", placeholder="head or all", id="attn-head", restrict=r"[0-9]*|a|al|all")
             yield KeyButton("Attention (f6)", id="attn-run", action="app.run_attention")
         yield FieldMessage(id="attn-message")
         yield Static(
