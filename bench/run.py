@@ -409,18 +409,27 @@ def _job_files(folder: Path) -> dict[str, Path]:
     """A job file per job kind over the demo model's texts and capitals."""
     texts = demo_texts()
     (folder / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (folder / "texts4.txt").write_text("\n".join(texts * 4) + "\n", encoding="utf-8")
     capitals = list(CAPITALS.items())
     pairs = [
-        {"clean": f"The capital of {a} is", "corrupted": f"The capital of {b} is"}
-        for (a, _), (b, _) in zip(capitals, capitals[1:] + capitals[:1], strict=True)
+        {
+            "clean": f"The capital of {a} is",
+            "corrupted": f"The capital of {b} is",
+            "answer": [f" {x}", f" {y}"],
+        }
+        for (a, x), (b, y) in zip(capitals, capitals[1:] + capitals[:1], strict=True)
     ]
+    facts = [{"prompt": f"The capital of {c} is", "subject": c} for c, _ in capitals]
     (folder / "pairs.jsonl").write_text("\n".join(map(json.dumps, pairs * 2)) + "\n")
+    (folder / "facts.jsonl").write_text("\n".join(map(json.dumps, facts)) + "\n")
     kinds = {
-        "collect": ('path = "texts.txt"\nper_shard = 25', 'components = ["layers.8"]'),
+        "collect": ('path = "texts4.txt"\nper_shard = 50', 'components = ["layers.8"]'),
         "lens": ('path = "texts.txt"\nlimit = 200\nper_shard = 10', ""),
         "activation_patching": ('path = "pairs.jsonl"\nper_shard = 4', 'component = "mlp"'),
+        "attribution_patching": ('path = "pairs.jsonl"\nper_shard = 4', ""),
+        "causal_tracing": ('path = "facts.jsonl"\nlimit = 16\nper_shard = 2', ""),
         "train_sae": (
-            'path = "texts.txt"',
+            'path = "texts4.txt"',
             'component = "layers.8"\ntexts_per_step = 32\ncheckpoint_every = 1000\n'
             "[params.config]\nexpansion_factor = 4\nk = 16",
         ),

@@ -40,7 +40,7 @@ def job_main(argv: list[str]) -> int:
     print(
         f"mlxterp job: {outcome.shards} {outcome.unit} ({outcome.computed} computed by this rank, "
         f"{outcome.skipped} already complete), {outcome.tokens:,} tokens in "
-        f"{outcome.seconds:.1f} s -> {outcome.output}",
+        f"{outcome.seconds:.2f} s -> {outcome.output}",
         flush=True,
     )
     return 0
