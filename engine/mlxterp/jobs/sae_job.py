@@ -30,6 +30,7 @@ from ..model import InterpretableModel
 from ..sae import SAE, SAEConfig, evaluate
 from ..sae.io import component_width
 from ..sae.parallel import ParallelTrainer
+from ..sae.train import stream_activations
 from .analyses import prompt_of
 from .progress import JobListener, Reporter
 from .spec import Job
@@ -101,10 +102,12 @@ def run(
     done_before = trainer.steps
     show = progress and world.leader
     with Reporter(NAME, total, done_before, "step", show, on_progress) as reporter:
+        order: list[int] = []
         for step in range(done_before, total):
             epoch, at = divmod(step, per_epoch)
-            order = list(range(len(job.records)))
-            random.Random(config.seed * 1000 + epoch).shuffle(order)
+            if at == 0 or not order:  # each epoch's order, drawn once
+                order = list(range(len(job.records)))
+                random.Random(config.seed * 1000 + epoch).shuffle(order)
             batch = order[at * per_step : (at + 1) * per_step][world.rank :: world.size]
             trainer.step(
                 _activations(model, job, batch, component, config.skip_tokens, sae.d_model)
@@ -128,11 +131,7 @@ def _activations(
     if not batch:
         return mx.zeros((0, width))
     texts = [prompt_of(job.records[i], i) for i in batch]
-    trace = model.run(texts, capture=[component], output=False)
-    acts = trace.activations[component]
-    lengths = trace.lengths or [acts.shape[1]] * len(texts)
-    rows = [acts[b, skip:n] for b, n in enumerate(lengths)]
-    return mx.concatenate(rows).astype(mx.float32)
+    return next(stream_activations(model, texts, component, len(texts), False, skip))
 
 
 def _checkpoint(trainer: ParallelTrainer, output: Path) -> None:
