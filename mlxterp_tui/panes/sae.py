@@ -194,9 +194,8 @@ class SaePane(Pane):
         self.query_one("#sae-progress", ProgressBar).update(progress=progress.fraction)
         self.query_one("#sae-progress-text", Static).update(
             Text(
-                f"{progress.tokens:,} tokens · {progress.tokens_per_second:,.0f} tok/s · loss "
-                f"{progress.loss:.4g} · epoch {progress.epoch + 1}/{progress.epochs} "
-                "(Esc stops)"
+                f"{progress.tokens:,} tok · {progress.tokens_per_second:,.0f} tok/s · loss "
+                f"{progress.loss:.3g} · epoch {progress.epoch + 1}/{progress.epochs} · Esc stops"
             )
         )
 

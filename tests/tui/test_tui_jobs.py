@@ -96,3 +96,22 @@ async def test_esc_stops_a_job_and_resume_finishes_it(manager, tmp_path):
         assert "components:" in said(screen, "#job-result") and "model.layers.8: 64" in said(
             screen, "#job-result"
         )
+
+
+async def test_the_run_button_answers_a_click_and_enter(manager, tmp_path):
+    path = job_file(tmp_path, "lens", 'records = ["Big Ben is in London."]', 1)
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("f12")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#job-path", Input).value = path
+        await pilot.click("#job-run")
+        await settle(app, pilot)
+        assert said(screen, "#job-status").startswith("done: 1 shards (1 now")
+        screen.query_one("#job-resume", Checkbox).value = True
+        screen.query_one("#job-run").focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert said(screen, "#job-status").startswith("done: 1 shards (0 now, 1 already")

@@ -181,3 +181,40 @@ async def test_bad_input_is_said_beside_the_fields(manager, tmp_path):
 def test_sparkline_shows_every_nonzero_count():
     assert sparkline([0, 1, 100, 50]) == " ▁█▄"
     assert sparkline([0, 0]) == "  "
+
+
+async def test_the_buttons_answer_a_click_and_enter(manager, texts_file, monkeypatch):
+    monkeypatch.setattr(app_module, "PROGRESS_EVERY", 0.0)
+    shown: list[tuple[str, int]] = []  # the progress line, and the room it had
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        pane = app.query_one("#sae-pane")
+        text = app.query_one("#sae-progress-text", Static)
+        show = pane.show_progress
+
+        def seen(progress):
+            show(progress)
+            shown.append((str(text.render()), text.size.width))
+
+        monkeypatch.setattr(pane, "show_progress", seen)
+        app.query_one("#lens-table").focus()  # out of the prompt: 9 shows the pane
+        await pilot.press("9")
+        await fill(app, pilot, layer="6", expansion="2", k="4", texts=texts_file)
+        await pilot.click("#sae-train")
+        await settle(app, pilot)
+        assert [s.kind for s in app.session.steps] == ["train_sae"]
+        # the progress line fits beside the bar at 80 columns, its Esc hint included
+        line, room = shown[-1]
+        assert line.endswith("Esc stops") and len(line) <= room
+        app.query_one("#prompt", Input).value = PROMPT
+        await pilot.click("#sae-run")
+        await settle(app, pilot)
+        app.query_one("#sae-train").focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        app.query_one("#sae-run").focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        kinds = [s.kind for s in app.session.steps]
+        assert kinds == ["train_sae", "sae_features", "train_sae", "sae_features"]
