@@ -111,7 +111,7 @@ class JobsScreen(ModalScreen[None]):
             Text(
                 f"done: {outcome.shards} {outcome.unit} ({outcome.computed} now, "
                 f"{outcome.skipped} already complete), {outcome.tokens:,} tokens in "
-                f"{outcome.seconds:.1f} s → {outcome.output}",
+                f"{outcome.seconds:.2f} s → {outcome.output}",
                 style="green",
             )
         )
