@@ -67,7 +67,9 @@ async def test_a_job_runs_refuses_a_rerun_and_resumes(manager, tmp_path):
 
 
 async def test_esc_stops_a_job_and_resume_finishes_it(manager, tmp_path):
-    (tmp_path / "texts.txt").write_text("\n".join(demo_texts()[:400]) + "\n", encoding="utf-8")
+    # 3,200 texts in 800 shards: long enough that Esc lands while it runs
+    texts = demo_texts() * 4
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     path = job_file(tmp_path, "collect", 'path = "texts.txt"', 4, 'components = ["layers.8"]')
     app = WorkbenchApp("demo", manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -87,11 +89,11 @@ async def test_esc_stops_a_job_and_resume_finishes_it(manager, tmp_path):
         await settle(app, pilot)
         assert "JobStopped: stopped" in said(screen, "#job-status")
         shards = list((tmp_path / "out").glob("shard-*.safetensors"))
-        assert 0 < len(shards) < 100 and not (tmp_path / "out" / "manifest.json").exists()
+        assert 0 < len(shards) < 800 and not (tmp_path / "out" / "manifest.json").exists()
         await run(app, pilot, path, resume=True)
         status = said(screen, "#job-status")
         assert status.startswith(
-            f"done: 100 shards ({100 - len(shards)} now, {len(shards)} already"
+            f"done: 800 shards ({800 - len(shards)} now, {len(shards)} already"
         )
         assert "components:" in said(screen, "#job-result") and "model.layers.8: 64" in said(
             screen, "#job-result"
