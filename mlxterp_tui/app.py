@@ -824,7 +824,7 @@ class WorkbenchApp(App[None]):
 
     def action_export(self) -> None:
         """Export the step last shown (else the last step) to JSON and CSV beside the session,
-        and the chart pane's chart of it, if it draws one, as text and SVG."""
+        and the chart pane's chart of it, if it draws one, as text, SVG and PNG."""
         steps = self.session.steps
         if not steps:
             self.notify("the session has no steps: nothing to export", severity="warning")

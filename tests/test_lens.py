@@ -7,7 +7,6 @@ own prediction (untied, tied and 4-bit heads), which proves the final norm and h
 from __future__ import annotations
 
 import json
-from xml.etree import ElementTree
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -476,16 +475,3 @@ def test_charts_draw_onto_a_given_plotext_figure():
     plt = Plot()
     assert plotting.bar_chart(["a"], [1.0], plt=plt) is plt
     assert "a" in plotext.uncolorize(plt.build())
-
-
-def test_text_svg_draws_terminal_colours_as_cells():
-    text = "\x1b[48;5;15m\x1b[38;2;10;20;30mab\x1b[0m cd\n\x1b[38;5;196mX\x1b[39m<&"
-    root = ElementTree.fromstring(plotting.text_svg(text, title="a & b"))
-    texts = {"".join(e.itertext()): e for e in root.iter() if e.tag.endswith("text")}
-    assert texts["ab"].get("fill") == "rgb(10, 20, 30)"  # 24-bit
-    assert texts["X"].get("fill") == "rgb(255, 0, 0)"  # 256-colour cube
-    assert texts[" cd"].get("fill") == "black" and texts["<&"].get("fill") == "black"  # reset
-    assert "a & b" in texts  # the title, escaped in the file
-    cells = [e for e in root.iter() if e.tag.endswith("rect") and e.get("x")]
-    assert [c.get("fill") for c in cells] == ["rgb(255, 255, 255)"]  # xterm colour 15 behind ab
-    assert cells[0].get("width") == texts["ab"].get("textLength")  # the same two cells

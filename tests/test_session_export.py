@@ -8,6 +8,7 @@ import json
 from xml.etree import ElementTree
 
 import pytest
+from PIL import Image
 
 from mlxterp.session import Session, SessionError, bar_chart, export_step, to_text
 from mlxterp.session import export as export_module
@@ -71,15 +72,16 @@ def test_by_position_patching_is_a_layer_by_position_table(recorded, tmp_path):
     assert len(rows) == len(step.summary["layers"]) * len(step.summary["positions"])
 
 
-def test_a_chart_is_written_as_plain_text_and_as_svg(recorded, tmp_path):
+def test_a_chart_is_written_as_plain_text_svg_and_png(recorded, tmp_path):
     step = recorded.steps[1]
     s = step.summary
     chart = to_text(bar_chart(s["layers"], s["recovery"], xlabel="layer", ylabel="recovery %"))
     assert "\x1b[" in chart  # plotext colours it
-    _js, _cs, txt, svg = export_step(recorded, step, tmp_path, chart=chart)
-    assert (txt.name, svg.name) == (
+    _js, _cs, txt, svg, png = export_step(recorded, step, tmp_path, chart=chart)
+    assert (txt.name, svg.name, png.name) == (
         "run.step-1-activation_patching.chart.txt",
         "run.step-1-activation_patching.chart.svg",
+        "run.step-1-activation_patching.chart.png",
     )
     title, *lines = txt.read_text(encoding="utf-8").splitlines()
     assert title == f"# activation_patching step 1, params: {json.dumps(step.params)}"
@@ -91,9 +93,12 @@ def test_a_chart_is_written_as_plain_text_and_as_svg(recorded, tmp_path):
     assert f"activation_patching step 1, params: {json.dumps(step.params)}" in texts
     bars = [e for e in root.iter() if "text" in e.tag and "█" in "".join(e.itertext())]
     assert bars and all(e.get("fill", "").startswith("rgb(") for e in bars)  # in colour
+    image = Image.open(png)
+    assert image.format == "PNG" and image.text["Title"] == texts[0]  # the same heading
+    assert image.size[0] > 80 * 8  # the chart's 80 columns
     # a second export of the same step takes the next free stem for all four files
     again = export_step(recorded, step, tmp_path, chart=chart)
-    assert [p.name.split(".")[1] for p in again] == ["step-1-activation_patching-2"] * 4
+    assert [p.name.split(".")[1] for p in again] == ["step-1-activation_patching-2"] * 5
 
 
 def test_default_is_the_last_step_beside_the_session_file(recorded):

@@ -12,10 +12,8 @@ positions) get integer ticks, evenly thinned when there are many.
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import plotext
 from plotext._figure import _figure_class as _Figure
@@ -257,92 +255,3 @@ def to_text(fig: Any, width: int = 80, height: int = 20, color: bool = True) -> 
     fig.plotsize(width, height)
     text: str = fig.build()
     return text if color else plotext.uncolorize(text)
-
-
-# the 16 standard terminal colours (xterm's), then the 256-colour cube and grey ramp
-_BASIC = [
-    (0, 0, 0), (205, 0, 0), (0, 205, 0), (205, 205, 0), (0, 0, 238), (205, 0, 205),
-    (0, 205, 205), (229, 229, 229), (127, 127, 127), (255, 0, 0), (0, 255, 0),
-    (255, 255, 0), (92, 92, 255), (255, 0, 255), (0, 255, 255), (255, 255, 255),
-]  # fmt: skip
-_SGR = re.compile(r"\x1b\[([0-9;]*)m")
-_CELL_W, _CELL_H, _FONT = 8.4, 17, 14  # px: a monospace cell at 14px
-
-
-def _xterm(n: int) -> tuple[int, int, int]:
-    if n < 16:
-        return _BASIC[n]
-    if n < 232:
-        r, g, b = (n - 16) // 36, (n - 16) // 6 % 6, (n - 16) % 6
-        return cast(tuple[int, int, int], tuple(0 if c == 0 else 55 + 40 * c for c in (r, g, b)))
-    grey = 8 + 10 * (n - 232)
-    return grey, grey, grey
-
-
-def _sgr(codes: list[int], fg: Any, bg: Any) -> tuple[Any, Any]:
-    """The colours after one SGR sequence's codes (``None``: the default)."""
-    i = 0
-    while i < len(codes):
-        code = codes[i]
-        if code == 0:
-            fg = bg = None
-        elif code in (39, 49):
-            fg, bg = (None, bg) if code == 39 else (fg, None)
-        elif code in (38, 48) and i + 1 < len(codes):
-            colour: tuple[int, ...] | None = None
-            if codes[i + 1] == 5 and i + 2 < len(codes):
-                colour, i = _xterm(codes[i + 2]), i + 2
-            elif codes[i + 1] == 2 and i + 4 < len(codes):
-                colour, i = tuple(codes[i + 2 : i + 5]), i + 4
-            fg, bg = (colour, bg) if code == 38 else (fg, colour)
-        elif 30 <= code <= 37 or 90 <= code <= 97:
-            fg = _BASIC[code - 30 if code < 90 else code - 82]
-        elif 40 <= code <= 47 or 100 <= code <= 107:
-            bg = _BASIC[code - 40 if code < 100 else code - 92]
-        i += 1
-    return fg, bg
-
-
-def text_svg(text: str, title: str | None = None) -> str:
-    """Terminal text (a chart from :func:`to_text`; ANSI colours, 16, 256 or 24-bit) as an
-    SVG of monospace cells on white, ``title`` above it."""
-    top = _CELL_H + 8 if title else 4
-    lines = text.rstrip("\n").split("\n")
-    width = max((len(_SGR.sub("", line)) for line in lines), default=1)
-    shapes: list[str] = []
-    for row, line in enumerate(lines):
-        fg = bg = None
-        x = 0
-        y = top + row * _CELL_H
-        parts = _SGR.split(line)  # text, codes, text, codes, ...
-        for n, part in enumerate(parts):
-            if n % 2:
-                fg, bg = _sgr([int(c) for c in part.split(";") if c] or [0], fg, bg)
-                continue
-            if not part:
-                continue
-            left = 4 + x * _CELL_W
-            if bg is not None:
-                shapes.append(
-                    f'<rect x="{left:.1f}" y="{y}" width="{len(part) * _CELL_W:.1f}" '
-                    f'height="{_CELL_H}" fill="rgb{tuple(bg)}"/>'
-                )
-            if part.strip():
-                colour = f"rgb{tuple(fg)}" if fg is not None else "black"
-                shapes.append(
-                    f'<text x="{left:.1f}" y="{y + _CELL_H - 4}" fill="{colour}" '
-                    f'textLength="{len(part) * _CELL_W:.1f}">{html.escape(part)}</text>'
-                )
-            x += len(part)
-    heading = (
-        f'<text x="4" y="{_CELL_H}" fill="black" font-weight="bold">{html.escape(title)}</text>'
-        if title
-        else ""
-    )
-    w, h = 8 + width * _CELL_W, top + len(lines) * _CELL_H + 4
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0f}" height="{h}" '
-        f'viewBox="0 0 {w:.0f} {h}" font-family="DejaVu Sans Mono, Menlo, monospace" '
-        f'font-size="{_FONT}" xml:space="preserve">\n<rect width="100%" height="100%" '
-        f'fill="white"/>\n{heading}\n' + "\n".join(shapes) + "\n</svg>\n"
-    )

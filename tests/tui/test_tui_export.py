@@ -80,7 +80,7 @@ async def test_e_into_an_unwritable_folder_notifies_and_stays_up(model_dir, mana
         assert any(n.title == "export failed" for n in app._notifications)
 
 
-async def test_e_writes_the_chart_shown_as_text_and_svg(model_dir, manager, tmp_path):
+async def test_e_writes_the_chart_shown_as_text_svg_and_png(model_dir, manager, tmp_path):
     path = tmp_path / "work.toml"
     app = WorkbenchApp(model_dir, session=Session.new(model_dir, path, manager), manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -93,11 +93,13 @@ async def test_e_writes_the_chart_shown_as_text_and_svg(model_dir, manager, tmp_
         await pilot.press("3")  # the chart pane draws the sweep's recovery per layer
         await export(app, pilot)
         stem = "work.step-0-activation_patching"
-        written = [tmp_path / f"{stem}{s}" for s in (".json", ".csv", ".chart.txt", ".chart.svg")]
+        suffixes = (".json", ".csv", ".chart.txt", ".chart.svg", ".chart.png")
+        written = [tmp_path / f"{stem}{s}" for s in suffixes]
         assert all(p.exists() for p in written)
         title, *chart = written[2].read_text(encoding="utf-8").splitlines()
         assert title.startswith("# activation_patching step 0, params: {")
         assert "recovery %" in "\n".join(chart) and any("█" in line for line in chart)
         assert len(chart) == 30 and max(map(len, chart)) == 100  # the export size
         assert written[3].read_text(encoding="utf-8").startswith("<svg")
+        assert written[4].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         assert any(str(written[3]) in m for m in messages(app))

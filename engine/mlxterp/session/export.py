@@ -1,6 +1,6 @@
 """Export of a recorded step to files beside the session: JSON (the step's kind, params
 and summary, as plain values), where the summary is a table CSV, and given a chart of it
-(terminal text, as ``plotting.to_text`` draws one) the chart as plain text and as SVG.
+(terminal text, as ``plotting.to_text`` draws one) the chart as plain text, SVG and PNG.
 
 A summary is a table when it holds list-of-lists matrices of one shape (one CSV row per
 cell, labelled by the summary's lists as long as the rows and as long as the columns, e.g.
@@ -23,7 +23,7 @@ import plotext
 
 from ..errors import SessionError
 from ..files import atomic_write
-from ..plotting import text_svg
+from ..terminal_image import text_png, text_svg
 from .session import Session, Step
 
 UNSAVED_STEM = "mlxterp-session"  # the file stem of an unsaved session's exports
@@ -111,8 +111,9 @@ def export_step(
     in ``folder`` (default: beside the session file, or the current directory for an
     unsaved session).  ``chart``, a chart of the step as terminal text (e.g.
     ``plotting.to_text(fig)``; ANSI colours allowed), is written beside them as
-    ``.chart.txt`` (plain) and ``.chart.svg`` (coloured, ``plotting.text_svg``), each
-    headed by the step's kind and parameters.  Returns the paths written.  Raises
+    ``.chart.txt`` (plain), ``.chart.svg`` and ``.chart.png`` (coloured,
+    ``terminal_image.text_svg`` and ``text_png``), each headed by the step's kind and
+    parameters.  Returns the paths written.  Raises
     SessionError when there is no such step, OSError when the folder cannot be written."""
     if not session.steps:
         raise SessionError("the session has no steps: nothing to export")
@@ -130,7 +131,7 @@ def export_step(
     tabular = table(summary)
     suffixes: tuple[str, ...] = (".json", ".csv") if tabular else (".json",)
     if chart is not None:
-        suffixes += (".chart.txt", ".chart.svg")
+        suffixes += (".chart.txt", ".chart.svg", ".chart.png")
     stem = _free_stem(folder, f"{base}.step-{step.index}-{step.kind}", suffixes)
     document = {
         "kind": step.kind,
@@ -159,8 +160,10 @@ def export_step(
     if chart is not None:
         title = f"{step.kind} step {step.index}, params: {params}"
         plain_chart = f"# {title}\n{plotext.uncolorize(chart).rstrip()}\n"
-        svg = text_svg(chart, title)
-        written += [folder / f"{stem}.chart.txt", folder / f"{stem}.chart.svg"]
-        atomic_write(written[-2], lambda p: p.write_text(plain_chart, encoding="utf-8"))
-        atomic_write(written[-1], lambda p: p.write_text(svg, encoding="utf-8"))
+        svg, png = text_svg(chart, title), text_png(chart, title)
+        txt_path, svg_path, png_path = (folder / f"{stem}.chart.{s}" for s in ("txt", "svg", "png"))
+        atomic_write(txt_path, lambda p: p.write_text(plain_chart, encoding="utf-8"))
+        atomic_write(svg_path, lambda p: p.write_text(svg, encoding="utf-8"))
+        atomic_write(png_path, lambda p: p.write_bytes(png))
+        written += [txt_path, svg_path, png_path]
     return written
