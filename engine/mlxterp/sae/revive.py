@@ -6,7 +6,13 @@
   (the residual's variance as the unit), weighted by ``aux_coefficient`` (1/32 in the
   paper) and scaled down while fewer than ``k_aux`` latents are dead (as SAELens and
   EleutherAI's ``sae`` do); ``k_aux`` is ``d_model / 2`` by default (the paper's Appendix
-  B.1 heuristic, as those implementations read it).
+  B.1 heuristic, as those implementations read it).  Ranked by their ReLU'd
+  pre-activations, a latent whose pre-activation is negative on every input gets no
+  gradient and stays dead, as batch top-k's dead mostly are.  ``aux_signed`` ranks the dead
+  by their signed pre-activations instead, and the chosen ones below zero reconstruct
+  with their decoder rows held (only their encoders learn): each is pushed up where its
+  direction would shrink the residual and down where it would grow it, and its decoder
+  still learns only from positive activations, as published.
 * :func:`resample_dead` — Anthropic's resampling ("Towards Monosemanticity", 2023) for
   ReLU SAEs: a dead feature's decoder row becomes the direction of an input drawn with
   probability proportional to the square of its reconstruction loss (without replacement:
@@ -29,7 +35,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from .model import SAE
 
@@ -52,15 +57,21 @@ def auxk_loss(
 ) -> mx.array:
     """Gao et al.'s auxiliary loss (see the module doc) for pre-activations ``pre``
     ``(n, d_sae)``, the ``dead`` mask ``(d_sae,)`` and the main reconstruction's
-    ``residual`` ``(n, d_model)`` (its gradient stopped), scaled inputs.  ``whole``:
-    ``(rows, spread)`` of the whole batch when these rows are a rank's share of it (its
-    rows and the residual's summed squared distance to its mean), so that the ranks'
-    losses add up to the whole batch's."""
+    ``residual`` ``(n, d_model)`` (its gradient stopped), scaled inputs.  With
+    ``config.aux_signed`` the chosen dead latents whose pre-activation is negative take
+    part too, their decoder rows held (see the module doc).  ``whole``: ``(rows, spread)``
+    of the whole batch when these rows are a rank's share of it (its rows and the
+    residual's summed squared distance to its mean), so that the ranks' losses add up to
+    the whole batch's."""
     k = aux_k(sae)
-    dead_pre = mx.where(dead, nn.relu(pre), 0.0)
-    kth = mx.stop_gradient(mx.sort(dead_pre, axis=-1)[..., sae.d_sae - k : sae.d_sae - k + 1])
-    feats = mx.where((dead_pre >= kth) & (dead_pre > 0), dead_pre, 0.0)
-    errors = mx.sum((feats @ sae.W_dec - residual) ** 2, -1)
+    ranked = mx.where(dead, pre, -mx.inf)
+    kth = mx.stop_gradient(mx.sort(ranked, axis=-1)[..., sae.d_sae - k : sae.d_sae - k + 1])
+    chosen = (ranked >= kth) & dead
+    recon = mx.where(chosen & (pre > 0), pre, 0.0) @ sae.W_dec
+    if sae.config.aux_signed:
+        below = mx.where(chosen & (pre <= 0), pre, 0.0)
+        recon = recon + below @ mx.stop_gradient(sae.W_dec)
+    errors = mx.sum((recon - residual) ** 2, -1)
     few = mx.minimum(mx.sum(dead) / k, 1.0)
     if whole is not None:
         rows, spread = whole
