@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFont
 
 from mlxterp import plotting
-from mlxterp.terminal_image import cells, png_font, text_png, text_svg
+from mlxterp.terminal_image import cells, png_cell, png_font, text_png, text_svg
 
 RED, BLUE, WHITE, BLACK = (255, 0, 0), (0, 0, 238), (255, 255, 255), (0, 0, 0)
 
@@ -41,8 +41,8 @@ def test_text_svg_draws_terminal_colours_as_cells():
 def _png(text: str, **kw) -> tuple[Image.Image, int, int, int]:
     """The PNG of ``text`` decoded, with its cell width and height and the top of row 0."""
     image = Image.open(io.BytesIO(text_png(text, **kw)))
-    font = kw.get("font") or png_font(kw.get("size", 16))
-    cell_w, cell_h = round(font.getlength("M")), round(kw.get("size", 16) * 1.25)
+    size = kw.get("size", 16)
+    cell_w, cell_h = png_cell(kw.get("font") or png_font(size), size)
     top = cell_h + 8 if kw.get("title") else 4
     return image.convert("RGB"), cell_w, cell_h, top
 

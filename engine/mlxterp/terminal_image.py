@@ -179,6 +179,12 @@ def png_font(size: int = 16) -> Any:
     return ImageFont.load_default(size)
 
 
+def png_cell(font: Any, size: int) -> tuple[int, int]:
+    """The width and height in px of one cell of a PNG drawn in ``font`` at ``size`` px:
+    the font's advance of ``M`` by 1.25 x ``size``."""
+    return max(1, round(font.getlength("M"))), max(2, round(size * 1.25))
+
+
 def _mix(a: Colour, b: Colour, share: float) -> Colour:
     return cast(
         Colour, tuple(round(x * share + y * (1 - share)) for x, y in zip(a, b, strict=True))
@@ -223,13 +229,13 @@ def _shape(draw: Any, ch: str, box: tuple[int, int, int, int], fg: Colour, bg: C
 
 def text_png(text: str, title: str | None = None, *, font: Any = None, size: int = 16) -> bytes:
     """Terminal text (as :func:`text_svg` takes it) as PNG bytes: cells of ``size`` px
-    type on white, ``title`` above them and in the file's ``Title`` text chunk.  ``font``
-    is a Pillow font (default :func:`png_font`); block, box-drawing and braille characters
-    are drawn as shapes whatever the font.  Needs Pillow."""
+    type (:func:`png_cell`) on white, ``title`` above them and in the file's ``Title``
+    text chunk.  ``font`` is a Pillow font (default :func:`png_font`); block, box-drawing
+    and braille characters are drawn as shapes whatever the font.  Needs Pillow."""
     from PIL import Image, ImageDraw, PngImagePlugin
 
     font = font if font is not None else png_font(size)
-    cell_w, cell_h = max(1, round(font.getlength("M"))), max(2, round(size * 1.25))
+    cell_w, cell_h = png_cell(font, size)
     runs, width, height = cells(text)
     pad, top = 4, (cell_h + 8 if title else 4)
     columns = max(width, len(title or ""))  # a title longer than the chart widens it
