@@ -278,6 +278,7 @@ def test_leading_tokens_can_be_left_out(tiny_llama):
         ({"resample_every": 1.5}, "resample_every must be an int >= 0"),
         ({"b_dec_init": "mean"}, "b_dec_init must be one of"),
         ({"skip_tokens": -1}, "skip_tokens must be an int >= 0"),
+        ({"aux_signed": 1}, "aux_signed must be True or False"),
     ],
 )
 def test_bad_settings_are_refused(bad, message):

@@ -55,9 +55,8 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"SAEConfig.{name} must be an int >= 0; got {value!r}")
-        for name in ("aux_signed",):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"SAEConfig.{name} must be True or False")
+        if not isinstance(self.aux_signed, bool):
+            raise InputError("SAEConfig.aux_signed must be True or False")
         if self.b_dec_init not in B_DEC_INITS:
             raise InputError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}")
         for name in ("learning_rate", "l1_coefficient", "aux_coefficient"):
