@@ -29,6 +29,17 @@ def said(screen, widget: str) -> str:
     return str(screen.query_one(widget, Static).render())
 
 
+async def open_jobs(app, pilot, path: str) -> JobsScreen:
+    """F12 once the app has settled; the jobs window, its path field holding ``path``."""
+    await settle(app, pilot)
+    await pilot.press("f12")
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, JobsScreen)
+    screen.query_one("#job-path", Input).value = path
+    return screen
+
+
 async def run(app, pilot, path: str, resume: bool = False) -> None:
     screen = app.screen
     screen.query_one("#job-path", Input).value = path
@@ -43,12 +54,8 @@ async def test_a_job_runs_refuses_a_rerun_and_resumes(manager, tmp_path):
     path = job_file(tmp_path, "lens", records, 1)
     app = WorkbenchApp("demo", manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
-        await settle(app, pilot)
-        await pilot.press("f12")
-        await pilot.pause()
-        assert isinstance(app.screen, JobsScreen)
+        screen = await open_jobs(app, pilot, path)
         await run(app, pilot, path)
-        screen = app.screen
         assert said(screen, "#job-status").startswith("done: 3 shards (3 now, 0 already complete)")
         result = said(screen, "#job-result")
         assert "analysis: lens" in result and "agreement: [" in result
@@ -73,11 +80,7 @@ async def test_esc_stops_a_job_and_resume_finishes_it(manager, tmp_path):
     path = job_file(tmp_path, "collect", 'path = "texts.txt"', 4, 'components = ["layers.8"]')
     app = WorkbenchApp("demo", manager=manager)
     async with app.run_test(size=(100, 30)) as pilot:
-        await settle(app, pilot)
-        await pilot.press("f12")
-        await pilot.pause()
-        screen = app.screen
-        screen.query_one("#job-path", Input).value = path
+        screen = await open_jobs(app, pilot, path)
         screen.query_one("#job-path", Input).focus()
         await pilot.press("enter")
         for _ in range(600):  # until the first shards are reported
@@ -104,11 +107,7 @@ async def test_the_run_button_answers_a_click_and_enter(manager, tmp_path):
     path = job_file(tmp_path, "lens", 'records = ["Big Ben is in London."]', 1)
     app = WorkbenchApp("demo", manager=manager)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(app, pilot)
-        await pilot.press("f12")
-        await pilot.pause()
-        screen = app.screen
-        screen.query_one("#job-path", Input).value = path
+        screen = await open_jobs(app, pilot, path)
         await pilot.click("#job-run")
         await settle(app, pilot)
         assert said(screen, "#job-status").startswith("done: 1 shards (1 now")
