@@ -334,6 +334,9 @@ def test_bad_input_is_refused(demo, trained):
         SAEConfig(kind="gated")
     with pytest.raises(InputError, match="positive"):
         SAEConfig(k=0)
+    for seed in (-1, 2**63 - 1, True):  # MLX takes none of these as a key's seed
+        with pytest.raises(InputError, match="seed"):
+            SAEConfig(seed=seed)
     with pytest.raises(InputError, match="name the activations"):
         train_sae(demo, texts(4, 0), progress=False)
     with pytest.raises(KeyError):

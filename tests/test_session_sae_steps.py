@@ -3,9 +3,11 @@ a prompt and a feature's dashboard; the SAE kept once in the sidecar and read ba
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import struct
+import tomllib
 
 import mlx.core as mx
 import pytest
@@ -85,6 +87,20 @@ def test_unknown_settings_are_refused_before_training(manager):
         session.compute(manager, "train_sae", texts=TEXTS, layer=6, config={"epoch": 2})
     with pytest.raises(SessionError, match="list of texts"):
         session.compute(manager, "train_sae", texts="one text", layer=6)
+
+
+def test_a_step_records_every_setting_so_a_new_default_cannot_change_its_replay(trained, tmp_path):
+    session, step, _ = trained
+    every = dataclasses.asdict(SAEConfig(**CONFIG))
+    assert step.params["config"] == every  # the given four and every default
+    loaded = tomllib.loads(session.save(tmp_path / "settings.toml").read_text())
+    assert loaded["steps"][0]["params"]["config"] == every
+
+
+def test_bad_settings_are_refused_before_training(manager):
+    session = Session.new("demo", None, manager)
+    with pytest.raises(SessionError, match=r"step 'train_sae': config: SAEConfig\.seed"):
+        session.compute(manager, "train_sae", texts=TEXTS, layer=6, config={"seed": -1})
 
 
 def _tensor_names(sidecar) -> list[str]:

@@ -4,10 +4,13 @@ save, reopen and see the same."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
 import mlxterp_tui.app as app_module
+from mlxterp.sae import SAEConfig
 from mlxterp.session import Session
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.panes.sae import sparkline
@@ -72,7 +75,8 @@ async def test_train_browse_edit_save_and_reopen(manager, texts_file, tmp_path, 
         await train(app, pilot, texts_file)
         (step,) = app.session.steps
         assert step.kind == "train_sae" and step.params["texts"] == TEXTS
-        assert step.params["config"] == {"kind": "topk", "expansion_factor": 2, "epochs": 2, "k": 4}
+        given = {"kind": "topk", "expansion_factor": 2, "epochs": 2, "k": 4}  # the pane's fields
+        assert step.params["config"] == asdict(SAEConfig(**given))  # with every default
         assert heard and heard[-1].fraction == 1.0  # the bar reached its end
         assert not app.query_one("#sae-progress-row").display  # and went away
         assert caption(app).startswith("SAE on model.layers.6: ")

@@ -9,6 +9,7 @@ from ..errors import InputError
 KINDS = ("relu", "topk", "batchtopk")
 B_DEC_INITS = ("geometric_median", "zeros")
 RESAMPLINGS = 4  # how many times resample_every resamples (early in training)
+MAX_SEED = 2**63 - 2  # training seeds MLX with seed + 1, and a TOML integer is signed 64-bit
 
 _POSITIVE_INTS = (
     "expansion_factor",
@@ -51,10 +52,12 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"SAEConfig.{name} must be a positive int; got {value!r}")
-        for name in ("aux_k", "resample_every", "skip_tokens"):
+        for name in ("aux_k", "resample_every", "skip_tokens", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"SAEConfig.{name} must be an int >= 0; got {value!r}")
+        if self.seed > MAX_SEED:
+            raise InputError(f"SAEConfig.seed must be at most {MAX_SEED}; got {self.seed}")
         if not isinstance(self.aux_signed, bool):
             raise InputError("SAEConfig.aux_signed must be True or False")
         if self.b_dec_init not in B_DEC_INITS:

@@ -25,7 +25,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -44,7 +44,7 @@ from .. import (
     steering,
     tuned_lens,
 )
-from ..errors import SessionError
+from ..errors import InputError, SessionError
 from ..inputs import is_chat
 from ..interventions import Intervention
 from ..model import InterpretableModel
@@ -85,17 +85,20 @@ class Param:
     default: Any
     expects: str
     accepts: Callable[[Any], bool]
+    fill: Callable[[Any], Any] | None = None  # the accepted value (or None) as recorded
 
 
 @dataclass(frozen=True)
 class Check:
-    """What values a parameter of some name accepts (its default comes from elsewhere)."""
+    """What values a parameter of some name accepts (its default comes from elsewhere),
+    and, with ``fill``, what is recorded for an accepted value or for none."""
 
     expects: str
     accepts: Callable[[Any], bool]
+    fill: Callable[[Any], Any] | None = None
 
     def param(self, default: Any) -> Param:
-        return Param(default, self.expects, self.accepts)
+        return Param(default, self.expects, self.accepts, self.fill)
 
 
 def _is_int(v: Any) -> bool:
@@ -177,9 +180,18 @@ TRAINING_TEXTS = Check(
     "a non-empty list of texts (strings, or token-id lists)",
     lambda v: _is_list(v, lambda x: isinstance(x, str) or _is_list(x, _is_int)),
 )
+
+
+def _every_sae_setting(given: dict[str, Any] | None) -> dict[str, Any]:
+    """Every ``SAEConfig`` setting, the given ones over the defaults: a step records them
+    all, so it replays the same after a default changes (``InputError`` for a bad value)."""
+    return asdict(SAEConfig(**(given or {})))
+
+
 SAE_SETTINGS = Check(
     "a table of mlxterp.sae.SAEConfig settings (expansion_factor, kind, k, epochs, ...)",
     lambda v: isinstance(v, dict) and set(v) <= SAE_CONFIG_FIELDS and _is_plain(v),
+    _every_sae_setting,
 )
 SAE_CHECK = Check(
     "an SAE (mlxterp.sae.SAE) or its description table (mlxterp.sae.io.describe_sae)",
@@ -351,11 +363,16 @@ class StepKind:
             raise SessionError(f"step {self.name!r} needs {', '.join(map(repr, missing))}")
         full = {k: given.get(k, d.default) for k, d in self.params.items()}
         for key, value in full.items():
-            if value is not None and not self.params[key].accepts(value):
+            param = self.params[key]
+            if value is not None and not param.accepts(value):
                 raise SessionError(
-                    f"step {self.name!r}: {key} must be {self.params[key].expects}, "
-                    f"got {_short(value)}"
+                    f"step {self.name!r}: {key} must be {param.expects}, got {_short(value)}"
                 )
+            if param.fill is not None:
+                try:
+                    full[key] = param.fill(value)
+                except InputError as err:
+                    raise SessionError(f"step {self.name!r}: {key}: {err}") from None
         return {k: v for k, v in full.items() if v is not None}
 
     def listens(self, listener: str) -> bool:
@@ -618,10 +635,7 @@ def _run_train_sae(
     """The trained SAE (kept whole in the summary, weights in the sidecar), what training
     saw, and its measures on the first ``MEASURED_TEXTS`` of its texts.  A run its
     listener stopped has ``training.stopped`` and should not be recorded."""
-    try:
-        config = SAEConfig(**p.get("config", {}))
-    except TypeError as err:  # a setting SAE_SETTINGS let through with a wrong shape
-        raise SessionError(f"step 'train_sae': config: {err}") from None
+    config = SAEConfig(**p["config"])  # every setting: complete() filled them in
     texts = p["texts"]
     sae = sae_train.train_sae(
         model,
