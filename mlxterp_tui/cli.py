@@ -9,6 +9,7 @@ import sys
 
 USAGE = """mlxterp [--model NAME_OR_PATH]      open the workbench (default model: demo)
        mlxterp open FILE.toml               open a saved session
+       mlxterp --dequantize ...             quantized models as plain layers (fast on CPU)
        mlxterp replay FILE [options]        replay a session headless (exit 1 on mismatch)
        mlxterp job FILE [--resume]          run a dataset job (N ranks: mlx.launch -n N --)
        mlxterp blas [--install | --remove]  which BLAS MLX uses (Linux); the OpenBLAS hook
@@ -25,9 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", default="demo", help="model name or folder (default: the embedded demo model)"
     )
+    parser.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="load quantized models as plain layers: far faster on a CPU, more memory",
+    )
     sub = parser.add_subparsers(dest="command")
     opener = sub.add_parser("open", help="open a saved session file")
     opener.add_argument("file", help="session file (.toml)")
+    opener.add_argument(  # after the file too; SUPPRESS keeps a --dequantize given before
+        "--dequantize", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub.add_parser("replay", help="replay a session headless: mlxterp replay FILE", add_help=False)
     sub.add_parser("job", help="run a dataset job: mlxterp job FILE [--resume]", add_help=False)
     sub.add_parser("blas", help="which BLAS MLX uses: mlxterp blas [--install]", add_help=False)
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import WorkbenchApp
     from .messages import error_text
 
-    manager, session = SessionManager(), None
+    manager, session = SessionManager(dequantize=args.dequantize), None
     try:
         if args.command == "open":
             session = Session.load(args.file, manager=manager)

@@ -183,13 +183,15 @@ def dequantize(module: nn.Module) -> int:
     about 12x slower than dequantized, see ``bench/``)."""
     from mlx_lm.utils import dequantize_model
 
-    def count() -> int:
-        return sum(1 for _, m in module.named_modules() if "scales" in m)
-
-    before = count()
+    before = quantized_count(module)
     if before:
         dequantize_model(module)
-    return before - count()
+    return before - quantized_count(module)
+
+
+def quantized_count(module: nn.Module) -> int:
+    """How many of ``module``'s layers and embeddings are quantized (hold ``scales``)."""
+    return sum(1 for _, m in module.named_modules() if "scales" in m)
 
 
 def weight_names(folder: Path) -> list[str]:

@@ -251,6 +251,12 @@ class InterpretableModel:
         return ids[0]
 
     @property
+    def quantized_on_cpu(self) -> bool:
+        """Whether quantized layers run on MLX's CPU kernels, many times slower than plain
+        ones there: load with ``dequantize=True`` (``mlxterp --dequantize``) to avoid it."""
+        return mx.default_device() == mx.cpu and loading.quantized_count(self.model) > 0
+
+    @property
     def vocab_size(self) -> int | None:
         """Size of the tokenizer's vocabulary (added tokens included), or None."""
         if self.tokenizer is None:

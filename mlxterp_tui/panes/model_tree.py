@@ -17,11 +17,16 @@ from . import Pane
 NodeData = tuple[str, str]  # (canonical name, module type)
 
 
+SLOW_QUANTIZED = "quantized on a CPU, slow: start with --dequantize"
+
+
 def model_summary(model: ModelView, name: str) -> str:
-    """One line: name, layers, hidden size, vocabulary."""
-    return (
+    """One line: name, layers, hidden size, vocabulary; and a hint where quantized layers
+    run on CPU kernels."""
+    summary = (
         f"{name}: {model.num_layers} layers, hidden {model.hidden_size}, vocab {model.vocab_size}"
     )
+    return f"{summary}; {SLOW_QUANTIZED}" if model.quantized_on_cpu else summary
 
 
 def trace_shapes(step: Step) -> dict[str, tuple[int, ...]]:

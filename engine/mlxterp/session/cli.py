@@ -14,6 +14,7 @@ import sys
 
 from ..errors import MlxterpError
 from .replay import replay
+from .session import SessionManager
 
 
 def _tolerance(text: str) -> float:
@@ -32,7 +33,8 @@ def _fail(message: str) -> int:
 
 
 def replay_main(argv: list[str]) -> int:
-    """``mlxterp replay FILE [--tolerance X]``: 0 all match, 1 mismatch, 2 not replayed."""
+    """``mlxterp replay FILE [--tolerance X] [--dequantize]``: 0 all match, 1 mismatch, 2
+    not replayed."""
     parser = argparse.ArgumentParser(
         prog="mlxterp replay", description="Re-run a saved session and compare every step."
     )
@@ -43,12 +45,18 @@ def replay_main(argv: list[str]) -> int:
         default=1e-3,
         help="allowed difference per number: absolute up to 1, relative above (default 1e-3)",
     )
+    parser.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="load a quantized model as plain layers: far faster on a CPU, more memory",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help (0) or a usage error (2); argparse printed why
         return int(stop.code or 0)
     try:
-        report = replay(args.file, tolerance=args.tolerance)
+        manager = SessionManager(dequantize=args.dequantize)
+        report = replay(args.file, manager, tolerance=args.tolerance)
     except MlxterpError as err:  # a file that cannot be read, a model that cannot load
         return _fail(str(err))
     except RecursionError:
