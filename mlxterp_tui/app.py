@@ -50,6 +50,7 @@ from .messages import (
     TrainingProgressed,
     WorkFailed,
     error_text,
+    files_text,
 )
 from .model_picker import ModelScreen
 from .panes import Pane
@@ -836,7 +837,7 @@ class WorkbenchApp(App[None]):
         except (OSError, MlxterpError) as err:
             self.notify(error_text(err), severity="error", title="export failed", timeout=8)
             return
-        self.notify("exported " + ", ".join(str(p) for p in written), timeout=6)
+        self.notify(f"exported {files_text(written)}", timeout=6)
 
     def action_save(self) -> None:
         if self.session.path is None:

@@ -6,6 +6,8 @@ A message from a run the user cancelled (``run_id`` no longer current) is droppe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual.message import Message
 
 from mlxterp.session import ReplayReport, Session, Step, TrainingProgress
@@ -18,6 +20,20 @@ def error_text(err: BaseException) -> str:
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"{type(err).__name__}: {first}"
+
+
+def files_text(paths: list[Path]) -> str:
+    """Files written side by side as one short line: their folder and common name once,
+    the endings in braces (``/dir/work.step-0-lens.{json, csv}``), as a shell spells them."""
+    if len(paths) == 1 or len({p.parent for p in paths}) > 1:
+        return ", ".join(map(str, paths))
+    names = [p.name for p in paths]
+    low, high = min(names), max(names)  # every name shares what these two share
+    same = next((i for i, (a, b) in enumerate(zip(low, high, strict=False)) if a != b), len(low))
+    common = low[: low.rfind(".", 0, same) + 1]  # up to a dot: "x.step-1-a." not "x.step-1-"
+    if not common:
+        return ", ".join(map(str, paths))
+    return f"{paths[0].parent / common}{{{', '.join(n[len(common) :] for n in names)}}}"
 
 
 class ModelLoaded(Message):

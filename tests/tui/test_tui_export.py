@@ -13,6 +13,7 @@ from textual.widgets import Input
 
 from mlxterp.session import Session
 from mlxterp_tui.app import WorkbenchApp
+from mlxterp_tui.messages import files_text
 
 from .pilot_helpers import settle
 
@@ -53,7 +54,7 @@ async def test_e_exports_the_lens_beside_the_session(model_dir, manager, tmp_pat
         _comment, header, *rows = list(csv.reader(cs.read_text().splitlines()))
         assert header[:4] == ["row", "layers", "column", "tokens"]
         assert len(rows) == len(step.summary["layers"]) * len(step.summary["tokens"])
-        assert any(str(js) in m and str(cs) in m for m in messages(app))
+        assert f"exported {tmp_path / 'work.step-0-logit_lens.'}{{json, csv}}" in messages(app)
 
 
 async def test_e_without_steps_says_there_is_nothing(model_dir, manager, tmp_path, monkeypatch):
@@ -102,4 +103,14 @@ async def test_e_writes_the_chart_shown_as_text_svg_and_png(model_dir, manager, 
         assert len(chart) == 30 and max(map(len, chart)) == 100  # the export size
         assert written[3].read_text(encoding="utf-8").startswith("<svg")
         assert written[4].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-        assert any(str(written[3]) in m for m in messages(app))
+        endings = "{json, csv, chart.txt, chart.svg, chart.png}"
+        assert f"exported {tmp_path / stem}.{endings}" in messages(app)  # one short line
+
+
+def test_files_text_names_the_folder_and_stem_once(tmp_path):
+    same = [tmp_path / "a.b.step-2-trace.json", tmp_path / "a.b.step-2-trace.chart.svg"]
+    assert files_text(same) == f"{tmp_path / 'a.b.step-2-trace.'}{{json, chart.svg}}"
+    assert files_text(same[:1]) == str(same[0])
+    apart = [tmp_path / "x.json", tmp_path / "sub" / "x.csv"]
+    assert files_text(apart) == f"{apart[0]}, {apart[1]}"
+    assert files_text([tmp_path / "x", tmp_path / "y"]) == f"{tmp_path / 'x'}, {tmp_path / 'y'}"
