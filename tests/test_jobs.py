@@ -112,6 +112,7 @@ ONE = "[dataset]\nrecords = ['a']\n"
         (HEAD + "[dataset]\n", "either path"),
         (HEAD + ONE + "per_shard = 0\n", "per_shard must be"),
         (HEAD + "timeout = -1\n" + ONE, "timeout must be"),
+        (HEAD + "dequantize = 'yes'\n" + ONE, "dequantize must be true or false"),
         (HEAD + "[dataset]\npath = 'none.txt'\n", "no dataset file"),
         ("[job\n", "is not TOML"),
     ],
@@ -164,6 +165,30 @@ def test_an_output_folder_is_never_overwritten(datasets):
     path = job_file(datasets, "lens")  # the first job again (the other one took its file)
     again = run_job(path, resume=True, progress=False, signals=False)
     assert again.skipped == again.shards and again.computed == 0
+
+
+def test_dequantize_loads_a_quantized_model_as_plain_layers(tmp_path, checkpoint_dir):
+    """The same activations to float rounding, and an output folder that says which."""
+    (tmp_path / "texts.txt").write_text("\n".join(demo_texts()[:6]) + "\n", encoding="utf-8")
+    path = tmp_path / "q.toml"
+    found = {}
+    for dequantize in ("true", "false"):
+        path.write_text(
+            f'[job]\nanalysis = "collect"\nmodel = "{checkpoint_dir("llama_4bit")}"\n'
+            f'output = "out-{dequantize}"\ndequantize = {dequantize}\n'
+            '[dataset]\npath = "texts.txt"\nper_shard = 3\n[params]\ncomponents = ["layers.1"]\n',
+            encoding="utf-8",
+        )
+        outcome = run_job(path, progress=False, signals=False)
+        found[dequantize] = mx.load(str(outcome.output / "shard-00001.safetensors"))
+        said = json.loads((outcome.output / "job.json").read_text())
+        assert said.get("dequantized", False) == (dequantize == "true")
+    plain, packed = found["true"]["model.layers.1"], found["false"]["model.layers.1"]
+    assert mx.allclose(plain, packed, atol=1e-4 * mx.abs(packed).max().item()).item()
+    (tmp_path / "out-false").rename(tmp_path / "out-true-was")
+    (tmp_path / "out-true").rename(tmp_path / "out-false")  # dequantized output, job says not
+    with pytest.raises(InputError, match="output of another job"):
+        run_job(path, resume=True, progress=False, signals=False)
 
 
 def test_the_cli_says_why_in_one_line(datasets):

@@ -66,7 +66,7 @@ def run_job(
         stop_on_signals()
     job = load_job(path, {*ANALYSES, sae_job.NAME})
     world = join(job.timeout)
-    model = InterpretableModel(job.model)
+    model = InterpretableModel(job.model, dequantize=job.dequantize)
     analysis = ANALYSES.get(job.analysis)
     if analysis is not None:
         params = analysis.prepare(model, job.records, job.params)
@@ -216,6 +216,7 @@ def _identity(job: Job, model: InterpretableModel, params: dict[str, Any]) -> di
     return {
         "analysis": job.analysis,
         "model": job.model,
+        **({"dequantized": True} if job.dequantize else {}),  # older outputs resume as before
         "layers": model.num_layers,
         "params": params,
         "records": len(job.records),

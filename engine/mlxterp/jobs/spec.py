@@ -7,6 +7,7 @@ one model, written to one output folder::
     model = "demo"             # a model reference, as a session names its model
     output = "acts"            # a folder, relative to this file
     timeout = 300              # seconds a rank waits for the others (optional)
+    dequantize = true          # a quantized model as plain layers: fast on CPU (optional)
 
     [dataset]
     path = "texts.txt"         # .txt or .jsonl, relative to this file; or records = [...]
@@ -32,7 +33,7 @@ from ..datasets import read_records
 from ..errors import InputError
 
 TABLES = {"job", "dataset", "params"}
-JOB_KEYS = {"analysis", "model", "output", "timeout"}
+JOB_KEYS = {"analysis", "model", "output", "timeout", "dequantize"}
 DATASET_KEYS = {"path", "records", "limit", "per_shard"}
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_PER_SHARD = 32
@@ -50,6 +51,7 @@ class Job:
     per_shard: int = DEFAULT_PER_SHARD
     timeout: float = DEFAULT_TIMEOUT
     params: dict[str, Any] = field(default_factory=dict)
+    dequantize: bool = False  # load a quantized model as plain layers (InterpretableModel)
 
     @property
     def shards(self) -> list[tuple[int, int]]:
@@ -91,6 +93,9 @@ def load_job(path: str | Path, analyses: set[str]) -> Job:
         or not (0 < timeout < math.inf)
     ):
         raise InputError(f"[job] timeout must be a number of seconds > 0, got {timeout!r}")
+    dequantize = job.get("dequantize", False)
+    if not isinstance(dequantize, bool):
+        raise InputError(f"[job] dequantize must be true or false, got {dequantize!r}")
     return Job(
         file=file,
         analysis=analysis,
@@ -100,6 +105,7 @@ def load_job(path: str | Path, analyses: set[str]) -> Job:
         per_shard=_count(dataset, "per_shard", DEFAULT_PER_SHARD),
         timeout=float(timeout),
         params=params,
+        dequantize=dequantize,
     )
 
 
