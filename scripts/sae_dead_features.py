@@ -55,6 +55,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "median b_dec": MEDIAN,
         "AuxK": AUXK,
         "AuxK + median b_dec *": {**AUXK, **MEDIAN},
+        "signed AuxK": SIGNED,
         "signed AuxK + median b_dec": {**SIGNED, **MEDIAN},
     },
 }
