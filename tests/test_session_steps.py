@@ -35,7 +35,7 @@ def test_manager_loads_once_under_concurrent_requests(demo, monkeypatch):
 
     loads = []
 
-    def slow_load(ref):
+    def slow_load(ref, dequantize):
         loads.append(ref)
         threading.Event().wait(0.05)
         return demo
