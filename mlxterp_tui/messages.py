@@ -25,12 +25,13 @@ def error_text(err: BaseException) -> str:
 def files_text(paths: list[Path]) -> str:
     """Files written side by side as one short line: their folder and common name once,
     the endings in braces (``/dir/work.step-0-lens.{json, csv}``), as a shell spells them."""
-    if len(paths) == 1 or len({p.parent for p in paths}) > 1:
-        return ", ".join(map(str, paths))
     names = [p.name for p in paths]
-    low, high = min(names), max(names)  # every name shares what these two share
-    same = next((i for i, (a, b) in enumerate(zip(low, high, strict=False)) if a != b), len(low))
-    common = low[: low.rfind(".", 0, same) + 1]  # up to a dot: "x.step-1-a." not "x.step-1-"
+    common = ""
+    if len(paths) > 1 and len({p.parent for p in paths}) == 1:
+        low, high = min(names), max(names)  # every name shares what these two share
+        pairs = enumerate(zip(low, high, strict=False))
+        same = next((i for i, (a, b) in pairs if a != b), len(low))
+        common = low[: low.rfind(".", 0, same) + 1]  # up to a dot: "x.step-1-a." not "x.step-1-"
     if not common:
         return ", ".join(map(str, paths))
     return f"{paths[0].parent / common}{{{', '.join(n[len(common) :] for n in names)}}}"
