@@ -105,15 +105,15 @@ def steering(manager: SessionManager, folder: Path) -> None:
         "steering",
         positive=["I love this movie. It is", "I love this book. It is"],
         negative=["I hate this movie. It is", "I hate this book. It is"],
-        layer=4,
+        layer=11,
         prompt="I hate this song. It is",
-        coefficient=3.0,
+        coefficient=2.0,
         max_tokens=4,
     )
     # the same vector as an intervention: it turns the next generations positive as well
-    s.set_intervention("layers.4", iv.add_vector(step.summary["vector"] * 3.0))
+    s.set_intervention("layers.11", iv.add_vector(step.summary["vector"] * 2.0))
     s.run(manager, "generate", prompt="I hate this game. It is", max_tokens=4)
-    s.remove_intervention("layers.4")
+    s.remove_intervention("layers.11")
     s.run(manager, "generate", prompt="I hate this game. It is", max_tokens=4)
 
 

@@ -91,7 +91,7 @@ def test_identities_of_the_hidden_state(demo):
     assert np.abs(indirect[:, :4]).max() < 1e-5  # float32 rounding of a 0.8 probability
     assert result.restored[-1][-1] == pytest.approx(result.p_clean, abs=1e-6)
     assert result.total_effect == pytest.approx(result.p_clean - result.p_corrupted)
-    assert result.total_effect > 0.15  # the noise takes Paris from 0.996 to 0.79
+    assert result.total_effect > 0.1  # the noise takes Paris from 0.997 to 0.87
     assert result.by_layer() == [row[4] for row in result.indirect]  # the subject's last token
     assert result.by_layer(-1) == [row[5] for row in result.indirect]
     part = causal_trace(demo, PROMPT, "France", layers=[2], positions=[0, 4])

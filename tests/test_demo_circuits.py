@@ -109,7 +109,7 @@ def test_the_subject_suppressors_attend_to_the_repeated_name_and_lower_it(demo):
             matrix = np.array(found.head_matrix())
             into.append([matrix[h] for h in IOI_SUBJECT_SUPPRESSORS])
     to_io, to_s1, to_s2 = np.mean(attention, axis=0).T
-    assert (to_s2 >= 0.9).all() and (to_io < 0.05).all() and (to_s1 < 0.05).all()
+    assert (to_s2 >= 0.8).all() and (to_io < 0.05).all() and (to_s1 < 0.05).all()
     io_effect, s_effect = np.mean(on_io, axis=0), np.mean(on_s, axis=0)
     assert (s_effect < 0).all() and (-s_effect > np.abs(io_effect)).all(), (io_effect, s_effect)
 

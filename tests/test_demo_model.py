@@ -162,14 +162,14 @@ def test_indirect_object_identification_on_held_out_prompts(demo):
 @pytest.mark.parametrize(
     "shape, accuracy, diff",
     [
-        ("When {A} and {B} visited the {place} on the weekend, {S} gave {obj} to", 1.0, 6.6),
-        ("When {A} and {B} were at the {place}, {S} handed {obj} to", 1.0, 8.8),
-        ("After {A} and {B} went to the {place}, {S} passed {obj} to", 1.0, 9.4),
-        ("In the morning {A} and {B} went to the {place}, and {S} showed {obj} to", 0.7, 5.4),
-        ("{A} and {B} went to the {place}. Then {S} gave {obj} to", 0.53, 0.9),
-        ("{A} and {B} visited the {place}. After dinner, {S} gave {obj} to", 0.38, 1.5),
-        ("{A} and {B} walked to the {place}, and {S} gave {obj} to", 0.28, 1.3),
-        ("Once {A} and {B} sat down in the {place}, {S} offered {obj} to", 0.03, 0.4),
+        ("When {A} and {B} visited the {place} on the weekend, {S} gave {obj} to", 1.0, 5.84),
+        ("When {A} and {B} were at the {place}, {S} handed {obj} to", 1.0, 8.15),
+        ("After {A} and {B} went to the {place}, {S} passed {obj} to", 1.0, 8.61),
+        ("In the morning {A} and {B} went to the {place}, and {S} showed {obj} to", 0.725, 4.09),
+        ("{A} and {B} visited the {place}. After dinner, {S} gave {obj} to", 0.525, 1.44),
+        ("{A} and {B} went to the {place}. Then {S} gave {obj} to", 0.375, -1.31),
+        ("{A} and {B} walked to the {place}, and {S} gave {obj} to", 0.375, 0.32),
+        ("Once {A} and {B} sat down in the {place}, {S} offered {obj} to", 0.025, 0.67),
     ],
 )
 def test_ioi_on_unseen_templates_matches_the_model_card(demo, shape, accuracy, diff):

@@ -110,9 +110,9 @@ def test_generate_summary_is_the_engines(session, manager, demo):
     assert (
         step.summary["text"]
         == generate(demo, "river king apple garden letter river king", max_tokens=3)
-        == " apple garden letter"
+        == " apple garden"
     )
-    assert demo.decode(step.summary["token_ids"]).strip() == "apple garden letter"
+    assert demo.decode(step.summary["token_ids"]).strip() == "apple garden"
 
 
 def test_a_generate_step_streams_its_tokens(session, manager):
@@ -133,14 +133,14 @@ def test_attention_summary_is_the_engines(session, manager, demo):
 
 
 def test_steering_keeps_its_vector(session, manager, demo):
-    args = dict(positive="I love this movie. It is", negative="I hate this movie. It is", layer=4)
+    args = dict(positive="I love this movie. It is", negative="I hate this movie. It is", layer=11)
     step = session.run(
-        manager, "steering", prompt="I hate this song. It is", coefficient=3.0, max_tokens=4, **args
+        manager, "steering", prompt="I hate this song. It is", coefficient=2.0, max_tokens=4, **args
     )
-    vector = steering_vector(demo, args["positive"], args["negative"], 4)
+    vector = steering_vector(demo, args["positive"], args["negative"], 11)
     assert mx.allclose(step.summary["vector"], vector, atol=1e-5).item()
     assert (step.summary["baseline"], step.summary["steered"]) == steer(
-        demo, "I hate this song. It is", vector, 4, coefficient=3.0, max_tokens=4
+        demo, "I hate this song. It is", vector, 11, coefficient=2.0, max_tokens=4
     )
     assert step.summary["baseline"] != step.summary["steered"]
 

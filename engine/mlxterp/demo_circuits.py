@@ -18,21 +18,21 @@ if TYPE_CHECKING:
 
 PREVIOUS_TOKEN_HEADS: tuple[tuple[int, int], ...] = (
     (10, 1),
-    (6, 1),
-    (8, 1),
     (10, 2),
-    (8, 0),
+    (8, 1),
     (10, 3),
-    (9, 3),
-    (9, 0),
+    (8, 0),
     (10, 0),
     (6, 3),
+    (9, 3),
+    (6, 1),
+    (4, 0),
+    (9, 0),
     (7, 3),
     (9, 2),
-    (6, 2),
-    (4, 0),
     (7, 0),
     (7, 1),
+    (6, 2),
 )
 """The heads that attend from each token to the one before it (previous-token score >= 0.6
 on repeated random runs), strongest first: sixteen, in layers 4-10."""
@@ -51,15 +51,16 @@ ablated without loss; ablating all six stops the copying."""
 
 IOI_SUBJECT_SUPPRESSORS: tuple[tuple[int, int], ...] = (
     (13, 2),
+    (12, 2),
     (13, 0),
     (7, 0),
-    (12, 2),
-    (14, 1),
-    (12, 1),
+    (11, 1),
+    (15, 1),
 )
 """The heads that carry the IOI answer to the logits: from the final token they attend to
-the second mention of the subject and lower the subject's logit, so the other name wins.
-Ordered by direct logit attribution (IO - S), largest first."""
+the second mention of the subject (at least 0.8 of their attention) and lower the subject's
+logit, so the other name wins.  Ordered by direct logit attribution (IO - S), largest
+first."""
 
 IOI_EARLY_SUBJECT_HEAD: tuple[int, int] = (0, 3)
 """The head whose clean output, patched into the ABC-corrupted run, recovers the most of the
