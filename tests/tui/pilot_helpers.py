@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,17 @@ async def settle(app: Any, pilot: Any) -> None:
     await pilot.pause()
     await app.workers.wait_for_complete()
     await pilot.pause()
+
+
+async def until(app: Any, pilot: Any, done: Callable[[], Any], workers: bool = True) -> None:
+    """Let the app work until ``done()`` holds (a screen's result reaches the app through a
+    chain of callbacks, more than one pause on a busy machine); the caller asserts it.
+    ``workers=False`` does not wait for running workers (one may be held back on purpose)."""
+    for _ in range(200):
+        await (settle(app, pilot) if workers else pilot.pause())
+        if done():
+            return
+        await pilot.pause(0.02)
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ from mlxterp.session import demo_texts
 from mlxterp_tui.app import WorkbenchApp
 from mlxterp_tui.jobs_screen import JobsScreen
 
-from .pilot_helpers import settle
+from .pilot_helpers import settle, until
 
 pytestmark = pytest.mark.anyio
 
@@ -109,10 +109,14 @@ async def test_the_run_button_answers_a_click_and_enter(manager, tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_jobs(app, pilot, path)
         await pilot.click("#job-run")
-        await settle(app, pilot)
-        assert said(screen, "#job-status").startswith("done: 1 shards (1 now")
+        first = "done: 1 shards (1 now"
+        await until(app, pilot, lambda: said(screen, "#job-status").startswith(first))
+        assert said(screen, "#job-status").startswith(first)
         screen.query_one("#job-resume", Checkbox).value = True
         screen.query_one("#job-run").focus()
         await pilot.press("enter")
-        await settle(app, pilot)
-        assert said(screen, "#job-status").startswith("done: 1 shards (0 now, 1 already")
+        # the press reaches the screen's action through a message or two, so on a busy
+        # machine the worker may not exist yet when the first settle looks for it
+        again = "done: 1 shards (0 now, 1 already"
+        await until(app, pilot, lambda: said(screen, "#job-status").startswith(again))
+        assert said(screen, "#job-status").startswith(again)

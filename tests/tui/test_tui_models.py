@@ -20,7 +20,7 @@ from mlxterp_tui.model_picker import ModelScreen
 from mlxterp_tui.panes.model_tree import model_summary
 from mlxterp_tui.screens import ChoiceScreen, PathScreen
 
-from .pilot_helpers import settle
+from .pilot_helpers import settle, until
 
 PROMPT = "The capital of France is"
 pytestmark = pytest.mark.anyio
@@ -49,17 +49,6 @@ async def run_lens(app, pilot):
     app.query_one("#prompt", Input).focus()
     await pilot.press("enter")
     await settle(app, pilot)
-
-
-async def until(app, pilot, done, workers: bool = True) -> None:
-    """Let the app work until ``done()`` holds (a screen's result reaches the app through a
-    chain of callbacks, more than one pause on a busy machine); the caller asserts it.
-    ``workers=False`` does not wait for running workers (one may be held back on purpose)."""
-    for _ in range(200):
-        await (settle(app, pilot) if workers else pilot.pause())
-        if done():
-            return
-        await pilot.pause(0.02)
 
 
 async def open_picker(app, pilot) -> ModelScreen:
