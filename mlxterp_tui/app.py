@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingsMap, BindingType
+from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.widgets import Checkbox, Input, ListView, TabbedContent, Tabs
 from textual.worker import Worker, WorkerState
@@ -340,7 +341,11 @@ class WorkbenchApp(App[None]):
         if not self.main.is_attached:
             return  # the app is closing
         bar = self.query_one(PromptBar)
-        if (message.text, message.chat) == (bar.text, bar.chat):
+        try:
+            current = (bar.text, bar.chat)
+        except NoMatches:
+            return  # the bar's fields are not mounted yet, or already removed
+        if (message.text, message.chat) == current:
             bar.show_tokens(message.pieces, message.count, message.note, message.chat)
 
     # ------------------------------------------------------------------ recording

@@ -50,6 +50,12 @@ class KeyButton(Button):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter,space", "press", "Press", show=False)]
 
+    def action_press(self) -> None:
+        """Press, even while the last press's highlight (a fifth of a second) still shows:
+        Textual's button drops a key that comes that soon, so Enter right after a click
+        did nothing.  What a press starts guards itself against running twice."""
+        self.press()
+
 
 class Field(Input):
     """A text field that never selects its text on focus (tabbing in must not arm the next

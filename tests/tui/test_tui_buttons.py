@@ -147,3 +147,29 @@ async def test_quit_dialog_buttons(model_dir, manager, hand):
         await press_button(pilot, "#choice-discard", hand)
         await pilot.pause()
         assert not app.is_running
+
+
+async def test_enter_right_after_a_click_presses_again():
+    """Regression: Textual's button ignores a key while the last press's highlight shows
+    (0.2 s), so Enter right after a click on Run did nothing (the jobs pane test caught it
+    on a fast machine)."""
+    from textual.app import App, ComposeResult
+
+    from mlxterp_tui.widgets import KeyButton
+
+    presses: list[str] = []
+
+    class OneButton(App):
+        def compose(self) -> ComposeResult:
+            yield KeyButton("Run", id="run", action="app.count")
+
+        def action_count(self) -> None:
+            presses.append("pressed")
+
+    app = OneButton()
+    async with app.run_test() as pilot:
+        await pilot.click("#run")
+        app.query_one("#run").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert len(presses) == 2

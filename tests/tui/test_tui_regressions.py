@@ -507,3 +507,18 @@ async def test_help_explains_each_pane_and_the_palette_lists_every_action(model_
         for action in ACTIONS:
             name = action.action.split("(")[0]
             assert hasattr(app, f"action_{name}"), name
+
+
+async def test_tokens_arriving_while_the_prompt_bar_is_taken_down_are_dropped(manager):
+    """Regression (seen in CI): the token strip's worker answered while the prompt bar's
+    fields were already removed, and the app died on a NoMatches for '#prompt-chat'."""
+    from mlxterp_tui.messages import TokensReady
+    from mlxterp_tui.panes.prompt import PromptBar
+
+    app = WorkbenchApp("demo", manager=manager)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await app.query_one("#prompt-chat").remove()
+        app.post_message(TokensReady(PROMPT, [], 0, "(no tokens)"))
+        await settle(app, pilot)
+        assert app.is_running and app.query_one(PromptBar).is_attached
